@@ -1,0 +1,1 @@
+"""Cross-node coordination through Redis: leases, shared results, pub/sub, stats keys."""

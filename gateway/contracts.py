@@ -1,0 +1,84 @@
+"""The boundary between the proxy and whatever coordinates calls (local or Redis).
+
+The proxy hands every coalescable call to a :class:`Coordinator`. ``proxy`` and ``cluster``
+may not import each other, so the types they exchange live here, one layer below both.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from twisted.internet.defer import Deferred
+
+Mode = Literal["coalesce", "cache", "passthrough"]
+
+
+class ReplyKind(enum.Enum):
+    """What a backend reply message carries, which decides whether it may be cached."""
+
+    SUCCESS = "success"  # REPLY whose result struct holds field 0 (or nothing: void)
+    DECLARED_EXCEPTION = "declared"  # REPLY whose result struct holds a declared exception
+    APPLICATION_EXCEPTION = "app"  # EXCEPTION message (TApplicationException) from the backend
+
+
+@dataclass(frozen=True)
+class BackendReply:
+    """One whole, unframed Thrift reply message exactly as the backend sent it."""
+
+    message: bytes
+    protocol: str  # a gateway.thrift ProtocolKind value: "binary", "binary-nonstrict", "compact"
+    kind: ReplyKind
+
+
+@dataclass(frozen=True)
+class MethodPolicy:
+    """How the gateway treats calls to one method (see README, "Per-method policy")."""
+
+    mode: Mode = "coalesce"
+    ttl: float = 0.0  # seconds a successful reply is served from cache (mode="cache")
+    stale_ttl: float = 0.0  # grace after ttl: serve stale while one refresh runs
+    cache_exceptions: bool = False  # also cache declared Thrift exceptions
+    idempotent: bool = False  # may be retried on connection failures and hedged
+    timeout: float = 30.0  # per-call backend timeout, seconds
+    exclude_fields: frozenset[int] = field(default_factory=frozenset)
+
+    def may_cache(self, kind: ReplyKind) -> bool:
+        """True when a reply of ``kind`` may be stored as a cache entry."""
+        if self.mode != "cache" or self.ttl <= 0:
+            return False
+        if kind is ReplyKind.SUCCESS:
+            return True
+        return kind is ReplyKind.DECLARED_EXCEPTION and self.cache_exceptions
+
+
+class Source(enum.Enum):
+    """Where a caller's answer came from; the proxy counts metrics by it."""
+
+    BACKEND = "backend"  # this node called the backend
+    CACHE = "cache"  # a fresh cache entry
+    STALE = "stale"  # a stale entry served during the grace period
+    REMOTE = "remote"  # another node's leader made the call; we followed it
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reply: BackendReply
+    source: Source
+
+
+BackendCall = Callable[[], "Deferred[BackendReply]"]
+
+
+class Coordinator(Protocol):
+    """Decides, for one call key, whether to call the backend, follow, or serve a cache entry.
+
+    ``call_backend`` performs the real backend call; a coordinator calls it at most once per
+    ``execute`` and may not call it at all. Failures of ``call_backend`` reach the returned
+    Deferred (as ``GatewayError`` subclasses) and are never cached.
+    """
+
+    def execute(self, key: str, policy: MethodPolicy, call_backend: BackendCall) -> Deferred[Outcome]:
+        ...

@@ -1,0 +1,1 @@
+"""Pure Deferred building blocks; nothing here imports the global reactor."""

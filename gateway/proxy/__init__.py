@@ -1,0 +1,1 @@
+"""The Twisted server, routing, per-method policy and the upstream connection pool."""

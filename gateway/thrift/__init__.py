@@ -1,0 +1,1 @@
+"""The Thrift wire layer: pure functions on bytes (no Twisted, no Redis)."""
