@@ -1,0 +1,297 @@
+"""Gateway configuration: a TOML file plus command-line overrides, parsed into frozen dataclasses.
+
+Parsing lives here, apart from the runtime, so a bad config fails before any socket opens and
+every error names the offending key. README "Configuration reference" documents each key.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.contracts import MethodPolicy
+
+MODES = ("coalesce", "cache", "passthrough")
+TRANSPORTS = ("framed", "buffered")
+PROTOCOLS = ("binary", "binary-nonstrict", "compact")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the problem."""
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str
+    address: Address
+    replicas: tuple[Address, ...] = ()
+    transport: str = "framed"
+    protocol: str = "binary"
+    multiplexed: bool = False  # send "Service:method" upstream
+    service: str = ""  # service name used upstream for plain client calls when multiplexed
+    connections: int = 4
+    max_concurrency: int = 64
+    queue_size: int = 1024
+    connect_timeout: float = 5.0
+    hedge_after: float | None = None  # seconds before hedging an idempotent call to a replica
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return (self.address, *self.replicas)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    policy: MethodPolicy
+    backend: str | None = None  # route this method to a named backend
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str
+    prefix: str = "gw:"
+    hmac_secret: str | None = None
+    max_shared_bytes: int = 1 << 20
+    lease_ttl: float = 5.0
+    handoff_ttl: float = 30.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: Address
+    backends: dict[str, BackendConfig]
+    default_backend: str | None
+    node_id: str = field(default_factory=socket.gethostname)
+    admin: Address | None = None
+    log_format: str = "text"
+    drain_timeout: float = 10.0
+    max_frame_size: int = 16 * 1024 * 1024
+    max_depth: int = 64
+    max_collection_size: int = 1_000_000
+    routes: dict[str, str] = field(default_factory=dict)  # multiplexed service -> backend
+    methods: dict[str, MethodConfig] = field(default_factory=dict)
+    default_policy: MethodPolicy = field(default_factory=MethodPolicy)
+    redis: RedisConfig | None = None
+    cache_max_entries: int = 10_000  # local (no-Redis) cache bound
+
+
+def parse_address(text: str, key: str, allow_zero: bool = False) -> Address:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` too); raise ConfigError naming ``key``.
+
+    Port 0 (pick a free port) is allowed only where the gateway listens.
+    """
+    host, sep, port_text = str(text).rpartition(":")
+    host = host.strip("[]")
+    lowest = 0 if allow_zero else 1
+    if not sep or not host or not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
+    return Address(host, int(port_text))
+
+
+def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = table.pop(key)
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}.{key}: expected {names}, got {value!r}")
+    return value
+
+
+def _reject_unknown(table: dict[str, Any], where: str) -> None:
+    if table:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(table))}")
+
+
+def _positive(value: float, where: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where}: must be > 0, got {value!r}")
+
+
+def parse_policy(raw: dict[str, Any], where: str, base: MethodPolicy) -> MethodConfig:
+    table = dict(raw)
+    kwargs: dict[str, Any] = {}
+    if "mode" in table:
+        mode = _take(table, "mode", str, where)
+        if mode not in MODES:
+            raise ConfigError(f"{where}.mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        kwargs["mode"] = mode
+    for name in ("ttl", "stale_ttl", "timeout"):
+        if name in table:
+            kwargs[name] = float(_take(table, name, (int, float), where))
+            if kwargs[name] < 0 or (name == "timeout" and kwargs[name] == 0):
+                raise ConfigError(f"{where}.{name}: must be positive, got {kwargs[name]!r}")
+    for name in ("cache_exceptions", "idempotent"):
+        if name in table:
+            kwargs[name] = _take(table, name, bool, where)
+    if "exclude_fields" in table:
+        ids = _take(table, "exclude_fields", list, where)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ConfigError(f"{where}.exclude_fields: expected a list of field ids")
+        kwargs["exclude_fields"] = frozenset(ids)
+    backend = _take(table, "backend", str, where) if "backend" in table else None
+    _reject_unknown(table, where)
+    policy = replace(base, **kwargs)
+    if policy.mode == "cache" and policy.ttl <= 0:
+        raise ConfigError(f"{where}: mode = 'cache' needs ttl > 0")
+    return MethodConfig(policy=policy, backend=backend)
+
+
+def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
+    where = f"backends.{name}"
+    table = dict(raw)
+    if "address" not in table:
+        raise ConfigError(f"{where}.address: required")
+    kwargs: dict[str, Any] = {
+        "address": parse_address(_take(table, "address", str, where), f"{where}.address")
+    }
+    if "replicas" in table:
+        replicas = _take(table, "replicas", list, where)
+        kwargs["replicas"] = tuple(parse_address(r, f"{where}.replicas") for r in replicas)
+    for name_, choices in (("transport", TRANSPORTS), ("protocol", PROTOCOLS)):
+        if name_ in table:
+            value = _take(table, name_, str, where)
+            if value not in choices:
+                raise ConfigError(f"{where}.{name_}: expected one of {', '.join(choices)}")
+            kwargs[name_] = value
+    if "multiplexed" in table:
+        kwargs["multiplexed"] = _take(table, "multiplexed", bool, where)
+    if "service" in table:
+        kwargs["service"] = _take(table, "service", str, where)
+    for name_ in ("connections", "max_concurrency", "queue_size"):
+        if name_ in table:
+            kwargs[name_] = _take(table, name_, int, where)
+            _positive(kwargs[name_], f"{where}.{name_}")
+    for name_ in ("connect_timeout", "hedge_after"):
+        if name_ in table:
+            kwargs[name_] = float(_take(table, name_, (int, float), where))
+            _positive(kwargs[name_], f"{where}.{name_}")
+    _reject_unknown(table, where)
+    return BackendConfig(name=name, **kwargs)
+
+
+def parse_redis(raw: dict[str, Any]) -> RedisConfig:
+    table = dict(raw)
+    if "url" not in table:
+        raise ConfigError("redis.url: required")
+    url = _take(table, "url", str, "redis")
+    if not url.startswith(("redis://", "rediss://")):
+        raise ConfigError(f"redis.url: expected redis:// or rediss://, got {url!r}")
+    kwargs: dict[str, Any] = {"url": url}
+    for name in ("prefix", "hmac_secret"):
+        if name in table:
+            kwargs[name] = _take(table, name, str, "redis")
+    if "max_shared_bytes" in table:
+        kwargs["max_shared_bytes"] = _take(table, "max_shared_bytes", int, "redis")
+    for name in ("lease_ttl", "handoff_ttl"):
+        if name in table:
+            kwargs[name] = float(_take(table, name, (int, float), "redis"))
+            _positive(kwargs[name], f"redis.{name}")
+    _reject_unknown(table, "redis")
+    return RedisConfig(**kwargs)
+
+
+def load_config(path: str | None, overrides: dict[str, str | None]) -> GatewayConfig:
+    """Read ``path`` (may be None) and apply command-line ``overrides`` (None = not given).
+
+    Override keys: listen, backend, node_id, admin, redis, log_format.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    return build_config(raw, overrides)
+
+
+def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> GatewayConfig:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    gw: dict[str, Any] = dict(raw.pop("gateway", {}))
+    backends_raw: dict[str, Any] = dict(raw.pop("backends", {}))
+    if overrides.get("backend"):
+        existing = dict(backends_raw.get("default", {}))
+        existing["address"] = overrides["backend"]
+        backends_raw["default"] = existing
+    for key in ("listen", "node_id", "admin", "log_format"):
+        if overrides.get(key):
+            gw[key] = overrides[key]
+    redis_raw = dict(raw.pop("redis", {}))
+    if overrides.get("redis"):
+        redis_raw["url"] = overrides["redis"]
+    routes = raw.pop("routes", {})
+    methods_raw = raw.pop("methods", {})
+    _reject_unknown(raw, "config")
+
+    if "listen" not in gw:
+        raise ConfigError("gateway.listen: required (--listen HOST:PORT)")
+    kwargs: dict[str, Any] = {"listen": parse_address(
+            _take(gw, "listen", str, "gateway"), "listen", allow_zero=True
+        )}
+    if "admin" in gw:
+        kwargs["admin"] = parse_address(
+            _take(gw, "admin", str, "gateway"), "admin", allow_zero=True
+        )
+    if "node_id" in gw:
+        kwargs["node_id"] = _take(gw, "node_id", str, "gateway")
+        if not kwargs["node_id"] or any(c in kwargs["node_id"] for c in " {}:"):
+            raise ConfigError("gateway.node_id: must be non-empty without spaces, braces or ':'")
+    if "log_format" in gw:
+        kwargs["log_format"] = _take(gw, "log_format", str, "gateway")
+        if kwargs["log_format"] not in ("text", "json"):
+            raise ConfigError("gateway.log_format: expected text or json")
+    if "drain_timeout" in gw:
+        kwargs["drain_timeout"] = float(_take(gw, "drain_timeout", (int, float), "gateway"))
+    for name in ("max_frame_size", "max_depth", "max_collection_size", "cache_max_entries"):
+        if name in gw:
+            kwargs[name] = _take(gw, name, int, "gateway")
+            _positive(kwargs[name], f"gateway.{name}")
+    default_backend = gw.pop("default_backend", None)
+    _reject_unknown(gw, "gateway")
+
+    backends = {name: parse_backend(name, dict(b)) for name, b in backends_raw.items()}
+    if default_backend is None and "default" in backends:
+        default_backend = "default"
+    if default_backend is not None and default_backend not in backends:
+        raise ConfigError(f"gateway.default_backend: no backend named {default_backend!r}")
+    if not backends:
+        raise ConfigError("backends: at least one backend is required (--backend HOST:PORT)")
+    for service, target in routes.items():
+        if target not in backends:
+            raise ConfigError(f"routes.{service}: no backend named {target!r}")
+
+    methods_table = dict(methods_raw)
+    default_policy = MethodPolicy()
+    if "*" in methods_table:
+        default_policy = parse_policy(methods_table.pop("*"), "methods.*", default_policy).policy
+    methods = {
+        name: parse_policy(dict(m), f"methods.{name}", default_policy)
+        for name, m in methods_table.items()
+    }
+    for name, method in methods.items():
+        if method.backend is not None and method.backend not in backends:
+            raise ConfigError(f"methods.{name}.backend: no backend named {method.backend!r}")
+
+    return GatewayConfig(
+        backends=backends,
+        default_backend=default_backend,
+        routes=dict(routes),
+        methods=methods,
+        default_policy=default_policy,
+        redis=parse_redis(redis_raw) if redis_raw else None,
+        **kwargs,
+    )

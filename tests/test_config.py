@@ -1,0 +1,115 @@
+"""Config parsing: TOML plus flag overrides into frozen dataclasses, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, build_config, load_config
+
+NO_FLAGS: dict[str, str | None] = {}
+
+FULL = """
+[gateway]
+listen = "127.0.0.1:9090"
+node_id = "gw-1"
+admin = "127.0.0.1:9100"
+log_format = "json"
+drain_timeout = 5
+max_frame_size = 1048576
+
+[redis]
+url = "redis://:secret@127.0.0.1:6379/0"
+prefix = "gw:"
+hmac_secret = "s3cret"
+lease_ttl = 2.5
+
+[backends.default]
+address = "127.0.0.1:9091"
+replicas = ["127.0.0.1:9092"]
+hedge_after = 0.05
+
+[backends.poetry]
+address = "127.0.0.1:9093"
+protocol = "compact"
+transport = "buffered"
+multiplexed = true
+service = "Poetry"
+
+[routes]
+Poetry = "poetry"
+
+[methods."*"]
+timeout = 10
+
+[methods.getPoem]
+mode = "cache"
+ttl = 60
+stale_ttl = 30
+idempotent = true
+backend = "poetry"
+exclude_fields = [2]
+
+[methods."Supervisor:notify"]
+mode = "passthrough"
+"""
+
+
+def test_full_config_parses(tmp_path: Path) -> None:
+    """Every documented key is accepted and lands in the right dataclass field."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(FULL)
+    cfg = load_config(str(path), NO_FLAGS)
+    assert str(cfg.listen) == "127.0.0.1:9090"
+    assert cfg.node_id == "gw-1" and cfg.log_format == "json" and cfg.drain_timeout == 5.0
+    assert cfg.redis is not None and cfg.redis.hmac_secret == "s3cret" and cfg.redis.lease_ttl == 2.5
+    assert cfg.backends["default"].addresses[1].port == 9092
+    assert cfg.backends["poetry"].protocol == "compact" and cfg.backends["poetry"].multiplexed
+    poem = cfg.methods["getPoem"]
+    assert poem.backend == "poetry" and poem.policy.mode == "cache" and poem.policy.ttl == 60
+    assert poem.policy.timeout == 10.0  # inherited from methods."*"
+    assert poem.policy.exclude_fields == frozenset({2})
+    assert cfg.methods["Supervisor:notify"].policy.mode == "passthrough"
+    assert cfg.default_backend == "default"
+
+
+def test_flags_alone_make_a_config() -> None:
+    """--listen and --backend are enough without a file."""
+    cfg = build_config({}, {"listen": "127.0.0.1:0", "backend": "127.0.0.1:9091", "node_id": "a"})
+    assert cfg.backends["default"].address.port == 9091
+    assert cfg.default_backend == "default" and cfg.redis is None and cfg.node_id == "a"
+
+
+def test_flags_override_file_values() -> None:
+    """A flag wins over the same key in the file."""
+    raw = {"gateway": {"listen": "127.0.0.1:1"}, "backends": {"default": {"address": "h:2"}}}
+    cfg = build_config(raw, {"listen": "127.0.0.1:3", "redis": "redis://127.0.0.1:4/0"})
+    assert cfg.listen.port == 3 and cfg.redis is not None and cfg.redis.url.endswith(":4/0")
+
+
+@pytest.mark.parametrize(
+    ("raw", "flags", "needle"),
+    [
+        ({}, {"backend": "h:1"}, "gateway.listen: required"),
+        ({}, {"listen": "h:1"}, "at least one backend"),
+        ({}, {"listen": "nonsense", "backend": "h:1"}, "expected HOST:PORT"),
+        ({}, {"listen": "h:1", "backend": "h:99999"}, "expected HOST:PORT"),
+        ({"methods": {"m": {"mode": "cache"}}}, {"listen": "h:1", "backend": "h:2"}, "needs ttl"),
+        ({"methods": {"m": {"mode": "fast"}}}, {"listen": "h:1", "backend": "h:2"}, "methods.m.mode"),
+        ({"methods": {"m": {"ttl": "x"}}}, {"listen": "h:1", "backend": "h:2"}, "methods.m.ttl"),
+        ({"routes": {"S": "nope"}}, {"listen": "h:1", "backend": "h:2"}, "routes.S"),
+        ({"gateway": {"colour": 1}}, {"listen": "h:1", "backend": "h:2"}, "unknown key(s) colour"),
+        ({"redis": {"url": "http://x"}}, {"listen": "h:1", "backend": "h:2"}, "redis.url"),
+    ],
+)
+def test_bad_config_names_the_key(raw: dict[str, object], flags: dict[str, str | None], needle: str) -> None:
+    """Each invalid setting raises ConfigError whose message names the offending key."""
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        build_config(raw, flags)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    """A config path that does not exist is reported as such, not as a traceback."""
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "absent.toml"), NO_FLAGS)
