@@ -1,1 +1,22 @@
 """Pure Deferred building blocks; nothing here imports the global reactor."""
+
+from gateway.primitives.asyncdict import DeferredDict
+from gateway.primitives.coalescer import Coalescer, coalesced
+from gateway.primitives.dispatch import DispatchQueue, QueueFull, QueueStopped
+from gateway.primitives.pool import DeferredPool
+from gateway.primitives.race import AllAttemptsFailed, first_success
+from gateway.primitives.retry import RetryingCall, exponential_backoff
+
+__all__ = [
+    "AllAttemptsFailed",
+    "Coalescer",
+    "DeferredDict",
+    "DeferredPool",
+    "DispatchQueue",
+    "QueueFull",
+    "QueueStopped",
+    "RetryingCall",
+    "coalesced",
+    "exponential_backoff",
+    "first_success",
+]

@@ -1,0 +1,1 @@
+"""Micro-benchmarks; run one as `python -m benchmarks.<name>`."""
