@@ -1,1 +1,58 @@
-"""The Thrift wire layer: pure functions on bytes (no Twisted, no Redis)."""
+"""The Thrift wire layer: pure functions on bytes (no Twisted, no Redis).
+
+Modules, one concept each:
+
+* ``kinds``: protocol/transport kinds, message types, :class:`Limits` and the errors;
+* ``protocols``: thrift's pure-Python protocol classes over lean in-memory transports;
+* ``message``: message headers (read, re-encode, replace);
+* ``walk``: the generic, limited value walker behind skipping, call keys and transcoding;
+* ``detect``: recognising a connection's transport and protocol from its first bytes;
+* ``framing``: splitting streams into messages (:class:`MessageReader`) and framing;
+* ``callkey``: canonical form of call arguments and the call key;
+* ``transcode``: re-encoding messages between protocols;
+* ``appexc``: TApplicationException messages and :func:`reply_kind`.
+"""
+
+from gateway.thrift.appexc import application_exception, parse_application_exception, reply_kind
+from gateway.thrift.callkey import call_key, canonical_args
+from gateway.thrift.detect import MAX_DETECT_PREFIX, detect
+from gateway.thrift.framing import MessageReader, encode, frame
+from gateway.thrift.kinds import (
+    DEFAULT_LIMITS,
+    FrameTooLarge,
+    Limits,
+    MalformedMessage,
+    MessageType,
+    NotThrift,
+    ProtocolKind,
+    TransportKind,
+    WireError,
+)
+from gateway.thrift.message import MessageHeader, read_header, replace_header
+from gateway.thrift.transcode import transcode
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MAX_DETECT_PREFIX",
+    "FrameTooLarge",
+    "Limits",
+    "MalformedMessage",
+    "MessageHeader",
+    "MessageReader",
+    "MessageType",
+    "NotThrift",
+    "ProtocolKind",
+    "TransportKind",
+    "WireError",
+    "application_exception",
+    "call_key",
+    "canonical_args",
+    "detect",
+    "encode",
+    "frame",
+    "parse_application_exception",
+    "read_header",
+    "replace_header",
+    "reply_kind",
+    "transcode",
+]

@@ -1,0 +1,210 @@
+"""Call keys: a hash of the canonical form of a call's arguments.
+
+Canonical form (big-endian, every value self-delimiting, so concatenations sort unambiguously):
+
+* struct: its fields sorted by field id (stable), each ``type:u8 id:i16 value``, then ``0x00``;
+* bool ``0x00``/``0x01``; byte/i16/i32/i64 as signed big-endian; double as its IEEE-754 bytes
+  (so -0.0 and 0.0 differ, as they may to the backend); string/binary ``len:u32 bytes``;
+  uuid its 16 bytes;
+* list ``etype:u8 size:u32`` then the elements in order;
+* set ``etype:u8 size:u32`` then the elements sorted by their canonical bytes;
+* map ``ktype:u8 vtype:u8 size:u32`` then the entries (key bytes + value bytes) sorted;
+  an empty map has types 0/0 because compact does not carry them.
+
+Type ids are thrift's ``TType`` values as the protocol readers report them, so binary and
+compact encodings of the same call have the same canonical form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import struct
+from uuid import UUID
+
+from gateway.thrift.kinds import DEFAULT_LIMITS, Limits, ProtocolKind
+from gateway.thrift.message import read_header
+from gateway.thrift.walk import walk_body
+
+_B = struct.Struct(">b")
+_H = struct.Struct(">h")
+_I = struct.Struct(">i")
+_Q = struct.Struct(">q")
+_D = struct.Struct(">d")
+_U32 = struct.Struct(">I")
+_FIELD = struct.Struct(">Bh")
+_COLLECTION = struct.Struct(">BI")
+_MAP = struct.Struct(">BBI")
+
+
+class CanonicalSink:
+    """A write-only "protocol" producing the canonical form into ``out``.
+
+    Writes are appended as they come; a struct whose fields arrived out of id order, and
+    every set or map, is reordered in place when it ends. Sets and maps record where each
+    element ends (``_ends``) so their elements can be cut out and sorted.
+    """
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self._ends: list[int] | None = None  # element ends of the innermost set/map, if any
+        # Per open struct/list/set/map: the parent's _ends and, for structs, the field starts.
+        self._stack: list[tuple[list[int] | None, list[tuple[int, int]] | None, int]] = []
+
+    def _done(self) -> None:
+        if self._ends is not None:
+            self._ends.append(len(self.out))
+
+    # -- structs ---------------------------------------------------------------------------
+
+    def writeStructBegin(self, name: str) -> None:
+        self._stack.append((self._ends, [], len(self.out)))
+        self._ends = None
+
+    def writeFieldBegin(self, name: str, ttype: int, fid: int) -> None:
+        fields = self._stack[-1][1]
+        assert fields is not None
+        fields.append((fid, len(self.out)))
+        self.out += _FIELD.pack(ttype, fid)
+
+    def writeFieldEnd(self) -> None:
+        pass
+
+    def writeFieldStop(self) -> None:
+        fields = self._stack[-1][1]
+        assert fields is not None
+        if any(a[0] > b[0] for a, b in itertools.pairwise(fields)):
+            out = self.out
+            bounds = [start for _, start in fields] + [len(out)]
+            segments = [
+                (fid, bytes(out[bounds[i] : bounds[i + 1]])) for i, (fid, _) in enumerate(fields)
+            ]
+            segments.sort(key=lambda s: s[0])
+            del out[bounds[0] :]
+            for _, segment in segments:
+                out += segment
+        self.out.append(0)
+
+    def writeStructEnd(self) -> None:
+        self._ends = self._stack.pop()[0]
+        self._done()
+
+    # -- containers ------------------------------------------------------------------------
+
+    def writeListBegin(self, etype: int, size: int) -> None:
+        self.out += _COLLECTION.pack(etype, size)
+        self._stack.append((self._ends, None, len(self.out)))
+        self._ends = None
+
+    def writeListEnd(self) -> None:
+        self._ends = self._stack.pop()[0]
+        self._done()
+
+    def writeSetBegin(self, etype: int, size: int) -> None:
+        self.out += _COLLECTION.pack(etype, size)
+        self._stack.append((self._ends, None, len(self.out)))
+        self._ends = []
+
+    def writeSetEnd(self) -> None:
+        self._sort_elements(1)
+
+    def writeMapBegin(self, ktype: int, vtype: int, size: int) -> None:
+        if size == 0:
+            ktype = vtype = 0
+        self.out += _MAP.pack(ktype, vtype, size)
+        self._stack.append((self._ends, None, len(self.out)))
+        self._ends = []
+
+    def writeMapEnd(self) -> None:
+        self._sort_elements(2)
+
+    def _sort_elements(self, values_per_element: int) -> None:
+        ends = self._ends
+        assert ends is not None
+        parent_ends, _, start = self._stack.pop()
+        if len(ends) > values_per_element:
+            out = self.out
+            bounds = [start, *ends[values_per_element - 1 :: values_per_element]]
+            elements = [bytes(out[bounds[i] : bounds[i + 1]]) for i in range(len(bounds) - 1)]
+            elements.sort()
+            del out[start:]
+            for element in elements:
+                out += element
+        self._ends = parent_ends
+        self._done()
+
+    # -- scalars ---------------------------------------------------------------------------
+
+    def writeBool(self, value: bool) -> None:
+        self.out.append(1 if value else 0)
+        self._done()
+
+    def writeByte(self, value: int) -> None:
+        self.out += _B.pack(value)
+        self._done()
+
+    def writeI16(self, value: int) -> None:
+        self.out += _H.pack(value)
+        self._done()
+
+    def writeI32(self, value: int) -> None:
+        self.out += _I.pack(value)
+        self._done()
+
+    def writeI64(self, value: int) -> None:
+        self.out += _Q.pack(value)
+        self._done()
+
+    def writeDouble(self, value: float) -> None:
+        self.out += _D.pack(value)
+        self._done()
+
+    def writeBinary(self, value: bytes) -> None:
+        self.out += _U32.pack(len(value))
+        self.out += value
+        self._done()
+
+    def writeUuid(self, value: UUID) -> None:
+        self.out += value.bytes
+        self._done()
+
+
+def canonical_args(
+    message: bytes,
+    protocol: ProtocolKind,
+    *,
+    exclude_fields: frozenset[int] = frozenset(),
+    limits: Limits = DEFAULT_LIMITS,
+) -> bytes:
+    """The canonical form of the message body struct (top-level ``exclude_fields`` left out)."""
+    header = read_header(message, protocol)
+    sink = CanonicalSink()
+    walk_body(message, header, protocol, sink, limits, exclude_fields)
+    return bytes(sink.out)
+
+
+def call_key(
+    message: bytes,
+    protocol: ProtocolKind,
+    *,
+    scope: str,
+    exclude_fields: frozenset[int] = frozenset(),
+    limits: Limits = DEFAULT_LIMITS,
+) -> str:
+    """``f"{scope}.{method}:{32 hex}"``: equal for calls the backend cannot tell apart.
+
+    The hash (sha256) covers the scope, the bare method name and the canonical args; the
+    seqid, the multiplexed service prefix, the message type, the protocol and the field
+    order never matter. :class:`MalformedMessage` (with the header) if the body is bad.
+    """
+    header = read_header(message, protocol)
+    sink = CanonicalSink()
+    walk_body(message, header, protocol, sink, limits, exclude_fields)
+    method = header.method
+    digest = hashlib.sha256()
+    for part in (scope.encode("utf-8"), method.encode("utf-8")):
+        # Length-prefixed so ("a.b", "c") and ("a", "b.c") cannot collide.
+        digest.update(_U32.pack(len(part)))
+        digest.update(part)
+    digest.update(sink.out)
+    return f"{scope}.{method}:{digest.hexdigest()[:32]}"

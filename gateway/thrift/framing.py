@@ -1,0 +1,155 @@
+"""Transports: splitting a byte stream into whole messages, and framing messages to send."""
+
+from __future__ import annotations
+
+import struct
+
+from gateway.thrift.kinds import (
+    DEFAULT_LIMITS,
+    FrameTooLarge,
+    Limits,
+    MalformedMessage,
+    ProtocolKind,
+    TransportKind,
+    WireError,
+)
+from gateway.thrift.message import MessageHeader, parse_header, read_header
+from gateway.thrift.protocols import DECODE_ERRORS, Buffer, InputBuffer, Truncated, reader
+from gateway.thrift.walk import NULL_SINK, walk_struct
+
+_I32 = struct.Struct(">i")
+
+
+def frame(message: bytes) -> bytes:
+    """``message`` behind its 4-byte big-endian length (TFramedTransport)."""
+    return _I32.pack(len(message)) + message
+
+
+def encode(transport: TransportKind, message: bytes) -> bytes:
+    """``message`` as it goes on a ``transport`` connection: framed, or as is."""
+    return frame(message) if transport is TransportKind.FRAMED else message
+
+
+class MessageReader:
+    """Incremental splitter of one connection direction into whole, unframed messages.
+
+    *Framed*: the length prefix is checked against ``max_frame_size`` (:class:`FrameTooLarge`)
+    and for sign (:class:`MalformedMessage`) as soon as its 4 bytes arrive, before the frame
+    is buffered. Of a whole frame only the header is decoded (a frame that has none is
+    :class:`MalformedMessage`); the body is validated lazily by whoever decodes it
+    (:func:`call_key`, :func:`transcode`, ...), which costs nothing for calls passed through.
+
+    *Buffered*: a message ends where its body struct ends, so the message is skipped
+    generically (with the depth/collection/string limits). When the bytes run out the reader
+    waits; the walker reports a lower bound on the bytes still needed (pending reads plus the
+    remaining container elements at their smallest encoding) and the pending message is only
+    re-walked, from its start, once that much is buffered. Large strings and collections of
+    fixed-size values are therefore re-walked about once, but a huge message made of many
+    small structs arriving in small chunks costs O(size^2 / chunk) in the worst case. The
+    pending message may not exceed ``max_frame_size`` (:class:`FrameTooLarge`). A bad body
+    raises :class:`MalformedMessage` with ``header`` set: the stream cannot be resynchronised.
+
+    Errors are final: the reader keeps raising the same error. Messages that were complete
+    before the error in the same :meth:`feed` are on the error's ``complete`` list.
+    """
+
+    def __init__(
+        self,
+        transport: TransportKind,
+        protocol: ProtocolKind,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.transport = transport
+        self.protocol = protocol
+        self.limits = limits
+        self._buf = bytearray()  # bytes of the messages not yet complete
+        self._need = 0  # len(self._buf) below which parsing cannot progress
+        self._error: WireError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as part of a message."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The messages completed by ``data``, in order (possibly none)."""
+        if self._error is not None:
+            raise self._error
+        buf: Buffer
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+            if len(buf) < self._need:
+                return []
+        else:
+            buf = data  # the common case: parse the caller's bytes without copying them
+        messages: list[bytes] = []
+        try:
+            if self.transport is TransportKind.FRAMED:
+                pos, need = self._split_framed(buf, messages)
+            else:
+                pos, need = self._split_buffered(buf, messages)
+        except WireError as exc:
+            exc.complete = messages
+            self._error = exc
+            self._buf = bytearray()
+            raise
+        if buf is self._buf:
+            del self._buf[:pos]
+        elif pos < len(buf):
+            self._buf = bytearray(memoryview(buf)[pos:])
+        self._need = need - pos
+        return messages
+
+    def _split_framed(self, buf: Buffer, messages: list[bytes]) -> tuple[int, int]:
+        """Cut whole frames from ``buf``; returns (bytes consumed, buffer length needed next)."""
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (length,) = _I32.unpack_from(buf, pos)
+            if length < 0:
+                raise MalformedMessage(f"negative frame length {length}")
+            if length > self.limits.max_frame_size:
+                raise FrameTooLarge(
+                    f"frame of {length} bytes exceeds max_frame_size {self.limits.max_frame_size}"
+                )
+            stop = pos + 4 + length
+            if stop > end:
+                return pos, stop
+            message = bytes(memoryview(buf)[pos + 4 : stop])
+            read_header(message, self.protocol)  # a frame must at least carry a header
+            messages.append(message)
+            pos = stop
+        return pos, pos + 4
+
+    def _split_buffered(self, buf: Buffer, messages: list[bytes]) -> tuple[int, int]:
+        """Cut whole messages from ``buf``; returns (bytes consumed, buffer length needed next)."""
+        pos = 0
+        end = len(buf)
+        limits = self.limits
+        while pos < end:
+            header: MessageHeader | None = None
+            try:
+                header = parse_header(buf, pos, self.protocol, limits.max_string_size)
+                inp = InputBuffer(buf, pos + header.body_offset)
+                walk_struct(reader(self.protocol, inp, limits), NULL_SINK, limits)
+            except Truncated as exc:
+                if exc.need - pos > limits.max_frame_size:
+                    raise FrameTooLarge(
+                        f"unframed message exceeds max_frame_size {limits.max_frame_size}"
+                    ) from None
+                return pos, exc.need
+            except MalformedMessage as exc:
+                raise MalformedMessage(str(exc), header) from None
+            except DECODE_ERRORS as exc:
+                raise MalformedMessage(f"bad message body: {exc!r}", header) from None
+            if inp.pos - pos > limits.max_frame_size:
+                raise FrameTooLarge(
+                    f"unframed message exceeds max_frame_size {limits.max_frame_size}"
+                )
+            if pos == 0 and inp.pos == end and isinstance(buf, bytes):
+                messages.append(buf)  # exactly one whole message: hand the caller's bytes back
+            else:
+                messages.append(bytes(memoryview(buf)[pos : inp.pos]))
+            pos = inp.pos
+        return pos, pos + 1

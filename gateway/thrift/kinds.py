@@ -1,0 +1,96 @@
+"""Vocabulary of the wire layer: protocol/transport kinds, message types, limits and errors."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.thrift.message import MessageHeader
+
+
+class ProtocolKind(enum.StrEnum):
+    """How messages are encoded."""
+
+    BINARY = "binary"  # TBinaryProtocol, strict header (version word 0x8001)
+    BINARY_NONSTRICT = "binary-nonstrict"  # TBinaryProtocol(strictWrite=False): old header
+    COMPACT = "compact"  # TCompactProtocol (protocol id 0x82)
+
+
+class TransportKind(enum.StrEnum):
+    """How messages are delimited on a connection."""
+
+    FRAMED = "framed"  # 4-byte big-endian length, then the message
+    BUFFERED = "buffered"  # messages back to back; boundaries found by parsing
+
+
+class MessageType(enum.IntEnum):
+    """Thrift message types (thrift.Thrift.TMessageType)."""
+
+    CALL = 1
+    REPLY = 2
+    EXCEPTION = 3
+    ONEWAY = 4
+
+
+_MAX_SANE_DEPTH = 512  # the walker recurses once or twice per level; stay far below Python's limit
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied to untrusted bytes; exceeding any of them is an error, never a hang.
+
+    ``max_string_size`` 0 (the default) means "same as ``max_frame_size``".
+    """
+
+    max_frame_size: int = 16 * 1024 * 1024  # whole message, framed or not
+    max_depth: int = 64  # nesting of structs and containers; the message body struct is 1
+    max_collection_size: int = 1_000_000  # elements per list/set, entries per map
+    max_string_size: int = 0  # bytes per string/binary value (0: max_frame_size)
+
+    def __post_init__(self) -> None:
+        if self.max_string_size == 0:
+            object.__setattr__(self, "max_string_size", self.max_frame_size)
+        for name in ("max_frame_size", "max_depth", "max_collection_size", "max_string_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Limits.{name} must be positive")
+        if self.max_depth > _MAX_SANE_DEPTH:
+            raise ValueError(f"Limits.max_depth must be at most {_MAX_SANE_DEPTH}")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class WireError(Exception):
+    """Base of every error raised by the wire layer.
+
+    ``complete`` is only filled by :meth:`MessageReader.feed`: the messages that were whole,
+    in order, before the bad bytes in the same ``feed`` call (so pipelined calls ahead of the
+    error can still be answered).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.complete: list[bytes] = []
+
+
+class FrameTooLarge(WireError):
+    """A message is (or announces it will be) larger than ``max_frame_size``: close the
+    connection."""
+
+
+class MalformedMessage(WireError):
+    """Garbage, truncation or a limit hit.
+
+    ``header`` is set when the message header itself decoded, so the caller can answer with a
+    PROTOCOL_ERROR ``TApplicationException`` carrying the caller's name and seqid.
+    """
+
+    def __init__(self, message: str, header: MessageHeader | None = None) -> None:
+        super().__init__(message)
+        self.header = header
+
+
+class NotThrift(WireError):
+    """The first bytes of a connection are not any supported Thrift transport/protocol."""

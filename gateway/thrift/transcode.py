@@ -1,0 +1,47 @@
+"""Generic re-encoding of whole messages between protocols, without the IDL."""
+
+from __future__ import annotations
+
+from gateway.thrift.kinds import DEFAULT_LIMITS, Limits, ProtocolKind
+from gateway.thrift.message import encode_header, read_header, reheader
+from gateway.thrift.protocols import OutputBuffer, writer
+from gateway.thrift.walk import walk_body
+
+
+def _body_encoding(protocol: ProtocolKind) -> ProtocolKind:
+    # Strict and non-strict binary differ only in the message header.
+    return ProtocolKind.COMPACT if protocol is ProtocolKind.COMPACT else ProtocolKind.BINARY
+
+
+def transcode(
+    message: bytes,
+    src: ProtocolKind,
+    dst: ProtocolKind,
+    *,
+    name: str | None = None,
+    seqid: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> bytes:
+    """``message`` (a whole ``src`` message) re-encoded as ``dst``, name/seqid optionally replaced.
+
+    When both protocols encode bodies alike (same protocol, or strict <-> non-strict binary)
+    only the header is re-encoded and the body is copied verbatim, unvalidated. Otherwise
+    the body is walked generically (with ``limits``); :class:`MalformedMessage` if it is bad.
+    An empty map read from compact carries no key/value types and is written with STOP (0)
+    types, which thrift's readers accept for an empty map.
+    """
+    if _body_encoding(src) is _body_encoding(dst):
+        return reheader(message, src, dst, name=name, seqid=seqid)
+    header = read_header(message, src)
+    out = OutputBuffer(
+        bytearray(
+            encode_header(
+                dst,
+                header.name if name is None else name,
+                header.type,
+                header.seqid if seqid is None else seqid,
+            )
+        )
+    )
+    walk_body(message, header, src, writer(dst, out), limits)
+    return bytes(out.buf)

@@ -1,0 +1,198 @@
+"""call_key: canonical, protocol-independent keys of call arguments."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from thrift.Thrift import TType
+from thrift_messages import ALL_PROTOCOLS, RICH_ARGS, Fields, message
+
+from gateway.thrift import (
+    Limits,
+    MalformedMessage,
+    ProtocolKind,
+    call_key,
+    canonical_args,
+    transcode,
+)
+
+BINARY = ProtocolKind.BINARY
+COMPACT = ProtocolKind.COMPACT
+HELLO = [(1, TType.STRING, b"hello")]
+
+
+def _key(
+    fields: Fields,
+    kind: ProtocolKind = BINARY,
+    *,
+    name: str = "alertSupervisor",
+    seqid: int = 1,
+    scope: str = "sup",
+    exclude_fields: frozenset[int] = frozenset(),
+) -> str:
+    data = message(kind, name, fields, seqid=seqid)
+    return call_key(data, kind, scope=scope, exclude_fields=exclude_fields)
+
+
+def test_key_format() -> None:
+    """The key is "{scope}.{method}:" followed by 32 lowercase hex characters."""
+    assert re.fullmatch(r"sup\.alertSupervisor:[0-9a-f]{32}", _key(HELLO))
+
+
+@pytest.mark.parametrize("kind", ALL_PROTOCOLS)
+def test_protocols_give_the_same_key(kind: ProtocolKind) -> None:
+    """Binary, non-strict binary and compact encodings of the same call share one key."""
+    assert _key(RICH_ARGS, kind) == _key(RICH_ARGS, BINARY)
+
+
+def test_compact_bools_match_binary_bools() -> None:
+    """Compact's in-header booleans and boolean list elements canonicalise like binary's."""
+    args = [(1, TType.BOOL, False), (2, (TType.LIST, TType.BOOL), [True, False, True])]
+    assert _key(args, COMPACT) == _key(args, BINARY)
+
+
+def test_field_order_is_irrelevant() -> None:
+    """The same fields in a different wire order give the same key, nested structs included."""
+    inner = [(1, TType.I32, 1), (2, TType.I32, 2)]
+    a = [(1, TType.STRING, b"x"), (2, TType.STRUCT, inner)]
+    b = [(2, TType.STRUCT, inner[::-1]), (1, TType.STRING, b"x")]
+    assert _key(a) == _key(b)
+
+
+@pytest.mark.parametrize("kind", ALL_PROTOCOLS)
+def test_map_order_is_irrelevant(kind: ProtocolKind) -> None:
+    """Map entries in a different order give the same key."""
+    entries = [(b"b", 2), (b"a", 1), (b"c", 3)]
+    desc = (TType.MAP, TType.STRING, TType.I32)
+    assert _key([(1, desc, entries)], kind) == _key([(1, desc, sorted(entries))], kind)
+
+
+def test_set_order_is_irrelevant() -> None:
+    """Set elements in a different order give the same key, even sets of structs."""
+    elems = [[(1, TType.I32, 2)], [(1, TType.I32, 1)]]
+    desc = (TType.SET, TType.STRUCT)
+    assert _key([(1, desc, elems)]) == _key([(1, desc, elems[::-1])])
+
+
+def test_list_order_matters() -> None:
+    """Lists keep their order: a reversed list is a different call."""
+    desc = (TType.LIST, TType.I32)
+    assert _key([(1, desc, [1, 2])]) != _key([(1, desc, [2, 1])])
+
+
+def test_seqid_is_irrelevant() -> None:
+    """Calls differing only in seqid share one key."""
+    assert _key(HELLO, seqid=1) == _key(HELLO, seqid=99999)
+
+
+def test_multiplexed_service_is_irrelevant() -> None:
+    """The "Svc:" prefix of a multiplexed name does not enter the key (the scope does)."""
+    plain = call_key(message(BINARY, "alert", HELLO), BINARY, scope="s")
+    multiplexed = call_key(message(BINARY, "alert", HELLO, service="Supervisor"), BINARY, scope="s")
+    assert plain == multiplexed
+
+
+def test_different_args_differ() -> None:
+    """A different argument value gives a different key."""
+    assert _key(HELLO) != _key([(1, TType.STRING, b"hellp")])
+
+
+def test_same_value_different_type_differs() -> None:
+    """The same number sent as i32 and as i64 gives different keys."""
+    assert _key([(1, TType.I32, 5)]) != _key([(1, TType.I64, 5)])
+
+
+def test_different_field_ids_differ() -> None:
+    """The same value in a different field gives a different key."""
+    assert _key(HELLO) != _key([(2, TType.STRING, b"hello")])
+
+
+def test_different_scope_differs() -> None:
+    """The scope enters the key."""
+    assert _key(HELLO, scope="a") != _key(HELLO, scope="b")
+
+
+def test_different_method_differs() -> None:
+    """The method name enters the key."""
+    assert _key(HELLO, name="alert").split(":")[1] != _key(HELLO, name="alarm").split(":")[1]
+
+
+def test_scope_and_method_boundary_is_unambiguous() -> None:
+    """Scope "a.b" with method "c" and scope "a" with method "b.c" hash differently."""
+    assert _key(HELLO, scope="a.b", name="c")[-32:] != _key(HELLO, scope="a", name="b.c")[-32:]
+
+
+def test_exclude_fields_ignores_top_level_field() -> None:
+    """A field id in exclude_fields does not influence the key."""
+    a = [(1, TType.STRING, b"hello"), (2, TType.I64, 1)]
+    b = [(1, TType.STRING, b"hello"), (2, TType.I64, 2)]
+    assert _key(a, exclude_fields=frozenset({2})) == _key(b, exclude_fields=frozenset({2}))
+
+
+def test_exclude_fields_matches_absent_field() -> None:
+    """Excluding a field gives the same key as not sending it at all."""
+    a = [(1, TType.STRING, b"hello"), (2, TType.I64, 1)]
+    assert _key(a, exclude_fields=frozenset({2})) == _key(HELLO)
+
+
+def test_exclude_fields_only_applies_at_top_level() -> None:
+    """A nested field with an excluded id still counts."""
+    a = [(1, TType.STRUCT, [(2, TType.I32, 1)])]
+    b = [(1, TType.STRUCT, [(2, TType.I32, 2)])]
+    assert _key(a, exclude_fields=frozenset({2})) != _key(b, exclude_fields=frozenset({2}))
+
+
+def test_empty_map_types_are_irrelevant() -> None:
+    """Empty maps canonicalise alike whatever key/value types binary declares for them."""
+    a = [(1, (TType.MAP, TType.STRING, TType.I32), [])]
+    b = [(1, (TType.MAP, TType.I64, TType.DOUBLE), [])]
+    assert _key(a) == _key(b) == _key(a, COMPACT)
+
+
+def test_negative_zero_differs_from_zero() -> None:
+    """Doubles are compared by their IEEE bytes, so -0.0 and 0.0 differ."""
+    assert _key([(1, TType.DOUBLE, 0.0)]) != _key([(1, TType.DOUBLE, -0.0)])
+
+
+def test_key_survives_transcoding() -> None:
+    """A call transcoded to compact has the key of the original."""
+    data = message(BINARY, "m", RICH_ARGS)
+    assert call_key(transcode(data, BINARY, COMPACT), COMPACT, scope="s") == call_key(
+        data, BINARY, scope="s"
+    )
+
+
+def test_canonical_form_of_simple_struct() -> None:
+    """The canonical form of {1: "hi"} is type, id, length-prefixed bytes, then STOP."""
+    data = message(COMPACT, "m", [(1, TType.STRING, b"hi")])
+    assert canonical_args(data, COMPACT) == b"\x0b\x00\x01\x00\x00\x00\x02hi\x00"
+
+
+def test_truncated_body_is_malformed_with_header() -> None:
+    """A call cut inside its body is MalformedMessage carrying the header."""
+    data = message(COMPACT, "m", HELLO, seqid=5)
+    with pytest.raises(MalformedMessage) as info:
+        call_key(data[:-2], COMPACT, scope="s")
+    assert info.value.header is not None and info.value.header.seqid == 5
+
+
+def test_trailing_bytes_are_malformed() -> None:
+    """Bytes after the args struct are MalformedMessage."""
+    with pytest.raises(MalformedMessage):
+        call_key(message(BINARY, "m", HELLO) + b"\x00", BINARY, scope="s")
+
+
+def test_depth_limit_applies() -> None:
+    """call_key enforces max_depth."""
+    args = [(1, TType.STRUCT, [(1, TType.STRUCT, [(1, TType.I32, 1)])])]
+    with pytest.raises(MalformedMessage):
+        call_key(message(BINARY, "m", args), BINARY, scope="s", limits=Limits(max_depth=2))
+
+
+def test_out_of_range_compact_i16_is_malformed() -> None:
+    """A compact i16 whose varint exceeds 16 bits is MalformedMessage."""
+    data = message(COMPACT, "m", [(1, TType.I16, 1)])
+    bad = data[:-2] + b"\xfe\xff\x07" + b"\x00"  # varint 131070: zigzag for 65535
+    with pytest.raises(MalformedMessage):
+        call_key(bad, COMPACT, scope="s")
