@@ -1,0 +1,1 @@
+"""Example clients for the gateway and its example backends (blocking, Twisted, herd)."""

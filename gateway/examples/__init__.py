@@ -1,0 +1,1 @@
+"""Example Thrift services, their backend server and handlers (demo and test fixtures)."""

@@ -1,0 +1,225 @@
+"""``gateway example-backend``: a real Thrift server for the example services.
+
+Framed transport uses thrift's own ``TTwisted.ThriftServerFactory``; buffered transport uses
+:mod:`gateway.examples.buffered`, since TTwisted has no unframed server. Either way the
+generated py:twisted ``Processor`` does the work, wrapped in :class:`SafeProcessor`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, cast
+
+from thrift.protocol.TBinaryProtocol import TBinaryProtocolAcceleratedFactory
+from thrift.protocol.TCompactProtocol import TCompactProtocolAcceleratedFactory
+from thrift.protocol.TProtocol import TProtocolException
+from thrift.Thrift import TApplicationException, TMessageType
+from thrift.TMultiplexedProcessor import TMultiplexedProcessor
+from thrift.transport import TTransport, TTwisted
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.python.failure import Failure
+
+from gateway.examples.buffered import BufferedThriftFactory, ThriftProcessor
+from gateway.examples.gen.poetry import Poetry
+from gateway.examples.gen.supervisor import Supervisor
+from gateway.examples.handlers import PoetryHandler, SupervisorHandler
+
+PROTOCOL_FACTORIES = {
+    "binary": TBinaryProtocolAcceleratedFactory,
+    "compact": TCompactProtocolAcceleratedFactory,
+}
+
+# --service value -> (Thrift service name used by TMultiplexedProtocol, generated module)
+SERVICES: dict[str, tuple[str, Any]] = {
+    "supervisor": ("Supervisor", Supervisor),
+    "poetry": ("Poetry", Poetry),
+}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too); port 0 asks the OS for a free one."""
+    host, sep, port_text = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT")
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"port {port_text!r} is not a number in 0..65535")
+    return host, int(port_text)
+
+
+class SafeProcessor:
+    """Answers processing failures with a ``TApplicationException`` instead of hanging up.
+
+    The generated processors already turn handler exceptions (declared or not) into replies.
+    What they do not cover - an unknown service under ``TMultiplexedProcessor``, a plain call
+    to a multiplexed server, args that do not decode - raises, and TTwisted's only answer to
+    that is ``loseConnection()``, which a client sees as a dropped connection rather than an
+    error for that call. The inner processor writes to a private buffer so a failure half
+    way through a reply never leaves partial bytes ahead of the error reply.
+    """
+
+    _log = Logger()
+
+    def __init__(self, inner: ThriftProcessor, iprot_factory: Any, oprot_factory: Any) -> None:
+        self._inner = inner
+        self._iprot_factory = iprot_factory
+        self._oprot_factory = oprot_factory
+
+    def process(self, iprot: Any, oprot: Any) -> Deferred[None]:
+        tmo = TTransport.TMemoryBuffer()
+        d = maybeDeferred(self._inner.process, iprot, self._oprot_factory.getProtocol(tmo))
+        d.addCallbacks(
+            self._copy_reply,
+            self._answer_failure,
+            callbackArgs=(tmo, oprot),
+            errbackArgs=(iprot, oprot),
+        )
+        return d
+
+    @staticmethod
+    def _copy_reply(_: object, tmo: Any, oprot: Any) -> None:
+        oprot.trans.write(tmo.getvalue())
+
+    def _answer_failure(self, failure: Failure, iprot: Any, oprot: Any) -> Failure | None:
+        # Both servers hand us a TMemoryBuffer over exactly one message, so the header can be
+        # decoded again from the start whatever the failed processor had consumed.
+        try:
+            header = self._iprot_factory.getProtocol(
+                TTransport.TMemoryBuffer(iprot.trans.getvalue())
+            )
+            name, mtype, seqid = header.readMessageBegin()
+        except Exception:  # not even a header: nothing to answer, so the server hangs up
+            self._log.warn("undecodable message, closing the connection: {f}", f=failure.value)
+            return failure
+        exc = failure.value
+        self._log.warn("call {name!r} failed: {exc!r}", name=name, exc=exc)
+        if mtype == TMessageType.ONEWAY:
+            return None
+        if isinstance(exc, TProtocolException) and exc.type == TProtocolException.NOT_IMPLEMENTED:
+            code = TApplicationException.UNKNOWN_METHOD
+        elif isinstance(
+            exc, TProtocolException | TTransport.TTransportException | EOFError | UnicodeDecodeError
+        ):  # TTransportException: thrift's string/container length limits
+            code = TApplicationException.PROTOCOL_ERROR
+        else:
+            code = TApplicationException.INTERNAL_ERROR
+        detail = getattr(exc, "message", None) or str(exc)
+        # Replies carry the bare method name, as TMultiplexedProcessor's inner processors do.
+        oprot.writeMessageBegin(name.rpartition(":")[2], TMessageType.EXCEPTION, seqid)
+        TApplicationException(code, f"{type(exc).__name__}: {detail}").write(oprot)
+        oprot.writeMessageEnd()
+        return None
+
+
+def build_processor(
+    service: str, multiplexed: bool, handler: SupervisorHandler | PoetryHandler
+) -> ThriftProcessor:
+    """The generated Processor, under its service name when multiplexed."""
+    name, module = SERVICES[service]
+    processor: ThriftProcessor = module.Processor(handler)
+    if multiplexed:
+        # No registerDefault: a plain call to a multiplexed server must fail, like a real one.
+        mux = TMultiplexedProcessor()
+        mux.registerProcessor(name, processor)
+        processor = mux
+    return processor
+
+
+def build_factory(
+    clock: IReactorTime,
+    *,
+    service: str,
+    delay: float = 0.0,
+    protocol: str = "binary",
+    transport: str = "framed",
+    multiplexed: bool = False,
+) -> tuple[Factory, SupervisorHandler | PoetryHandler]:
+    """A server factory for one backend, plus its handler (tests read its counters)."""
+    handler = (SupervisorHandler if service == "supervisor" else PoetryHandler)(clock, delay)
+    proto_factory = PROTOCOL_FACTORIES[protocol]()
+    processor = SafeProcessor(
+        build_processor(service, multiplexed, handler), proto_factory, proto_factory
+    )
+    if transport == "framed":
+        factory: Factory = TTwisted.ThriftServerFactory(processor, proto_factory)
+    else:
+        factory = BufferedThriftFactory(processor, proto_factory, proto_factory)
+    factory.noisy = False  # no "Starting factory" line per listen
+    return factory, handler
+
+
+def _start_logging() -> None:
+    """Warnings and errors to stderr: Twisted's own log, and stdlib logging, which the
+    generated processors use for handler exceptions."""
+    # cast: zope interfaces confuse mypy without the mypy-zope plugin (see buffered._untyped).
+    observer = FilteringLogObserver(
+        cast(Any, textFileLogObserver(sys.stderr)),
+        [cast(Any, LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn))],
+    )
+    globalLogBeginner.beginLoggingTo([cast(Any, observer)], redirectStandardIO=False)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter("example-backend: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
+class _OneLineFormatter(logging.Formatter):
+    """The generated processors log every handler exception with a traceback; the example's
+    "crash:" calls raise on purpose, so one line naming the exception is enough."""
+
+    def formatException(self, ei: Any) -> str:
+        return f"{ei[0].__name__}: {ei[1]}" if ei[0] is not None else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text.replace("\n", " - ", 1)
+
+
+def run_backend(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0). Bad --listen: exit 2; cannot listen: exit 1."""
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"example-backend: bad --listen {args.listen!r}: {exc}", file=sys.stderr)
+        return 2
+    from twisted.internet import reactor as _reactor
+
+    # Any: the reactor's zope interfaces confuse mypy without the mypy-zope plugin.
+    reactor = cast(Any, _reactor)
+    factory, _ = build_factory(
+        reactor,
+        service=args.service,
+        delay=args.delay,
+        protocol=args.protocol,
+        transport=args.transport,
+        multiplexed=args.multiplexed,
+    )
+    try:
+        # Twisted's default backlog of 50 overflows when a herd of hundreds connects at once;
+        # the dropped SYNs come back only after the kernel's ~1 s retransmit.
+        listening = reactor.listenTCP(port, factory, backlog=1024, interface=host)
+    except CannotListenError as exc:
+        print(
+            f"example-backend: cannot listen on {args.listen}: {exc.socketError}", file=sys.stderr
+        )
+        return 1
+    _start_logging()
+    mode = f"{args.protocol}/{args.transport}" + ("/multiplexed" if args.multiplexed else "")
+    bound = listening.getHost().port
+    shown = f"[{host}]" if ":" in host else host
+    print(f"example-backend {args.service} listening on {shown}:{bound} ({mode})", flush=True)
+    # reactor.run() installs SIGINT/SIGTERM handlers that stop the reactor, so both end here.
+    reactor.run()
+    return 0

@@ -1,0 +1,330 @@
+"""The example backend (``gateway example-backend``), the blocking client and the herd driver."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from thrift.protocol.TBinaryProtocol import TBinaryProtocolFactory
+from thrift.Thrift import TApplicationException
+from thrift.transport import TTransport
+
+from clients.calls import ALERT, decode_reply, encode_call
+from clients.sync_client import ExampleClient
+from gateway.examples.buffered import message_length
+from gateway.examples.gen.poetry.ttypes import PoemNotFound
+from gateway.examples.gen.supervisor.ttypes import SupervisorBusy
+from gateway.localredis import free_port
+from gateway.testing import ExampleBackend, gateway_cli, start_example_backend, start_process
+
+
+@pytest.fixture(scope="module")
+def supervisor() -> Iterator[ExampleBackend]:
+    """One binary/framed Supervisor backend shared by the tests that do not count calls."""
+    backend = start_example_backend("supervisor")
+    try:
+        yield backend
+    finally:
+        backend.stop()
+
+
+@pytest.fixture
+def fresh_supervisor() -> Iterator[ExampleBackend]:
+    """A Supervisor backend of the test's own, so its call counters start at zero."""
+    backend = start_example_backend("supervisor")
+    try:
+        yield backend
+    finally:
+        backend.stop()
+
+
+@pytest.fixture(scope="module")
+def poetry() -> Iterator[ExampleBackend]:
+    """A binary/framed Poetry backend."""
+    backend = start_example_backend("poetry")
+    try:
+        yield backend
+    finally:
+        backend.stop()
+
+
+def client_for(
+    backend: ExampleBackend,
+    protocol: str = "binary",
+    transport: str = "framed",
+    multiplexed: bool = False,
+) -> ExampleClient:
+    return ExampleClient(
+        backend.host,
+        backend.port,
+        protocol=protocol,
+        transport=transport,
+        multiplexed=multiplexed,
+        timeout=10.0,
+    )
+
+
+def alert_in_thread(backend: ExampleBackend, message: str) -> threading.Thread:
+    def alert() -> None:
+        with client_for(backend) as client:
+            client.alert(message)
+
+    thread = threading.Thread(target=alert, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.integration
+def test_alert_returns_ack(supervisor: ExampleBackend) -> None:
+    """alertSupervisor answers "ack:" followed by the message."""
+    with client_for(supervisor) as client:
+        assert client.alert("disk full") == "ack:disk full"
+
+
+@pytest.mark.integration
+def test_busy_message_raises_supervisor_busy(supervisor: ExampleBackend) -> None:
+    """A message starting with "busy:" raises the declared SupervisorBusy carrying it."""
+    with client_for(supervisor) as client, pytest.raises(SupervisorBusy) as caught:
+        client.alert("busy:lunch")
+    assert caught.value.reason == "busy:lunch"
+
+
+@pytest.mark.integration
+def test_crash_message_gives_internal_error(supervisor: ExampleBackend) -> None:
+    """A message starting with "crash:" comes back as TApplicationException INTERNAL_ERROR."""
+    with client_for(supervisor) as client, pytest.raises(TApplicationException) as caught:
+        client.alert("crash:boom")
+    assert caught.value.type == TApplicationException.INTERNAL_ERROR
+
+
+@pytest.mark.integration
+def test_connection_survives_a_crashing_call(supervisor: ExampleBackend) -> None:
+    """After an INTERNAL_ERROR reply the same connection still answers the next call."""
+    with client_for(supervisor) as client:
+        with pytest.raises(TApplicationException):
+            client.alert("crash:boom")
+        assert client.alert("next") == "ack:next"
+
+
+@pytest.mark.integration
+def test_backend_stats_counts_each_method(fresh_supervisor: ExampleBackend) -> None:
+    """backendStats reports the calls received per method, itself included."""
+    with client_for(fresh_supervisor) as client:
+        client.alert("a")
+        client.alert("b")
+        client.notify("n")  # oneway, and processed before the stats call sent after it
+        assert client.backend_stats() == {"alertSupervisor": 2, "notify": 1, "backendStats": 1}
+
+
+@pytest.mark.integration
+def test_backend_stats_counts_calls_on_arrival() -> None:
+    """A call still waiting out the backend's delay is already counted."""
+    backend = start_example_backend("supervisor", delay=2.0)
+    try:
+        slow = alert_in_thread(backend, "slow")
+        with client_for(backend) as client:
+            deadline = time.monotonic() + 5
+            while client.backend_stats()["alertSupervisor"] == 0:
+                assert time.monotonic() < deadline, "the slow call never arrived"
+                time.sleep(0.05)
+            assert slow.is_alive(), "the slow call answered before its delay"
+        slow.join(timeout=10)
+    finally:
+        backend.stop()
+
+
+COMBOS = list(itertools.product(["binary", "compact"], ["framed", "buffered"], [False, True]))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("protocol", "transport", "multiplexed"), COMBOS)
+def test_every_protocol_transport_combination_answers(
+    protocol: str, transport: str, multiplexed: bool
+) -> None:
+    """Each protocol x transport x multiplexing combination serves alert, busy and stats."""
+    backend = start_example_backend(
+        "supervisor", protocol=protocol, transport=transport, multiplexed=multiplexed
+    )
+    try:
+        with client_for(
+            backend, protocol=protocol, transport=transport, multiplexed=multiplexed
+        ) as client:
+            assert client.alert("hi") == "ack:hi"
+            with pytest.raises(SupervisorBusy):
+                client.alert("busy:x")
+            assert client.backend_stats()["alertSupervisor"] == 2
+    finally:
+        backend.stop()
+
+
+@pytest.mark.integration
+def test_plain_call_to_multiplexed_backend_is_unknown_method() -> None:
+    """A call without a service prefix gets UNKNOWN_METHOD back instead of a hang-up."""
+    backend = start_example_backend("supervisor", multiplexed=True)
+    try:
+        with client_for(backend) as client, pytest.raises(TApplicationException) as caught:
+            client.alert("hi")
+        assert caught.value.type == TApplicationException.UNKNOWN_METHOD
+    finally:
+        backend.stop()
+
+
+@pytest.mark.integration
+def test_buffered_backend_reassembles_a_call_sent_byte_by_byte() -> None:
+    """The unframed server waits for a whole message however the bytes are split."""
+    backend = start_example_backend("supervisor", transport="buffered")
+    try:
+        factory = TBinaryProtocolFactory()
+        call = encode_call(factory, ALERT, 7, message="drip")
+        with socket.create_connection((backend.host, backend.port), timeout=10) as sock:
+            for i in range(len(call)):
+                sock.sendall(call[i : i + 1])
+                time.sleep(0.001)
+            reply = _read_unframed_reply(sock, factory)
+        assert decode_reply(factory, reply, ALERT) == (7, "ack:drip")
+    finally:
+        backend.stop()
+
+
+def _read_unframed_reply(sock: socket.socket, factory: object) -> bytes:
+    data = b""
+    while (length := message_length(data, factory)) is None:
+        chunk = sock.recv(4096)
+        assert chunk, "backend closed the connection"
+        data += chunk
+    return data[:length]
+
+
+def test_message_length_waits_for_an_incomplete_message() -> None:
+    """message_length returns None for every strict prefix of a message, then its length."""
+    factory = TBinaryProtocolFactory()
+    call = encode_call(factory, ALERT, 1, message="x" * 10)
+    assert all(message_length(call[:n], factory) is None for n in range(len(call)))
+    assert message_length(call + b"next", factory) == len(call)
+
+
+def test_message_length_rejects_garbage() -> None:
+    """Bytes that cannot start a binary-protocol message raise instead of waiting forever."""
+    with pytest.raises(TTransport.TTransportException):  # "length exceeded" for the name
+        message_length(b"GET / HTTP/1.1\r\n\r\n", TBinaryProtocolFactory())
+
+
+@pytest.mark.integration
+def test_get_poem_contains_title(poetry: ExampleBackend) -> None:
+    """getPoem answers a text containing the requested title."""
+    with client_for(poetry) as client:
+        assert "ode to herds" in client.get_poem("ode to herds")
+
+
+@pytest.mark.integration
+def test_missing_title_raises_poem_not_found(poetry: ExampleBackend) -> None:
+    """A title starting with "missing:" raises the declared PoemNotFound."""
+    with client_for(poetry) as client, pytest.raises(PoemNotFound) as caught:
+        client.get_poem("missing:lost")
+    assert caught.value.title == "missing:lost"
+
+
+@pytest.mark.integration
+def test_poetry_backend_stats_counts_get_poem() -> None:
+    """The Poetry service's backendStats counts getPoem calls."""
+    backend = start_example_backend("poetry")
+    try:
+        with client_for(backend) as client:
+            client.get_poem("one")
+            assert client.backend_stats("poetry") == {"getPoem": 1, "backendStats": 1}
+    finally:
+        backend.stop()
+
+
+def run_herd_cli(*args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "clients.herd", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.integration
+def test_herd_against_backend_gets_only_right_replies(fresh_supervisor: ExampleBackend) -> None:
+    """Driven directly at a backend, the herd makes clients x rounds calls, all answered right."""
+    summary = run_herd_cli(
+        "--targets", fresh_supervisor.address, "--clients", "40", "--keys", "5", "--rounds", "3"
+    )
+    assert (summary["client_calls"], summary["ok"]) == (120, 120)
+    assert (summary["wrong_replies"], summary["errors"], summary["stray_replies"]) == (0, 0, 0)
+
+
+@pytest.mark.integration
+def test_herd_counts_rejected_calls_as_errors(poetry: ExampleBackend) -> None:
+    """Calls the backend rejects are errors bucketed by message, never wrong replies."""
+    summary = run_herd_cli(
+        "--targets", poetry.address, "--clients", "4", "--keys", "2", "--rounds", "2"
+    )
+    assert (summary["errors"], summary["wrong_replies"]) == (8, 0)
+    assert summary["error_kinds"] == {
+        "TApplicationException(N): Unknown function alertSupervisor": 8
+    }
+
+
+@pytest.mark.integration
+def test_bad_listen_address_exits_2_with_one_line() -> None:
+    """An unparsable --listen ends the backend at once with exit code 2 and one stderr line."""
+    done = subprocess.run(
+        gateway_cli("example-backend", "--listen", "nowhere", "--service", "supervisor"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--listen" in done.stderr
+
+
+@pytest.mark.integration
+def test_sigterm_exits_0(fresh_supervisor: ExampleBackend) -> None:
+    """SIGTERM stops a listening backend with exit code 0."""
+    assert fresh_supervisor.stop() == 0
+
+
+@pytest.mark.integration
+def test_busy_port_exits_1() -> None:
+    """A port another socket already holds ends the backend with exit code 1."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        port = holder.getsockname()[1]
+        process = start_process(
+            gateway_cli("example-backend", "--listen", f"127.0.0.1:{port}", "--service", "poetry")
+        )
+        try:
+            process.proc.wait(timeout=30)
+            assert process.returncode == 1
+        finally:
+            process.stop()
+
+
+def test_decode_reply_rejects_a_reply_to_another_method() -> None:
+    """A reply naming another method is refused with WRONG_METHOD_NAME."""
+    factory = TBinaryProtocolFactory()
+    buf = TTransport.TMemoryBuffer()
+    prot = factory.getProtocol(buf)
+    prot.writeMessageBegin("getPoem", 2, 1)
+    prot.writeStructBegin("r")
+    prot.writeFieldStop()
+    prot.writeStructEnd()
+    prot.writeMessageEnd()
+    with pytest.raises(TApplicationException) as caught:
+        decode_reply(factory, buf.getvalue(), ALERT)
+    assert caught.value.type == TApplicationException.WRONG_METHOD_NAME
