@@ -83,15 +83,19 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
 
     def stop(self) -> None:
-        """Kill the process by PID and reap it; safe to call twice."""
+        """Kill the process by PID and reap it; safe to call twice; start() may follow."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+    def close(self) -> None:
+        """Stop the server and remove its working directory."""
+        self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()

@@ -21,3 +21,13 @@ def test_fixture_serves_and_stops_by_pid(redis_server: RedisServer) -> None:
     redis_server.stop()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.integration
+def test_server_restarts_on_the_same_port(redis_server: RedisServer) -> None:
+    """stop() then start() brings the same address back, as outage tests need."""
+    redis_server.stop()
+    redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.ping()
+    client.close()

@@ -1,0 +1,254 @@
+"""One Redis connection that keeps itself up: connect, detect loss, reconnect with backoff.
+
+Everything outside txredis.py sees :class:`RedisCommands`: ``is_up``, state callbacks and
+``execute(*args)``, with errors mapped to :class:`RedisUnavailable` (no usable connection:
+fall back) and :class:`RedisCommandError` (Redis answered with an error).
+
+Reconnection is ours, not txredisapi's: each attempt (txredis.connect) is a fresh factory
+with ``reconnect=False``, and a :class:`~gateway.primitives.RetryingCall` with full-jitter
+exponential backoff drives the attempts. That way every up/down transition passes through
+one place, which logs it once and tells the state callbacks (the coordinator switches to
+local-only coalescing on them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeAlias, cast
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.cluster.clock import DelayedCall, as_clock
+from gateway.cluster.txredis import RedisCommandError as RedisCommandError  # re-exported
+from gateway.cluster.txredis import RedisUnavailable as RedisUnavailable  # re-exported
+from gateway.cluster.txredis import connect, translate
+from gateway.cluster.url import RedisURL, parse_redis_url
+from gateway.primitives import RetryingCall, exponential_backoff
+
+Arg: TypeAlias = str | bytes | int | float
+Reply: TypeAlias = bytes | str | int | list["Reply"] | None
+StateCallback = Callable[[bool], None]
+MessageHandler = Callable[[bytes, bytes], None]  # (channel, message) of a pub/sub message
+
+log = Logger(namespace="gateway.cluster")
+
+
+class RedisCommands(Protocol):
+    """What the coordinator and the heartbeat need from a Redis connection."""
+
+    @property
+    def is_up(self) -> bool: ...
+
+    def add_state_callback(self, callback: StateCallback) -> None: ...
+
+    def execute(self, *args: Arg) -> Deferred[Reply]: ...
+
+
+def default_backoff() -> Iterable[float]:
+    """Reconnect delays: full jitter, 0.1 s doubling up to 5 s."""
+    return exponential_backoff(initial=0.1, factor=2.0, max_delay=5.0)
+
+
+class RedisConnector:
+    """A self-healing connection to one Redis server (commands, or pub/sub with ``subscriber``).
+
+    ``clock`` is the reactor: it times the backoff and provides TCP for the endpoint.
+    ``start()`` returns at once; the connection comes up in the background, retrying forever
+    with ``backoff()`` delays until ``stop()``. "Up" means Redis answered a PING, not just
+    that TCP connected. ``reply_timeout`` bounds every command; with ``keepalive`` set, an
+    idle connection is PINGed that often. A Redis that stops answering (hung, partitioned)
+    is treated as down: the connection is aborted and reconnected.
+    """
+
+    def __init__(
+        self,
+        url: str | RedisURL,
+        clock: IReactorTime,
+        *,
+        name: str = "redis",
+        subscriber: bool = False,
+        connect_timeout: float = 2.0,
+        reply_timeout: float = 2.0,
+        keepalive: float | None = 5.0,
+        backoff: Callable[[], Iterable[float]] = default_backoff,
+    ) -> None:
+        self.url = parse_redis_url(url) if isinstance(url, str) else url
+        self._reactor = clock
+        self._clock = as_clock(clock)
+        self._name = name
+        self._subscriber = subscriber
+        self._connect_timeout = connect_timeout
+        self._reply_timeout = reply_timeout
+        self._keepalive = keepalive
+        self._backoff = backoff
+        self._callbacks: list[StateCallback] = []
+        self._up_waiters: list[Deferred[None]] = []
+        self._on_message: MessageHandler | None = None
+        self._proto: Any = None  # txredisapi protocol of the live connection
+        self._factory: Any = None
+        self._retry: RetryingCall[Any] | None = None
+        self._ping_timer: DelayedCall | None = None
+        self._running = False
+        self._logged_up: bool | None = None  # last state logged, so each change logs once
+        self.commands_sent = 0  # for round-trip accounting in tests and benchmarks
+
+    @property
+    def is_up(self) -> bool:
+        return self._proto is not None
+
+    def add_state_callback(self, callback: StateCallback) -> None:
+        """``callback(True)`` after every (re)connect, ``callback(False)`` after every loss."""
+        self._callbacks.append(callback)
+
+    def set_message_handler(self, handler: MessageHandler) -> None:
+        """Where pub/sub messages go (``subscriber=True`` connections only)."""
+        self._on_message = handler
+
+    def when_up(self) -> Deferred[None]:
+        """Fires once the connection is up (at once if it is)."""
+        if self.is_up:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._up_waiters.append(d)
+        return d
+
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._reconnect()
+
+    def stop(self) -> Deferred[None]:
+        """Stop reconnecting and close the connection; fires when it is closed."""
+        self._running = False
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        factory, self._factory = self._factory, None
+        self._set_down("stopped")
+        if factory is None:
+            return succeed(None)
+        return cast(Deferred[None], factory.disconnect()).addCallback(lambda _: None)
+
+    def execute(self, *args: Arg) -> Deferred[Reply]:
+        proto = self._proto
+        if proto is None:
+            return fail(RedisUnavailable(f"{self._name} is down"))
+        self.commands_sent += 1
+        try:
+            # Pub/sub commands never time out: PSUBSCRIBE's reply can sit behind messages.
+            d = proto.execute_command(*args, apply_timeout=not self._subscriber)
+        except Exception as exc:  # txredisapi raises ConnectionError("Not connected") here
+            return fail(RedisUnavailable(str(exc)))
+        return cast(Deferred[Reply], d.addErrback(translate))
+
+    # -- connecting -------------------------------------------------------------------
+
+    def _reconnect(self) -> None:
+        retry: RetryingCall[Any] = RetryingCall(self._reactor, self._connect_once)
+        self._retry = retry
+        retry.start(backoff=self._backoff(), failure_tester=self._attempt_failed).addCallbacks(
+            self._connected,
+            lambda _: None,  # only cancellation (stop) ends the retry loop
+        )
+
+    def _attempt_failed(self, failure: Failure) -> bool:
+        if self._logged_up is not False:
+            self._logged_up = False
+            log.warn(
+                "{name} unreachable at {url}: {reason} (retrying in the background)",
+                name=self._name,
+                url=str(self.url),
+                reason=failure.getErrorMessage(),
+            )
+        return True  # retry every failure; only stop() ends the loop
+
+    def _connect_once(self) -> Deferred[Any]:
+        return connect(
+            self.url,
+            self._reactor,
+            subscriber=self._subscriber,
+            connect_timeout=self._connect_timeout,
+            reply_timeout=self._reply_timeout,
+        )
+
+    def _connected(self, factory: Any) -> None:
+        self._retry = None
+        proto = factory.pool[0] if factory.pool else None
+        if not self._running or proto is None or not proto.connected:
+            factory.disconnect()
+            if self._running:  # died between the PING and now: go round again
+                self._reconnect()
+            return
+        self._factory = factory
+        if self._subscriber:
+            proto.messageReceived = self._message_received
+        proto.whenDisconnected().addCallback(lambda _: self._lost(proto))
+        self._proto = proto
+        if self._logged_up is not True:
+            self._logged_up = True
+            log.info("{name} connected to {url}", name=self._name, url=str(self.url))
+        self._schedule_ping()
+        waiters, self._up_waiters = self._up_waiters, []
+        for d in waiters:
+            d.callback(None)
+        self._notify(True)
+
+    def _schedule_ping(self) -> None:
+        if self._keepalive is not None and self._running and self._proto is not None:
+            self._ping_timer = self._clock.callLater(self._keepalive, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        proto = self._proto
+        if proto is None:
+            return
+        ping = self.execute("PING")
+        ping.addTimeout(self._reply_timeout, self._reactor)
+
+        def answered(_: object) -> None:
+            if proto is self._proto:
+                self._schedule_ping()
+
+        def unanswered(_: Failure) -> None:
+            if proto is self._proto:  # abort -> connectionLost -> _lost -> reconnect
+                proto.transport.abortConnection()
+
+        ping.addCallbacks(answered, unanswered)
+
+    def _lost(self, proto: Any) -> None:
+        if proto is not self._proto:
+            return
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            factory.disconnect()  # stops its (non-reconnecting) ClientService for good
+        self._set_down("connection lost")
+        if self._running:
+            self._reconnect()
+
+    def _set_down(self, why: str) -> None:
+        if self._ping_timer is not None and self._ping_timer.active():
+            self._ping_timer.cancel()
+        self._ping_timer = None
+        if self._proto is None:
+            return
+        self._proto = None
+        if self._running and self._logged_up is not False:
+            self._logged_up = False
+            log.warn("{name} {why}; reconnecting", name=self._name, why=why)
+        self._notify(False)
+
+    def _notify(self, up: bool) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(up)
+            except Exception:
+                log.failure("redis state callback failed")
+
+    def _message_received(self, pattern: object, channel: object, message: object) -> None:
+        if self._on_message is not None and isinstance(channel, bytes):
+            data = message if isinstance(message, bytes) else str(message).encode()
+            self._on_message(channel, data)

@@ -1,0 +1,49 @@
+"""Tunables and counters of the cluster coordinator."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from gateway.cluster.keys import DEFAULT_PREFIX
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How a node coordinates through Redis (all nodes of a cluster should agree)."""
+
+    prefix: str = DEFAULT_PREFIX  # every Redis name starts with it
+    lease_ttl: float = 5.0  # seconds a leader's lease lives unless renewed (every ttl/3)
+    handoff_ttl: float = 30.0  # seconds a leader's result stays readable by its followers
+    hmac_secret: bytes | None = field(default=None, repr=False)  # sign shared results
+    max_shared_bytes: int = 1 << 20  # larger replies are not shared (followers call)
+    inline_bytes: int = 64 << 10  # envelopes up to this size ride in the done notice
+    follower_wait: float | None = None  # bound on following; None: policy.timeout + lease_ttl
+    poll_margin: float = 0.02  # seconds past the lease's expiry before a follower polls
+
+    def __post_init__(self) -> None:
+        if self.lease_ttl <= 0 or self.handoff_ttl <= 0:
+            raise ValueError("lease_ttl and handoff_ttl must be > 0")
+        if self.max_shared_bytes < 0 or self.inline_bytes < 0:
+            raise ValueError("max_shared_bytes and inline_bytes must be >= 0")
+
+
+@dataclass
+class ClusterCounters:
+    """What this node's coordinator did; monotonic, for metrics and tests."""
+
+    leads: int = 0  # backend calls made as lease holder (refreshes and takeovers included)
+    follows: int = 0  # times this node followed another node's lease
+    cache_hits: int = 0  # answered from a shared cache entry (fresh or stale)
+    refreshes: int = 0  # stale entries refreshed in the background
+    takeovers: int = 0  # followers that took over an expired lease
+    remote_answers: int = 0  # follows answered by the leader's shared result (or error)
+    solo_calls: int = 0  # backend calls made without sharing (unusable result, timeout)
+    fallbacks: int = 0  # calls handed to the local fallback coordinator (Redis down)
+    follow_timeouts: int = 0  # follows that hit the follower_wait bound
+    hmac_rejects: int = 0  # shared results dropped for a bad or missing signature
+    bad_envelopes: int = 0  # shared results dropped as malformed
+    not_shared: int = 0  # replies above max_shared_bytes
+    complete_failures: int = 0  # leader results that could not be written to Redis
+
+    def snapshot(self) -> dict[str, int]:
+        return asdict(self)

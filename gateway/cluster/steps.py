@@ -1,0 +1,90 @@
+"""The protocol's Redis round trips for one node: names, script arguments, envelopes.
+
+Each method is one round trip (EVALSHA, or one GET), so the coordinator reads as the
+protocol itself and this module is where the wire format of a step lives.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from gateway.cluster import envelope as env
+from gateway.cluster.connection import Arg, RedisCommands
+from gateway.cluster.decision import Decision, parse_decision
+from gateway.cluster.keys import KeySchema
+from gateway.cluster.lease import LeaseRenewer
+from gateway.cluster.options import ClusterCounters, ClusterOptions
+from gateway.cluster.scripts import COMPLETE, DECIDE, POLL, ScriptRunner
+from gateway.contracts import MethodPolicy
+
+
+class RedisSteps:
+    """``decide``, ``poll``, ``result``, ``complete`` and lease renewal for call keys."""
+
+    def __init__(
+        self, redis: RedisCommands, options: ClusterOptions, counters: ClusterCounters
+    ) -> None:
+        self._redis = redis
+        self._options = options
+        self._keys = KeySchema(options.prefix)
+        self._scripts = ScriptRunner(redis)
+        self.lease_ms = max(1, int(options.lease_ttl * 1000))
+        self._handoff_ms = max(1, int(options.handoff_ttl * 1000))
+        self._counters = counters
+
+    @property
+    def script_reloads(self) -> int:
+        return self._scripts.reloads
+
+    def preload(self) -> Deferred[None]:
+        return self._scripts.preload()
+
+    async def decide(self, key: str, policy: MethodPolicy) -> Decision:
+        """cache | stale | stale_lead | follow | lead (see scripts.DECIDE)."""
+        keys = [self._keys.lease(key), self._keys.cache(key)]
+        return parse_decision(await self._scripts.run(DECIDE, keys, self._decide_args(policy)))
+
+    async def poll(self, key: str, policy: MethodPolicy, following: str) -> Decision:
+        """The followed leader's result if it is there (kind ``result``), else ``decide``."""
+        keys = [self._keys.lease(key), self._keys.cache(key), self._keys.result(key, following)]
+        return parse_decision(await self._scripts.run(POLL, keys, self._decide_args(policy)))
+
+    async def result(self, key: str, token: str) -> bytes | None:
+        """The envelope leader ``token`` left for its followers, if it is (still) there."""
+        stored = await self._redis.execute("GET", self._keys.result(key, token))
+        return stored if isinstance(stored, bytes) else None
+
+    def complete(
+        self, key: str, policy: MethodPolicy, shared: env.Envelope, cacheable: bool
+    ) -> Deferred[None]:
+        """Store, cache (if ``cacheable``), announce, release; never fails.
+
+        A leader answers its own callers whether or not this reached Redis; its followers
+        then find no result and poll, take over or give up on their own.
+        """
+        data = env.encode(shared, key, self._options.hmac_secret)
+        cache_ms = int((policy.ttl + policy.stale_ttl) * 1000) if cacheable else 0
+        inline = "1" if len(data) <= self._options.inline_bytes else "0"
+        keys = [self._keys.lease(key), self._keys.result(key, shared.token), self._keys.cache(key)]
+        done = self._keys.done(key)
+        args: list[Arg] = [shared.token, data, self._handoff_ms, cache_ms, done, inline]
+
+        def failed(_: object) -> None:
+            self._counters.complete_failures += 1
+
+        return self._scripts.run(COMPLETE, keys, args).addCallbacks(lambda _: None, failed)
+
+    def renewer(self, key: str, token: str, clock: IReactorTime) -> LeaseRenewer:
+        """A started renewer extending ``token``'s lease every ``lease_ttl / 3``."""
+        interval = max(0.01, self._options.lease_ttl / 3)
+        lease = self._keys.lease(key)
+        return LeaseRenewer(self._scripts, clock, lease, token, self.lease_ms, interval).start()
+
+    def _decide_args(self, policy: MethodPolicy) -> list[Arg]:
+        want_cache = policy.mode == "cache" and policy.ttl > 0
+        stale_ms = int(policy.stale_ttl * 1000)
+        # A fresh token per decision: it only becomes a lease if this call gets to lead.
+        return ["1" if want_cache else "0", stale_ms, uuid.uuid4().hex, self.lease_ms]

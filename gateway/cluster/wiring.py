@@ -1,0 +1,60 @@
+"""``gateway serve``'s view of the cluster: build a :class:`ClusterNode` from the config.
+
+``gateway.app`` calls ``RedisCluster(config, reactor, stats, fallback=local)`` and uses
+``.coordinator``, ``.mode()`` (``"cluster"`` or ``"local"`` for /healthz and metrics),
+``.start()`` and ``.stop()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from gateway.cluster.coordinator import ClusterCoordinator
+from gateway.cluster.node import ClusterNode
+from gateway.cluster.options import ClusterOptions
+from gateway.config import GatewayConfig
+from gateway.contracts import Coordinator
+from gateway.stats import NodeStats
+
+
+class RedisCluster:
+    """A node's Redis side, configured from ``config.redis`` (which must be set)."""
+
+    def __init__(
+        self, config: GatewayConfig, reactor: Any, stats: NodeStats, *, fallback: Coordinator
+    ) -> None:
+        redis = config.redis
+        if redis is None:
+            raise ValueError("RedisCluster needs config.redis")
+        secret = redis.hmac_secret.encode() if redis.hmac_secret else None
+        options = ClusterOptions(
+            prefix=redis.prefix,
+            lease_ttl=redis.lease_ttl,
+            handoff_ttl=redis.handoff_ttl,
+            hmac_secret=secret,
+            max_shared_bytes=redis.max_shared_bytes,
+        )
+        self.node = ClusterNode(
+            redis.url,
+            node_id=config.node_id,
+            stats=stats,
+            fallback=fallback,
+            clock=reactor,
+            options=options,
+            address=f"{config.listen.host}:{config.listen.port}",
+        )
+
+    @property
+    def coordinator(self) -> ClusterCoordinator:
+        return self.node.coordinator
+
+    def mode(self) -> str:
+        return "cluster" if self.node.coordinator.cluster_mode else "local"
+
+    def start(self) -> None:
+        self.node.start()
+
+    def stop(self) -> Deferred[None]:
+        return self.node.stop()

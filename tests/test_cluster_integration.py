@@ -1,0 +1,466 @@
+"""Cross-node coalescing through a real redis-server: several ClusterNodes in one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+import redis as redis_py
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+
+from gateway.cluster.envelope import Envelope, encode
+from gateway.cluster.keys import KeySchema
+from gateway.cluster.node import ClusterNode
+from gateway.cluster.options import ClusterOptions
+from gateway.contracts import BackendCall, BackendReply, MethodPolicy, Outcome, ReplyKind, Source
+from gateway.errors import BackendUnavailable, GatewayError, RemoteCallFailed
+from gateway.localredis import RedisServer, free_port
+from gateway.stats import NodeStats
+
+pytestmark = pytest.mark.integration
+
+KEY = "Svc.get:0123456789abcdef0123456789abcdef"
+COALESCE = MethodPolicy(mode="coalesce", timeout=5.0)
+CACHE = MethodPolicy(mode="cache", ttl=5.0, timeout=5.0)
+FAST = ClusterOptions(lease_ttl=0.5, handoff_ttl=5.0)
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await sleep(0.01)
+
+
+def fast_backoff() -> list[float]:
+    return [0.05] * 10_000
+
+
+class Backend:
+    """Counts calls; each answers after ``delay`` (None: only when the test fires it)."""
+
+    def __init__(self, delay: float | None = 0.1, fail: GatewayError | None = None) -> None:
+        self.delay = delay
+        self.fail = fail
+        self.calls = 0
+        self.pending: list[Deferred[BackendReply]] = []
+
+    def __call__(self) -> Deferred[BackendReply]:
+        self.calls += 1
+        reply = BackendReply(f"reply-{self.calls}".encode(), "binary", ReplyKind.SUCCESS)
+        d: Deferred[BackendReply] = Deferred()
+        self.pending.append(d)
+        if self.delay is not None:
+            if self.fail is not None:
+                reactor.callLater(self.delay, d.errback, self.fail)
+            else:
+                reactor.callLater(self.delay, d.callback, reply)
+        return d
+
+
+class LocalFallback:
+    """The local-only coordinator a node falls back to: counts, then calls the backend."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def execute(
+        self, key: str, policy: MethodPolicy, call_backend: BackendCall
+    ) -> Deferred[Outcome]:
+        self.calls += 1
+        return call_backend().addCallback(lambda reply: Outcome(reply, Source.BACKEND))
+
+
+class Cluster:
+    """Builds started, ready nodes on one Redis and stops them all afterwards."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.nodes: list[ClusterNode] = []
+        self.fallbacks: dict[str, LocalFallback] = {}
+        self.stats: dict[str, NodeStats] = {}
+
+    async def node(
+        self,
+        node_id: str,
+        options: ClusterOptions = FAST,
+        keepalive: float = 5.0,
+        reply_timeout: float = 1.0,
+    ) -> ClusterNode:
+        self.fallbacks[node_id] = LocalFallback()
+        self.stats[node_id] = NodeStats()
+        node = ClusterNode(
+            self.server.url,
+            node_id=node_id,
+            stats=self.stats[node_id],
+            fallback=self.fallbacks[node_id],
+            clock=reactor,
+            options=options,
+            address=f"127.0.0.1:{9000 + len(self.nodes)}",
+            reply_timeout=reply_timeout,
+            keepalive=keepalive,
+            backoff=fast_backoff,
+        )
+        node.start()
+        self.nodes.append(node)
+        await node.when_ready()
+        return node
+
+    async def nodes_named(self, *names: str, options: ClusterOptions = FAST) -> list[ClusterNode]:
+        return [await self.node(name, options) for name in names]
+
+    async def stop(self) -> None:
+        await gatherResults([n.stop() for n in self.nodes])
+
+
+@pytest_twisted.async_yield_fixture
+async def cluster(redis_server: RedisServer) -> AsyncIterator[Cluster]:
+    c = Cluster(redis_server)
+    try:
+        yield c
+    finally:
+        await c.stop()
+
+
+def execute(node: ClusterNode, backend: BackendCall, policy: MethodPolicy = COALESCE) -> Any:
+    return node.coordinator.execute(KEY, policy, backend)
+
+
+def client(server: RedisServer) -> redis_py.Redis:
+    return redis_py.Redis.from_url(server.url)
+
+
+@pytest_twisted.ensureDeferred
+async def test_herd_across_nodes_reaches_backend_once(cluster: Cluster) -> None:
+    """Identical calls spread over three nodes make one backend call and all get its reply."""
+    nodes = await cluster.nodes_named("a", "b", "c")
+    backend = Backend(delay=0.2)
+    outcomes = await gatherResults([execute(n, backend) for n in nodes for _ in range(3)])
+    assert backend.calls == 1
+    assert {o.reply.message for o in outcomes} == {b"reply-1"}
+    assert sorted(o.source.value for o in outcomes).count("backend") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_coalesce_repeat_after_completion_calls_backend_again(cluster: Cluster) -> None:
+    """In coalesce mode a call made after the previous one finished goes to the backend."""
+    a, b = await cluster.nodes_named("a", "b")
+    backend = Backend(delay=0.01)
+    first = await execute(a, backend)
+    second = await execute(b, backend)
+    assert backend.calls == 2
+    assert (first.reply.message, second.reply.message) == (b"reply-1", b"reply-2")
+    assert second.source is Source.BACKEND
+
+
+@pytest_twisted.ensureDeferred
+async def test_cache_mode_serves_other_nodes_within_ttl(cluster: Cluster) -> None:
+    """A cache-mode reply is served from the shared cache on another node within its ttl."""
+    a, b = await cluster.nodes_named("a", "b")
+    backend = Backend(delay=0.01)
+    await execute(a, backend, CACHE)
+    cached = await execute(b, backend, CACHE)
+    assert backend.calls == 1
+    assert cached.source is Source.CACHE
+    assert cached.reply.message == b"reply-1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_entry_is_served_while_one_refresh_runs(cluster: Cluster) -> None:
+    """Past its ttl a cache entry is served stale at once to everyone while one refresh runs."""
+    nodes = await cluster.nodes_named("a", "b", "c")
+    policy = MethodPolicy(mode="cache", ttl=0.2, stale_ttl=5.0, timeout=5.0)
+    backend = Backend(delay=0.1)
+    await execute(nodes[0], backend, policy)
+    await sleep(0.3)
+    herd = await gatherResults([execute(n, backend, policy) for n in nodes for _ in range(2)])
+    assert {o.source for o in herd} == {Source.STALE}
+    assert {o.reply.message for o in herd} == {b"reply-1"}
+    await wait_until(lambda: backend.calls == 2 and all(d.called for d in backend.pending))
+    await sleep(0.05)  # the refresh's complete script lands right after the backend reply
+    fresh = await execute(nodes[1], backend, policy)
+    assert (fresh.source, fresh.reply.message, backend.calls) == (Source.CACHE, b"reply-2", 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_failure_is_shared_with_followers(cluster: Cluster) -> None:
+    """A leader's backend failure reaches followers as RemoteCallFailed with the same code."""
+    a, b = await cluster.nodes_named("a", "b")
+    backend = Backend(delay=0.2, fail=BackendUnavailable("backend down", code=6))
+    lead = execute(a, backend, CACHE)
+    await wait_until(lambda: backend.calls == 1)  # a holds the lease before b asks
+    follow = execute(b, backend, CACHE)
+    with pytest.raises(BackendUnavailable):
+        await lead
+    with pytest.raises(RemoteCallFailed) as err:
+        await follow
+    assert (err.value.message, err.value.code, backend.calls) == ("backend down", 6, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_failure_is_not_cached(cluster: Cluster) -> None:
+    """After a failed cache-mode call the next call goes to the backend again."""
+    a, b = await cluster.nodes_named("a", "b")
+    failing = Backend(delay=0.01, fail=BackendUnavailable("backend down"))
+    with pytest.raises(BackendUnavailable):
+        await execute(a, failing, CACHE)
+    retry = await execute(b, Backend(delay=0.01), CACHE)
+    assert retry.source is Source.BACKEND
+
+
+@pytest_twisted.ensureDeferred
+async def test_followers_take_over_when_the_leader_dies(cluster: Cluster) -> None:
+    """When the leader stops renewing its lease, a follower takes over and all are answered."""
+    a, b, c = await cluster.nodes_named("a", "b", "c")
+    dead = Backend(delay=None)
+    leader = execute(a, dead)
+    leader.addErrback(lambda f: None)  # cancelled at the end
+    await wait_until(lambda: dead.calls == 1)
+    live = Backend(delay=0.05)
+    followers = gatherResults([execute(b, live), execute(c, live)])
+    await sleep(0.1)
+    await a.stop()  # the leader "dies": no renewals, no result
+    outcomes = await followers
+    leader.cancel()
+    assert live.calls == 1
+    assert {o.reply.message for o in outcomes} == {b"reply-1"}
+    assert b.coordinator.counters.takeovers + c.coordinator.counters.takeovers == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_outage_falls_back_then_recovers(cluster: Cluster) -> None:
+    """With Redis stopped execute uses the fallback; after a restart cluster mode returns."""
+    (a,) = await cluster.nodes_named("a")
+    backend = Backend(delay=0.01)
+    port = cluster.server.port
+    cluster.server.stop()
+    await wait_until(lambda: not a.coordinator.cluster_mode)
+    down = await execute(a, backend)
+    assert (down.source, cluster.fallbacks["a"].calls) == (Source.BACKEND, 1)
+    with RedisServer(port=port):  # the same address again
+        await a.when_ready()
+        up = await execute(a, backend)
+        assert (up.source, cluster.fallbacks["a"].calls) == (Source.BACKEND, 1)
+        assert a.coordinator.counters.leads == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_hung_redis_is_detected_and_survived(cluster: Cluster) -> None:
+    """A Redis that stops answering (SIGSTOP) means local-only mode, and SIGCONT ends it."""
+    a = await cluster.node("a", keepalive=0.1, reply_timeout=0.3)
+    assert cluster.server.proc is not None
+    pid = cluster.server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await wait_until(lambda: not a.coordinator.cluster_mode, timeout=3.0)
+        outcome = await execute(a, Backend(delay=0.01))
+        assert (outcome.source, cluster.fallbacks["a"].calls) == (Source.BACKEND, 1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await a.when_ready()
+    await execute(a, Backend(delay=0.01))
+    assert (a.coordinator.counters.leads, cluster.fallbacks["a"].calls) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_followers_fetch_results_too_big_to_inline(cluster: Cluster) -> None:
+    """When the envelope is not inlined in the notice, followers GET it and are answered."""
+    options = ClusterOptions(lease_ttl=0.5, inline_bytes=8)
+    a, b, c = await cluster.nodes_named("a", "b", "c", options=options)
+    backend = Backend(delay=0.1)
+    lead = execute(a, backend)
+    await wait_until(lambda: backend.calls == 1)
+    outcomes = await gatherResults([lead, execute(b, backend), execute(c, backend)])
+    assert [o.source for o in outcomes] == [Source.BACKEND, Source.REMOTE, Source.REMOTE]
+    assert backend.calls == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_follower_stops_waiting_when_redis_drops(cluster: Cluster) -> None:
+    """A follower whose Redis goes away calls the backend at once instead of waiting."""
+    a, b = await cluster.nodes_named("a", "b", options=ClusterOptions(lease_ttl=5.0))
+    slow = Backend(delay=None)
+    leader = execute(a, slow)
+    leader.addErrback(lambda f: None)
+    await wait_until(lambda: slow.calls == 1)
+    follower = execute(b, Backend(delay=0.01))
+    await sleep(0.05)
+    started = time.monotonic()
+    cluster.server.stop()
+    outcome = await follower
+    assert time.monotonic() - started < 1.0
+    assert outcome.source is Source.BACKEND
+    leader.cancel()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tampered_result_is_rejected_and_the_call_still_succeeds(cluster: Cluster) -> None:
+    """A follower never replays a result with a bad signature; it calls the backend itself."""
+    secret = ClusterOptions(lease_ttl=0.5, hmac_secret=b"s3cret")
+    (b,) = await cluster.nodes_named("b", options=secret)
+    keys, token = KeySchema(), "f" * 32
+    forged = encode(Envelope.ok(token, BackendReply(b"evil", "binary", ReplyKind.SUCCESS)), KEY)
+    with client(cluster.server) as r:  # a fake leader holding the lease, its result forged
+        r.set(keys.lease(KEY), token, px=5000)
+        r.set(keys.result(KEY, token), forged, px=5000)
+    backend = Backend(delay=0.01)
+    outcome = await execute(b, backend)
+    assert (outcome.reply.message, outcome.source) == (b"reply-1", Source.BACKEND)
+    assert b.coordinator.counters.hmac_rejects == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_tampered_cache_entry_is_rejected(cluster: Cluster) -> None:
+    """A cache entry whose payload was altered is not served; the backend answers instead."""
+    secret = ClusterOptions(lease_ttl=0.5, hmac_secret=b"s3cret")
+    a, b = await cluster.nodes_named("a", "b", options=secret)
+    backend = Backend(delay=0.01)
+    await execute(a, backend, CACHE)
+    with client(cluster.server) as r:
+        key = KeySchema().cache(KEY)
+        r.set(key, r.get(key).replace(b"reply-1", b"reply-X"), keepttl=True)
+    outcome = await execute(b, backend, CACHE)
+    assert (outcome.reply.message, outcome.source) == (b"reply-2", Source.BACKEND)
+    assert b.coordinator.heartbeat_fields()["hmac_rejects"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_scripts_are_reloaded_after_script_flush(cluster: Cluster) -> None:
+    """After SCRIPT FLUSH the next call reloads the scripts (NOSCRIPT) and still works."""
+    (a,) = await cluster.nodes_named("a")
+    backend = Backend(delay=0.01)
+    await execute(a, backend)
+    with client(cluster.server) as r:
+        r.script_flush()
+    outcome = await execute(a, backend)
+    assert outcome.reply.message == b"reply-2"
+    assert a.coordinator.script_reloads >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_replies_are_not_shared(cluster: Cluster) -> None:
+    """A reply above max_shared_bytes is not handed over: each follower calls for itself."""
+    small = ClusterOptions(lease_ttl=0.5, max_shared_bytes=4)
+    a, b = await cluster.nodes_named("a", "b", options=small)
+    backend = Backend(delay=0.1)
+    outcomes = await gatherResults([execute(a, backend, CACHE), execute(b, backend, CACHE)])
+    assert backend.calls == 2
+    assert {o.source for o in outcomes} == {Source.BACKEND}
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_protected_redis_works() -> None:
+    """Both connections authenticate with the URL's password and a herd still coalesces."""
+    with RedisServer(password="pw") as server:
+        cluster = Cluster(server)
+        try:
+            a, b = await cluster.nodes_named("a", "b")
+            backend = Backend(delay=0.1)
+            await gatherResults([execute(a, backend), execute(b, backend)])
+            assert backend.calls == 1
+        finally:
+            await cluster.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_heartbeat_writes_expiring_node_keys(cluster: Cluster) -> None:
+    """Each node's heartbeat hash appears with an expiry and the node is scored in gw:nodes."""
+    (a,) = await cluster.nodes_named("a")
+    cluster.stats["a"].calls = 7
+    await a.heartbeat.beat()
+    with client(cluster.server) as r:
+        fields = r.hgetall("gw:node:a")
+        assert fields[b"calls"] == b"7"
+        assert fields[b"redis_mode"] == b"cluster"
+        assert 0 < r.pttl("gw:node:a") <= 10_000
+        assert r.zscore("gw:nodes", "a") is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_json_shows_nodes_and_totals(cluster: Cluster) -> None:
+    """``gateway status --json`` lists the live nodes with their counters and the totals."""
+    a, b = await cluster.nodes_named("a", "b")
+    cluster.stats["a"].calls, cluster.stats["a"].backend_calls = 10, 2
+    cluster.stats["b"].calls = 6
+    await gatherResults([a.heartbeat.beat(), b.heartbeat.beat()])
+    out = subprocess.run(
+        status_cli("--redis", cluster.server.url, "--json"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    assert [(n["node_id"], n["state"], n["calls"]) for n in report["nodes"]] == [
+        ("a", "alive", 10),
+        ("b", "alive", 6),
+    ]
+    assert report["totals"]["calls"] == 16
+    assert report["totals"]["coalescing_ratio"] == 8.0
+
+
+def status_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli", "status", *args]
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_table_shows_nodes_and_totals(cluster: Cluster) -> None:
+    """Without --json ``gateway status`` prints a table row per node and a TOTAL row."""
+    (a,) = await cluster.nodes_named("a")
+    cluster.stats["a"].calls, cluster.stats["a"].backend_calls = 9, 3
+    await a.heartbeat.beat()
+    out = subprocess.run(
+        status_cli("--redis", cluster.server.url), capture_output=True, text=True, check=True
+    )
+    header, row, total = out.stdout.splitlines()
+    assert header.split()[:4] == ["NODE", "STATE", "SEEN", "CALLS"]
+    assert row.split()[:2] == ["a", "alive"] and "3.00" in row.split()
+    assert total.split()[:2] == ["TOTAL", "1/1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_watch_refreshes_until_ctrl_c(cluster: Cluster) -> None:
+    """``--watch`` prints a report every second and exits 0 on Ctrl-C (SIGINT)."""
+    (a,) = await cluster.nodes_named("a")
+    await a.heartbeat.beat()
+    proc = subprocess.Popen(
+        status_cli("--redis", cluster.server.url, "--json", "--watch"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    reports = [json.loads(proc.stdout.readline()) for _ in range(2)]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 0
+    assert [r["totals"]["nodes"] for r in reports] == [1, 1]
+    assert reports[1]["time"] > reports[0]["time"]
+
+
+def test_status_with_unreachable_redis_exits_1() -> None:
+    """``gateway status`` against a port with no Redis prints one error line and exits 1."""
+    url = f"redis://:pw@127.0.0.1:{free_port()}/0"
+    out = subprocess.run(
+        status_cli("--redis", url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "cannot read cluster state" in out.stderr and "pw" not in out.stderr

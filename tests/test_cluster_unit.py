@@ -1,0 +1,274 @@
+"""Unit tests (no Redis) for the cluster package's pure parts: URLs, envelopes, keys, parsing."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from gateway.cluster.completions import encode_notice, parse_notice
+from gateway.cluster.connection import RedisUnavailable
+from gateway.cluster.decision import Decision, UnexpectedReply, parse_decision
+from gateway.cluster.envelope import (
+    Envelope,
+    EnvelopeError,
+    EnvelopeRejected,
+    decode,
+    encode,
+)
+from gateway.cluster.keys import KeySchema
+from gateway.cluster.lease import NoticeListener
+from gateway.cluster.options import ClusterOptions
+from gateway.cluster.url import InvalidRedisURL, RedisURL, parse_redis_url
+from gateway.contracts import BackendReply, ReplyKind
+
+KEY = "Svc.get:0123456789abcdef0123456789abcdef"
+TOKEN = "a" * 32
+REPLY = BackendReply(b"\x80\x01\x00\x02\x00\x00\x00\x03get\n\x00", "binary", ReplyKind.SUCCESS)
+SECRET = b"secret"
+
+# -- url.py -------------------------------------------------------------------------------
+
+
+def test_url_defaults() -> None:
+    """A bare redis:// URL means localhost:6379, database 0, no auth, no TLS."""
+    assert parse_redis_url("redis://") == RedisURL()
+
+
+def test_url_host_port_db_and_password() -> None:
+    """Host, port, database and a percent-encoded password are all taken from the URL."""
+    url = parse_redis_url("redis://:p%40ss@redis.internal:7000/3")
+    assert (url.host, url.port, url.db, url.password, url.username) == (
+        "redis.internal",
+        7000,
+        3,
+        "p@ss",
+        None,
+    )
+
+
+def test_url_username_and_password() -> None:
+    """An ACL user name is kept next to the password."""
+    url = parse_redis_url("redis://gw:pw@h/0")
+    assert (url.username, url.password) == ("gw", "pw")
+
+
+def test_url_str_hides_password() -> None:
+    """Printing a URL never shows the password."""
+    url = parse_redis_url("redis://gw:topsecret@h:1/2")
+    assert str(url) == "redis://gw:***@h:1/2"
+    assert "topsecret" not in repr(url)
+
+
+def test_rediss_means_tls_with_verification() -> None:
+    """rediss:// turns TLS on and verifies the server certificate by default."""
+    url = parse_redis_url("rediss://h:6380")
+    assert (url.tls, url.verify, url.port) == (True, True, 6380)
+
+
+def test_rediss_cert_reqs_none_disables_verification() -> None:
+    """ssl_cert_reqs=none keeps TLS but skips certificate checks."""
+    url = parse_redis_url("rediss://h?ssl_cert_reqs=none")
+    assert (url.tls, url.verify) == (True, False)
+
+
+def test_rediss_endpoint_wraps_tcp_in_tls() -> None:
+    """A TLS URL gives an endpoint that wraps the TCP one (plain URLs give TCP itself)."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import HostnameEndpoint
+
+    # Nothing connects: building an endpoint only needs the reactor's name resolver.
+    assert isinstance(parse_redis_url("redis://h").endpoint(reactor), HostnameEndpoint)
+    tls = parse_redis_url("rediss://h?ssl_cert_reqs=none").endpoint(reactor)
+    assert not isinstance(tls, HostnameEndpoint)
+    assert isinstance(tls._wrappedEndpoint, HostnameEndpoint)
+
+
+def test_unix_url() -> None:
+    """unix:// URLs name a socket path and take the database from ?db=."""
+    url = parse_redis_url("unix:///run/redis.sock?db=2")
+    assert (url.unix_path, url.db) == ("/run/redis.sock", 2)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["http://h", "redis://h/x", "redis://h:notaport", "unix://", "rediss://h?ssl_cert_reqs=x"],
+)
+def test_bad_urls_are_rejected(bad: str) -> None:
+    """Unsupported schemes, non-numeric databases or ports and bad TLS options raise."""
+    with pytest.raises(InvalidRedisURL):
+        parse_redis_url(bad)
+
+
+# -- envelope.py --------------------------------------------------------------------------
+
+
+def test_envelope_roundtrip_keeps_reply_bytes() -> None:
+    """An ok envelope decodes to the very same reply message, protocol and kind."""
+    assert decode(encode(Envelope.ok(TOKEN, REPLY), KEY), KEY) == Envelope.ok(TOKEN, REPLY)
+
+
+def test_error_envelope_roundtrip() -> None:
+    """An error envelope carries the leader's code and message."""
+    data = encode(Envelope.error(TOKEN, 6, "backend down\nreally"), KEY)
+    assert decode(data, KEY) == Envelope.error(TOKEN, 6, "backend down\nreally")
+
+
+def test_skip_envelope_roundtrip() -> None:
+    """A "not shared" envelope says why."""
+    assert decode(encode(Envelope.skip(TOKEN, "too_large"), KEY), KEY).why == "too_large"
+
+
+def test_signed_envelope_verifies() -> None:
+    """A signed envelope decodes with the same secret."""
+    data = encode(Envelope.ok(TOKEN, REPLY), KEY, SECRET)
+    assert decode(data, KEY, SECRET).reply == REPLY
+
+
+def test_tampered_payload_is_rejected() -> None:
+    """Changing one payload byte of a signed envelope makes verification fail."""
+    data = bytearray(encode(Envelope.ok(TOKEN, REPLY), KEY, SECRET))
+    data[-1] ^= 0xFF
+    with pytest.raises(EnvelopeRejected):
+        decode(bytes(data), KEY, SECRET)
+
+
+def test_tampered_header_is_rejected() -> None:
+    """Changing the header (here the token) of a signed envelope makes verification fail."""
+    data = encode(Envelope.ok(TOKEN, REPLY), KEY, SECRET).replace(TOKEN.encode(), b"b" * 32)
+    with pytest.raises(EnvelopeRejected):
+        decode(data, KEY, SECRET)
+
+
+def test_envelope_for_another_key_is_rejected() -> None:
+    """A signed envelope cannot be replayed under a different call key."""
+    data = encode(Envelope.ok(TOKEN, REPLY), KEY, SECRET)
+    with pytest.raises(EnvelopeRejected):
+        decode(data, KEY + "x", SECRET)
+
+
+def test_unsigned_envelope_is_rejected_when_a_secret_is_set() -> None:
+    """A node with a secret refuses unsigned envelopes."""
+    with pytest.raises(EnvelopeRejected):
+        decode(encode(Envelope.ok(TOKEN, REPLY), KEY), KEY, SECRET)
+
+
+def test_wrong_secret_is_rejected() -> None:
+    """An envelope signed with another secret is refused."""
+    with pytest.raises(EnvelopeRejected):
+        decode(encode(Envelope.ok(TOKEN, REPLY), KEY, b"other"), KEY, SECRET)
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"", b"hello", b"GWE9 -\n{}\n", b"GWE1 -\n{not json\n", b'GWE1 -\n{"s":"ok"}\n']
+)
+def test_garbage_is_not_an_envelope(garbage: bytes) -> None:
+    """Truncated, foreign or incomplete bytes raise EnvelopeError."""
+    with pytest.raises(EnvelopeError):
+        decode(garbage, KEY)
+
+
+# -- keys.py ------------------------------------------------------------------------------
+
+
+def test_all_keys_of_a_call_share_one_hash_tag() -> None:
+    """Lease, result, cache and channel of one call carry the same {K} hash tag."""
+    keys = KeySchema()
+    names = [keys.lease(KEY), keys.result(KEY, TOKEN), keys.cache(KEY), keys.done(KEY)]
+    assert all(name.startswith(f"gw:{{{KEY}}}:") for name in names)
+
+
+def test_key_names() -> None:
+    """The schema's names are the documented ones."""
+    keys = KeySchema("p:")
+    assert (keys.lease("k"), keys.result("k", "t"), keys.cache("k"), keys.done("k")) == (
+        "p:{k}:lease",
+        "p:{k}:result:t",
+        "p:{k}:cache",
+        "p:{k}:done",
+    )
+    assert (keys.node("n1"), keys.nodes()) == ("p:node:n1", "p:nodes")
+
+
+def test_done_channel_parses_back_to_its_key() -> None:
+    """The call key is recovered from a done channel name, and other channels give None."""
+    keys = KeySchema()
+    assert keys.key_of_done(keys.done(KEY)) == KEY
+    assert keys.key_of_done("gw:{x}:lease") is None
+    assert keys.key_of_done("other:{x}:done") is None
+
+
+def test_done_pattern_escapes_glob_characters_in_the_prefix() -> None:
+    """A prefix with glob characters is escaped in the PSUBSCRIBE pattern."""
+    assert KeySchema("gw:").done_pattern() == "gw:{*}:done"
+    assert KeySchema("a*b?:").done_pattern() == "a\\*b\\?:{*}:done"
+
+
+def test_prefix_with_braces_is_refused() -> None:
+    """A brace in the prefix would move the hash tag, so it is refused."""
+    with pytest.raises(ValueError):
+        KeySchema("gw{x}:")
+
+
+# -- decision / notices / options -----------------------------------------------------------
+
+
+def test_follow_decision_parses_token_and_lease_time() -> None:
+    """A follow reply gives the leader's token and its lease's remaining milliseconds."""
+    assert parse_decision([b"follow", TOKEN.encode(), 420]) == Decision(
+        "follow", token=TOKEN, lease_ms=420
+    )
+
+
+def test_unexpected_decision_reply_raises() -> None:
+    """Replies of an unknown shape raise UnexpectedReply instead of being guessed at."""
+    for reply in (None, b"lead", [b"nope"], [b"lead"], [b"cache", 3]):
+        with pytest.raises(UnexpectedReply):
+            parse_decision(reply)
+
+
+def test_notice_roundtrip() -> None:
+    """A notice carries the token and, when inlined, the envelope (which may hold newlines)."""
+    assert parse_notice(encode_notice(TOKEN, b"a\nb")) == (TOKEN, b"a\nb")
+    assert parse_notice(encode_notice(TOKEN, None)) == (TOKEN, None)
+
+
+def test_options_reject_non_positive_lease() -> None:
+    """A zero lease_ttl is refused at construction."""
+    with pytest.raises(ValueError):
+        ClusterOptions(lease_ttl=0)
+
+
+# -- lease.NoticeListener -----------------------------------------------------------------
+
+
+def test_listener_wait_times_out_and_keeps_listening() -> None:
+    """A timed wait ends with False, and the notice still arrives for the next wait."""
+    clock, waiter = Clock(), Deferred[bytes | None]()
+    listener = NoticeListener(waiter, clock)
+    first = listener.wait(1.0)
+    clock.advance(1.0)
+    assert first.result is False
+    second = listener.wait(1.0)
+    waiter.callback(b"env")
+    assert second.result is True
+    assert listener.result == b"env"
+
+
+def test_listener_reports_failures_as_results() -> None:
+    """A failed waiter (Redis gone) wakes the wait and is handed over as a Failure."""
+    clock, waiter = Clock(), Deferred[bytes | None]()
+    listener = NoticeListener(waiter, clock)
+    woken = listener.wait(5.0)
+    waiter.errback(RedisUnavailable("down"))
+    assert woken.result is True
+    result = listener.result
+    assert isinstance(result, Failure) and result.check(RedisUnavailable)
+
+
+def test_listener_cancel_cancels_the_waiter() -> None:
+    """Cancelling the listener cancels its registration."""
+    waiter = Deferred[bytes | None]()
+    NoticeListener(waiter, Clock()).cancel()
+    assert waiter.called
