@@ -21,12 +21,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cluster.clock import DelayedCall, as_clock
 from gateway.cluster.txredis import RedisCommandError as RedisCommandError  # re-exported
 from gateway.cluster.txredis import RedisUnavailable as RedisUnavailable  # re-exported
 from gateway.cluster.txredis import connect, translate
 from gateway.cluster.url import RedisURL, parse_redis_url
 from gateway.primitives import RetryingCall, exponential_backoff
+from gateway.reactors import DelayedCall, as_clock
 
 Arg: TypeAlias = str | bytes | int | float
 Reply: TypeAlias = bytes | str | int | list["Reply"] | None

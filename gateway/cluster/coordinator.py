@@ -31,7 +31,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cluster import envelope as env
-from gateway.cluster.clock import as_clock
 from gateway.cluster.completions import Completions
 from gateway.cluster.connection import RedisCommandError, RedisCommands, RedisUnavailable
 from gateway.cluster.decision import Decision, UnexpectedReply
@@ -40,6 +39,7 @@ from gateway.cluster.options import ClusterCounters, ClusterOptions
 from gateway.cluster.steps import RedisSteps
 from gateway.contracts import BackendCall, BackendReply, Coordinator, MethodPolicy, Outcome, Source
 from gateway.errors import INTERNAL_ERROR, GatewayError, RemoteCallFailed
+from gateway.reactors import as_clock
 
 log = Logger(namespace="gateway.cluster")
 

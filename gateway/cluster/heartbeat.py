@@ -17,9 +17,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gateway.cluster.clock import as_clock
 from gateway.cluster.connection import Arg, RedisCommands
 from gateway.cluster.keys import DEFAULT_PREFIX, KeySchema
+from gateway.reactors import as_clock
 from gateway.stats import NodeStats
 
 log = Logger(namespace="gateway.cluster")

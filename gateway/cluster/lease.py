@@ -6,10 +6,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from gateway.cluster.clock import DelayedCall, as_clock
 from gateway.cluster.completions import Notice
 from gateway.cluster.connection import Arg, Reply
 from gateway.cluster.scripts import RENEW, ScriptRunner
+from gateway.reactors import DelayedCall, as_clock
 
 
 class LeaseRenewer:

@@ -1,0 +1,130 @@
+"""``gateway serve``: turn parsed arguments into a running node (the wiring, nothing else)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.contracts import Coordinator
+from gateway.logs import setup_logging
+from gateway.proxy.local import LocalCoordinator
+from gateway.proxy.node import DrainSummary, GatewayNode
+from gateway.reactors import as_reactor
+from gateway.stats import NodeStats
+
+log = logging.getLogger("gateway.app")
+
+
+class ClusterSide(Protocol):
+    """What serve needs from a node's coordination side (Redis-backed or local-only)."""
+
+    @property
+    def coordinator(self) -> Coordinator: ...
+
+    def mode(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> Deferred[None] | None: ...
+
+
+class LocalOnly:
+    """No Redis configured: coordination stays on this node."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    @property
+    def coordinator(self) -> Coordinator:
+        return self._coordinator
+
+    def mode(self) -> str:
+        return "disabled"
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def build_cluster(config: GatewayConfig, reactor: Any, stats: NodeStats) -> ClusterSide:
+    local = LocalCoordinator(reactor, max_entries=config.cache_max_entries)
+    if config.redis is None:
+        return LocalOnly(local)
+    from gateway.cluster.wiring import RedisCluster
+
+    return RedisCluster(config, reactor, stats, fallback=local)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    overrides = {
+        "listen": args.listen,
+        "backend": args.backend,
+        "node_id": args.node_id,
+        "admin": args.admin,
+        "redis": args.redis,
+        "log_format": args.log_format,
+    }
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_format, config.node_id)
+
+    from twisted.internet import reactor as global_reactor
+    from twisted.internet.error import CannotListenError
+
+    reactor = as_reactor(global_reactor)
+
+    stats = NodeStats()
+    cluster = build_cluster(config, reactor, stats)
+    node = GatewayNode(config, reactor, cluster.coordinator, stats, mode=cluster.mode)
+    try:
+        node.start()
+    except CannotListenError as exc:
+        print(
+            f"gateway: cannot listen on {exc.interface}:{exc.port}: {exc.socketError}",
+            file=sys.stderr,
+        )
+        return 1
+    cluster.start()
+    backends = ", ".join(
+        f"{b.name}={cfg}" for b, cfg in ((b, b.pools[0].address) for b in node.backends.values())
+    )
+    log.info(
+        "listening on %s:%d; backends %s; redis %s",
+        config.listen.host, node.listen_port, backends, cluster.mode(),
+    )  # fmt: skip
+    print(
+        f"gateway {config.node_id} listening on {config.listen.host}:{node.listen_port}", flush=True
+    )
+
+    exit_code = [0]
+    stopping = [False]
+
+    def shutdown(signum: int, _frame: object) -> None:
+        if stopping[0]:
+            return
+        stopping[0] = True
+        log.info("signal %d: draining (up to %gs)", signum, config.drain_timeout)
+
+        def finished(summary: DrainSummary) -> Deferred[None] | None:
+            print(summary.line(config.node_id), flush=True)
+            # A short grace so replies written during the drain leave the socket buffers.
+            reactor.callLater(0.05, reactor.stop)
+            return cluster.stop()
+
+        reactor.callFromThread(lambda: node.stop(config.drain_timeout).addCallback(finished))
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    reactor.run(installSignalHandlers=False)
+    return exit_code[0]

@@ -1,0 +1,91 @@
+"""A named backend: its replicas' pools, retries for idempotent calls, and hedging.
+
+Retries happen only for ``idempotent`` methods and only on connection-level failures
+(:class:`BackendUnavailable`): a timeout may mean the backend did the work, so it is never
+retried. Hedging (``hedge_after``) also needs ``idempotent``: a second replica is asked when
+the first has not answered after ``hedge_after`` seconds, and the first answer wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from gateway.contracts import MethodPolicy
+from gateway.errors import BackendUnavailable, GatewayError
+from gateway.primitives import AllAttemptsFailed, RetryingCall, exponential_backoff, first_success
+from gateway.proxy.upstream import UpstreamPool
+from gateway.thrift import ProtocolKind
+
+RETRY_ATTEMPTS = 3
+
+
+class Backend:
+    def __init__(
+        self,
+        name: str,
+        pools: list[UpstreamPool],
+        clock: IReactorTime,
+        hedge_after: float | None = None,
+        retry_backoff: Callable[[], Iterable[float]] | None = None,
+    ) -> None:
+        if not pools:
+            raise ValueError("a backend needs at least one address")
+        self.name = name
+        self.pools = pools
+        self.protocol: ProtocolKind = pools[0].protocol
+        self._clock = clock
+        self._hedge_after = hedge_after
+        self._rr = 0
+        self._retry_backoff = retry_backoff or (lambda: exponential_backoff(0.02, 2.0, 0.5))
+
+    def start(self) -> None:
+        for pool in self.pools:
+            pool.start()
+
+    def stop(self) -> None:
+        for pool in self.pools:
+            pool.stop()
+
+    def _pool(self, offset: int = 0) -> UpstreamPool:
+        return self.pools[(self._rr + offset) % len(self.pools)]
+
+    def call(self, message: bytes, policy: MethodPolicy, oneway: bool = False) -> Deferred[bytes]:
+        """Send ``message`` (in this backend's protocol) and fire with the reply message."""
+        self._rr += 1
+        if oneway:
+            return self._pool().call(message, timeout=policy.timeout, oneway=True)
+        if not policy.idempotent:
+            return self._pool().call(message, timeout=policy.timeout)
+        if self._hedge_after is not None and len(self.pools) > 1:
+            attempts = [
+                (lambda p=pool: p.call(message, timeout=policy.timeout))
+                for pool in (self._pool(i) for i in range(len(self.pools)))
+            ]
+            d = first_success(attempts, stagger=self._hedge_after, clock=self._clock)
+            return d.addErrback(_unwrap_all_failed)
+        offsets = iter(range(RETRY_ATTEMPTS))
+
+        def attempt() -> Deferred[bytes]:
+            # Each retry moves to the next replica, so one dead replica costs one attempt.
+            return self._pool(next(offsets, 0)).call(message, timeout=policy.timeout)
+
+        retrying: RetryingCall[bytes] = RetryingCall(self._clock, attempt)
+        return retrying.start(
+            backoff=self._retry_backoff(),
+            max_attempts=RETRY_ATTEMPTS,
+            failure_tester=lambda f: isinstance(f.value, BackendUnavailable),
+        )
+
+
+def _unwrap_all_failed(reason: Failure) -> Failure:
+    """Report the first replica's GatewayError rather than the aggregate."""
+    exc = reason.value
+    if isinstance(exc, AllAttemptsFailed):
+        for failure in exc.failures:
+            if isinstance(failure.value, GatewayError):
+                return failure
+    return reason

@@ -1,0 +1,230 @@
+"""One client call, from decoded message to the reply bytes for that client.
+
+Path of a call: route -> (passthrough | local join in the Coalescer -> Coordinator decides:
+cache / follow another node / call the backend) -> reply re-encoded in the caller's own
+protocol with the caller's own seqid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from gateway.contracts import BackendReply, Coordinator, MethodPolicy, Outcome, Source
+from gateway.errors import INTERNAL_ERROR, PROTOCOL_ERROR, GatewayError
+from gateway.primitives import Coalescer
+from gateway.proxy.router import Router
+from gateway.reactors import as_clock
+from gateway.stats import NodeStats
+from gateway.thrift import (
+    Limits,
+    MalformedMessage,
+    MessageHeader,
+    MessageType,
+    ProtocolKind,
+    application_exception,
+    call_key,
+    read_header,
+    reply_kind,
+    transcode,
+)
+
+log = logging.getLogger("gateway.proxy")
+
+INVALID_MESSAGE_TYPE = 2
+_MAX_METHOD_LABELS = 200
+
+
+class LatencySink(Protocol):
+    def observe(self, method: str, source: str, seconds: float) -> None: ...
+
+
+class BackendLike(Protocol):
+    """What the handler needs of a backend (``proxy.backend.Backend``, or a test double)."""
+
+    @property
+    def protocol(self) -> ProtocolKind: ...
+
+    def call(
+        self, message: bytes, policy: MethodPolicy, oneway: bool = False
+    ) -> Deferred[bytes]: ...
+
+
+class CallHandler:
+    """Turns one client message into (at most) one reply message, never raising."""
+
+    def __init__(
+        self,
+        router: Router,
+        backends: Mapping[str, BackendLike],
+        coordinator: Coordinator,
+        stats: NodeStats,
+        clock: IReactorTime,
+        limits: Limits,
+        metrics: LatencySink | None = None,
+    ) -> None:
+        self._router = router
+        self._backends = backends
+        self._coordinator = coordinator
+        self._stats = stats
+        self._clock = as_clock(clock)
+        self._limits = limits
+        self._metrics = metrics
+        self._methods_seen: set[str] = set()
+        self.coalescer: Coalescer[str, Outcome] = Coalescer()
+
+    def handle(self, message: bytes, protocol: ProtocolKind) -> Deferred[bytes | None]:
+        """Fire with the reply message for the client (None for oneway); never fails.
+
+        Cancelling the returned Deferred (the client went away) drops only this caller.
+        """
+        try:
+            header = read_header(message, protocol)
+        except MalformedMessage as exc:
+            # Without a header there is no seqid to answer with; the server closes.
+            return defer.fail(exc)
+        self._stats.calls += 1
+        if header.type not in (MessageType.CALL, MessageType.ONEWAY):
+            return self._error(header, protocol, INVALID_MESSAGE_TYPE, "gateway: expected a call")
+        try:
+            route = self._router.resolve(header.service, header.method)
+            backend = self._backends[route.backend]
+            upstream = transcode(
+                message, protocol, backend.protocol, name=route.upstream_name, limits=self._limits
+            )
+            key = None
+            if header.type is MessageType.CALL and route.policy.mode != "passthrough":
+                key = call_key(
+                    message,
+                    protocol,
+                    scope=route.backend,
+                    exclude_fields=route.policy.exclude_fields,
+                    limits=self._limits,
+                )
+        except GatewayError as exc:
+            return self._error(header, protocol, exc.code, exc.message)
+        except MalformedMessage as exc:
+            return self._error(header, protocol, PROTOCOL_ERROR, f"gateway: malformed call: {exc}")
+
+        if header.type is MessageType.ONEWAY:
+            # Oneway calls carry no reply to share, so they are forwarded, never coalesced.
+            self._stats.backend_calls += 1
+            backend.call(upstream, route.policy, oneway=True).addErrback(_log_oneway_failure)
+            return defer.succeed(None)
+
+        started = self._clock.seconds()
+        self._stats.in_flight += 1
+
+        def call_backend() -> Deferred[BackendReply]:
+            self._stats.backend_calls += 1
+            return backend.call(upstream, route.policy).addCallback(
+                lambda reply: BackendReply(
+                    reply, backend.protocol, reply_kind(reply, backend.protocol)
+                )
+            )
+
+        d: Deferred[tuple[Outcome, bool]]
+        if key is None:
+            d = call_backend().addCallback(lambda r: (Outcome(r, Source.BACKEND), False))
+        else:
+            d = self.coalescer.call_shared(key, self._execute, key, route.policy, call_backend)
+
+        def done(result: tuple[Outcome, bool] | Failure) -> bytes | Failure | None:
+            self._stats.in_flight -= 1
+            if isinstance(result, Failure):
+                if isinstance(result.value, CancelledError):
+                    return result  # the client is gone; nobody to answer
+                source = "error"
+                reply = self._failure_reply(header, protocol, result)
+            else:
+                outcome, shared = result
+                source = "joined" if shared else outcome.source.value
+                self._count(outcome.source, shared)
+                try:
+                    reply = transcode(
+                        outcome.reply.message,
+                        ProtocolKind(outcome.reply.protocol),
+                        protocol,
+                        name=header.method,
+                        seqid=header.seqid,
+                        limits=self._limits,
+                    )
+                except MalformedMessage as exc:
+                    log.warning(
+                        "backend reply for %s could not be re-encoded: %s", header.name, exc
+                    )
+                    reply = self._error_bytes(
+                        header, protocol, INTERNAL_ERROR, "gateway: bad backend reply"
+                    )
+            self._observe(header.method, source, self._clock.seconds() - started)
+            return reply
+
+        return d.addBoth(done)
+
+    def _execute(
+        self, key: str, policy: MethodPolicy, call_backend: Callable[[], Deferred[BackendReply]]
+    ) -> Deferred[Outcome]:
+        # Detached: when every local caller has gone, the Coalescer cancels *this* Deferred,
+        # but the backend call (and, in a cluster, the result other nodes wait for) goes on.
+        inner = self._coordinator.execute(key, policy, call_backend)
+        outer: Deferred[Outcome] = Deferred()
+
+        def relay(result: Outcome | Failure) -> None:
+            if not outer.called:
+                outer.callback(result) if not isinstance(result, Failure) else outer.errback(result)
+            return None
+
+        inner.addBoth(relay)
+        return outer
+
+    def _count(self, source: Source, shared: bool) -> None:
+        if shared:
+            self._stats.coalesced_local += 1
+        elif source is Source.CACHE or source is Source.STALE:
+            self._stats.cache_hits += 1
+        elif source is Source.REMOTE:
+            self._stats.coalesced_remote += 1
+
+    def _observe(self, method: str, source: str, seconds: float) -> None:
+        if self._metrics is None:
+            return
+        if method not in self._methods_seen:
+            if len(self._methods_seen) >= _MAX_METHOD_LABELS:
+                method = "_other"  # bounded label cardinality whatever clients send
+            else:
+                self._methods_seen.add(method)
+        self._metrics.observe(method, source, seconds)
+
+    def _failure_reply(
+        self, header: MessageHeader, protocol: ProtocolKind, reason: Failure
+    ) -> bytes:
+        exc = reason.value
+        if isinstance(exc, GatewayError):
+            return self._error_bytes(header, protocol, exc.code, exc.message)
+        log.error("unexpected failure for %s: %s", header.name, reason.getTraceback())
+        return self._error_bytes(header, protocol, INTERNAL_ERROR, "gateway: internal error")
+
+    def _error_bytes(
+        self, header: MessageHeader, protocol: ProtocolKind, code: int, message: str
+    ) -> bytes:
+        self._stats.errors += 1
+        return application_exception(protocol, header.method, header.seqid, code, message)
+
+    def _error(
+        self, header: MessageHeader, protocol: ProtocolKind, code: int, message: str
+    ) -> Deferred[bytes | None]:
+        if header.type is MessageType.ONEWAY:
+            self._stats.errors += 1
+            log.warning("dropping oneway %s: %s", header.name, message)
+            return defer.succeed(None)  # a oneway caller reads no reply
+        return defer.succeed(self._error_bytes(header, protocol, code, message))
+
+
+def _log_oneway_failure(reason: Failure) -> None:
+    log.warning("oneway call not delivered: %s", reason.getErrorMessage())

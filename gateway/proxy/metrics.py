@@ -1,0 +1,64 @@
+"""Prometheus metrics: the node's counters (from :class:`NodeStats`) plus latency histograms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.stats import NodeStats
+
+_COUNTERS = {
+    "calls": "Client calls received",
+    "backend_calls": "Calls this node sent to a backend",
+    "coalesced_local": "Calls that joined an identical call in flight on this node",
+    "coalesced_remote": "Calls answered by following another node's leader",
+    "cache_hits": "Calls answered from the cache (fresh or stale)",
+    "errors": "Calls answered with a gateway-made TApplicationException",
+}
+
+
+class _StatsCollector(Collector):
+    def __init__(self, stats: NodeStats, node_id: str, mode: Callable[[], str]) -> None:
+        self._stats = stats
+        self._node_id = node_id
+        self._mode = mode
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc in _COUNTERS.items():
+            family = CounterMetricFamily(f"gateway_{name}", doc, labels=["node"])
+            family.add_metric([self._node_id], float(getattr(self._stats, name)))
+            yield family
+        in_flight = GaugeMetricFamily(
+            "gateway_in_flight", "Client calls waiting for an answer", labels=["node"]
+        )
+        in_flight.add_metric([self._node_id], float(self._stats.in_flight))
+        yield in_flight
+        mode = GaugeMetricFamily(
+            "gateway_redis_mode", "1 for the node's current coordination mode", labels=["mode"]
+        )
+        mode.add_metric([self._mode()], 1.0)
+        yield mode
+
+
+class Metrics:
+    """One registry per node (not the global one), so tests can run several nodes in-process."""
+
+    def __init__(self, stats: NodeStats, node_id: str, mode: Callable[[], str]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_StatsCollector(stats, node_id, mode))
+        self.latency = Histogram(
+            "gateway_call_latency_seconds",
+            "Client-observed call latency through the gateway",
+            labelnames=["method", "source"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+    def observe(self, method: str, source: str, seconds: float) -> None:
+        self.latency.labels(method=method, source=source).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

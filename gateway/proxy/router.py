@@ -1,0 +1,62 @@
+"""Routing: which backend serves a call, under which upstream name, with which policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import GatewayConfig
+from gateway.contracts import MethodPolicy
+from gateway.errors import UnknownRoute
+
+
+@dataclass(frozen=True)
+class Route:
+    backend: str  # backend name (also the call key scope)
+    upstream_name: str  # message name sent to the backend
+    policy: MethodPolicy
+
+
+class Router:
+    """Resolves a client's message name to a :class:`Route`.
+
+    Backend: the method's own ``backend`` setting, else the multiplexed service's route, else
+    the default backend. Policy: ``methods."Service:method"``, else ``methods.method``, else
+    ``methods."*"``. Routes are memoised per name: the set of names is bounded by the IDL.
+    """
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self._config = config
+        self._memo: dict[tuple[str | None, str], Route] = {}
+
+    def resolve(self, service: str | None, method: str) -> Route:
+        memo_key = (service, method)
+        route = self._memo.get(memo_key)
+        if route is None:
+            route = self._resolve(service, method)
+            if len(self._memo) < 10_000:  # a client inventing names must not grow us forever
+                self._memo[memo_key] = route
+        return route
+
+    def _resolve(self, service: str | None, method: str) -> Route:
+        cfg = self._config
+        method_cfg = None
+        if service is not None:
+            method_cfg = cfg.methods.get(f"{service}:{method}")
+        if method_cfg is None:
+            method_cfg = cfg.methods.get(method)
+        policy = method_cfg.policy if method_cfg is not None else cfg.default_policy
+        backend_name = method_cfg.backend if method_cfg is not None else None
+        if backend_name is None and service is not None:
+            backend_name = cfg.routes.get(service)
+        if backend_name is None:
+            backend_name = cfg.default_backend
+        if backend_name is None:
+            label = f"{service}:{method}" if service else method
+            raise UnknownRoute(f"gateway: no backend routes {label!r}")
+        backend = cfg.backends[backend_name]
+        upstream_service = service or backend.service
+        if backend.multiplexed and upstream_service:
+            upstream_name = f"{upstream_service}:{method}"
+        else:
+            upstream_name = method
+        return Route(backend=backend_name, upstream_name=upstream_name, policy=policy)

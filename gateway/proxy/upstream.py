@@ -1,0 +1,301 @@
+"""The one module that owns backend connections.
+
+An :class:`UpstreamPool` keeps ``connections`` persistent connections to one backend address.
+Each connection carries many calls at once (pipelining): the pool rewrites every outgoing
+seqid to one unique on that connection and matches replies **by seqid only** — Thrift servers
+such as ``TTwisted`` answer out of order, and multiplexed replies carry the bare method name.
+
+Concurrency is capped by a :class:`DispatchQueue` (``max_concurrency`` underway, ``queue_size``
+waiting); overflow fails at once with :class:`Overloaded`. Lost connections reconnect in the
+background with exponential backoff (:class:`RetryingCall`); while no connection is up and
+none is being attempted for the first time, calls fail fast with :class:`BackendUnavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+
+from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError, Overloaded
+from gateway.primitives import (
+    DispatchQueue,
+    QueueFull,
+    QueueStopped,
+    RetryingCall,
+    exponential_backoff,
+)
+from gateway.reactors import as_clock, as_transport
+from gateway.thrift import (
+    Limits,
+    MessageReader,
+    ProtocolKind,
+    TransportKind,
+    WireError,
+    encode,
+    read_header,
+    replace_header,
+)
+
+log = logging.getLogger("gateway.upstream")
+
+_SEQID_LIMIT = 2**31 - 1
+
+
+class UpstreamConnection(TwistedProtocol):
+    """One backend connection with any number of calls outstanding, matched by seqid."""
+
+    def __init__(self, transport_kind: TransportKind, protocol: ProtocolKind, limits: Limits):
+        self._transport_kind = transport_kind
+        self._protocol = protocol
+        self._reader = MessageReader(transport_kind, protocol, limits)
+        self._pending: dict[int, Deferred[bytes]] = {}
+        self._next_seqid = 0
+        self.lost: Deferred[None] = Deferred()
+        self.connected_ok = False
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    def connectionMade(self) -> None:
+        self.connected_ok = True
+
+    def send(self, message: bytes, oneway: bool) -> Deferred[bytes]:
+        if self.transport is None or not self.connected_ok:
+            return defer.fail(BackendUnavailable("gateway: backend connection lost"))
+        self._next_seqid = self._next_seqid + 1 if self._next_seqid < _SEQID_LIMIT else 1
+        seqid = self._next_seqid
+        framed = encode(self._transport_kind, replace_header(message, self._protocol, seqid=seqid))
+        as_transport(self.transport).write(framed)
+        if oneway:
+            return defer.succeed(b"")
+
+        def forget(_: Deferred[bytes]) -> None:
+            # Cancelled (timeout or every caller gone): a late reply for this seqid is dropped.
+            self._pending.pop(seqid, None)
+
+        d: Deferred[bytes] = Deferred(forget)
+        self._pending[seqid] = d
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            messages = self._reader.feed(data)
+        except WireError as exc:
+            # The byte stream can no longer be trusted: drop it; pending calls fail below.
+            log.warning("backend sent malformed data (%s); dropping the connection", exc)
+            if self.transport is not None:
+                as_transport(self.transport).abortConnection()
+            return
+        for message in messages:
+            try:
+                seqid = read_header(message, self._protocol).seqid
+            except WireError as exc:
+                log.warning("backend reply header unreadable (%s); dropping the connection", exc)
+                if self.transport is not None:
+                    as_transport(self.transport).abortConnection()
+                return
+            d = self._pending.pop(seqid, None)
+            if d is not None:
+                d.callback(message)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected_ok = False
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(BackendUnavailable("gateway: backend connection lost mid-call"))
+        self.lost.callback(None)
+
+
+class UpstreamPool:
+    """Persistent, pipelined connections to one backend address, with a concurrency cap."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        *,
+        transport: TransportKind,
+        protocol: ProtocolKind,
+        limits: Limits,
+        connections: int = 4,
+        connect_timeout: float = 5.0,
+        max_concurrency: int = 64,
+        queue_size: int = 1024,
+        backoff: Callable[[], Any] | None = None,
+    ) -> None:
+        self.address = f"{host}:{port}"
+        self.protocol = protocol
+        self._reactor = reactor
+        self._clock = as_clock(reactor)
+        self._endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        self._transport_kind = transport
+        self._limits = limits
+        self._size = connections
+        self._backoff = backoff or (lambda: exponential_backoff(0.05, 2.0, 2.0))
+        self._live: list[UpstreamConnection] = []
+        self._connecting = 0  # slots whose first attempt (or a retry) is underway
+        self._failed_once = 0  # slots whose last attempt failed and that now back off
+        self._ready_waiters: list[Deferred[None]] = []
+        self._retries: list[RetryingCall[UpstreamConnection]] = []
+        self._next = 0
+        self._stopped = False
+        self._queue: DispatchQueue[Callable[[], Deferred[bytes]], bytes] = DispatchQueue(
+            lambda job: job(), width=max_concurrency, capacity=queue_size
+        )
+
+    # -- connection slots -------------------------------------------------------------------
+
+    def start(self) -> None:
+        for _ in range(self._size):
+            self._connect_slot(first=True)
+
+    def _connect_slot(self, first: bool) -> None:
+        if self._stopped:
+            return
+        self._connecting += 1
+
+        def attempt() -> Deferred[UpstreamConnection]:
+            conn = UpstreamConnection(self._transport_kind, self.protocol, self._limits)
+            connected: Deferred[UpstreamConnection] = connectProtocol(  # type: ignore[no-untyped-call]  # untyped in Twisted
+                self._endpoint, conn
+            )
+            return connected
+
+        retrying: RetryingCall[UpstreamConnection] = RetryingCall(self._reactor, attempt)
+        self._retries.append(retrying)
+        attempts_seen = [0]
+
+        def on_attempt_failed(reason: Failure) -> bool:
+            # Each failed attempt marks the backend as down so callers fail fast instead of
+            # waiting out the backoff; the retry loop keeps trying in the background.
+            attempts_seen[0] += 1
+            if attempts_seen[0] == 1:
+                self._connecting -= 1
+                self._failed_once += 1
+                if first:
+                    log.warning(
+                        "backend %s unreachable: %s", self.address, reason.getErrorMessage()
+                    )
+                self._notify_ready()
+            return not self._stopped
+
+        d = retrying.start(backoff=self._backoff(), failure_tester=on_attempt_failed)
+
+        def connected(conn: UpstreamConnection) -> None:
+            self._retries.remove(retrying)
+            if attempts_seen[0] == 0:
+                self._connecting -= 1
+            else:
+                self._failed_once -= 1
+                log.info("backend %s reachable again", self.address)
+            self._live.append(conn)
+            conn.lost.addCallback(lambda _: self._on_lost(conn))
+            self._notify_ready()
+
+        def gave_up(reason: Failure) -> None:
+            if retrying in self._retries:
+                self._retries.remove(retrying)
+            # Only stop() cancels the loop (the tester retries everything else): nothing to report.
+            return None
+
+        d.addCallbacks(connected, gave_up)
+
+    def _on_lost(self, conn: UpstreamConnection) -> None:
+        if conn in self._live:
+            self._live.remove(conn)
+        if not self._stopped:
+            self._connect_slot(first=False)
+
+    def _notify_ready(self) -> None:
+        if self._live or self._connecting == 0:
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for w in waiters:
+                w.callback(None)
+
+    def _pick(self) -> Deferred[UpstreamConnection]:
+        if self._live:
+            # Least outstanding calls first; ties rotate so load spreads over connections.
+            self._next += 1
+            n = len(self._live)
+            conn = min(
+                (self._live[(self._next + i) % n] for i in range(n)), key=lambda c: c.outstanding
+            )
+            return defer.succeed(conn)
+        if self._connecting == 0:
+            return defer.fail(BackendUnavailable(f"gateway: backend {self.address} unreachable"))
+        # Only at startup (or right after a loss): wait for the attempt underway to decide.
+        waiter: Deferred[None] = Deferred(lambda d: self._ready_waiters.remove(d))
+        self._ready_waiters.append(waiter)
+        return waiter.addCallback(lambda _: self._pick())
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def call(self, message: bytes, *, timeout: float, oneway: bool = False) -> Deferred[bytes]:
+        """Send one unframed message (any seqid); fire with the backend's reply message.
+
+        Fails with BackendUnavailable, BackendTimeout or Overloaded. ``timeout`` counts from
+        now and includes time spent queued behind ``max_concurrency``.
+        """
+        if self._stopped:
+            return defer.fail(BackendUnavailable("gateway: shutting down"))
+
+        def job() -> Deferred[bytes]:
+            return self._pick().addCallback(lambda conn: conn.send(message, oneway))
+
+        try:
+            d = self._queue.put(job)
+        except QueueFull:
+            return defer.fail(Overloaded(f"gateway: overloaded, backend {self.address} queue full"))
+        except QueueStopped:
+            return defer.fail(BackendUnavailable("gateway: shutting down"))
+        timed_out = [False]
+
+        def on_timeout() -> None:
+            timed_out[0] = True
+            d.cancel()
+
+        timer = self._clock.callLater(timeout, on_timeout)
+
+        def finish(result: bytes | Failure) -> bytes | Failure:
+            if timer.active():
+                timer.cancel()
+            if isinstance(result, Failure):
+                exc = result.value
+                if timed_out[0] and isinstance(exc, CancelledError):
+                    return _failure(BackendTimeout(f"gateway: backend timeout after {timeout:g}s"))
+                if not isinstance(exc, GatewayError | CancelledError):
+                    return _failure(BackendUnavailable(f"gateway: backend error: {exc}"))
+            return result
+
+        return d.addBoth(finish)
+
+    @property
+    def underway(self) -> int:
+        return len(self._queue.underway())
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue.pending())
+
+    def stop(self) -> None:
+        """Stop reconnecting and close every connection; outstanding calls fail."""
+        self._stopped = True
+        for retrying in list(self._retries):
+            retrying.cancel()
+        for conn in list(self._live):
+            if conn.transport is not None:
+                as_transport(conn.transport).loseConnection()
+
+
+def _failure(exc: BaseException) -> Failure:
+    return Failure(exc)  # type: ignore[no-untyped-call]  # Twisted leaves Failure() untyped
