@@ -29,6 +29,8 @@ class ClusterSide(Protocol):
 
     def mode(self) -> str: ...
 
+    def set_address(self, address: str) -> None: ...
+
     def start(self) -> None: ...
 
     def stop(self) -> Deferred[None] | None: ...
@@ -46,6 +48,9 @@ class LocalOnly:
 
     def mode(self) -> str:
         return "disabled"
+
+    def set_address(self, address: str) -> None:
+        pass
 
     def start(self) -> None:
         pass
@@ -95,19 +100,17 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    cluster.set_address(f"{config.listen.host}:{node.listen_port}")
     cluster.start()
-    backends = ", ".join(
-        f"{b.name}={cfg}" for b, cfg in ((b, b.pools[0].address) for b in node.backends.values())
-    )
-    log.info(
-        "listening on %s:%d; backends %s; redis %s",
-        config.listen.host, node.listen_port, backends, cluster.mode(),
-    )  # fmt: skip
+    backends = ", ".join(f"{b.name}={b.pools[0].address}" for b in node.backends.values())
+    log.info("backends %s; redis %s", backends, "configured" if config.redis else "disabled")
+    # The one stdout line: tests, the demo and scripts read the real ports from it.
+    admin = f" admin {config.admin.host}:{node.admin_listen_port}" if config.admin else ""
     print(
-        f"gateway {config.node_id} listening on {config.listen.host}:{node.listen_port}", flush=True
+        f"gateway {config.node_id} listening on {config.listen.host}:{node.listen_port}{admin}",
+        flush=True,
     )
 
-    exit_code = [0]
     stopping = [False]
 
     def shutdown(signum: int, _frame: object) -> None:
@@ -127,4 +130,4 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     reactor.run(installSignalHandlers=False)
-    return exit_code[0]
+    return 0

@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", metavar="HOST:PORT", help="default backend address")
     serve.add_argument("--node-id", metavar="ID", help="node name in Redis keys and metrics")
     serve.add_argument("--admin", metavar="HOST:PORT", help="serve /metrics and /healthz here")
-    serve.add_argument("--redis", metavar="URL", help="redis://[:password@]host:port/db or rediss://")
+    serve.add_argument(
+        "--redis", metavar="URL", help="redis://[:password@]host:port/db or rediss://"
+    )
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
 
     status = sub.add_parser("status", help="show the cluster's nodes and counters from Redis")

@@ -239,9 +239,9 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
 
     if "listen" not in gw:
         raise ConfigError("gateway.listen: required (--listen HOST:PORT)")
-    kwargs: dict[str, Any] = {"listen": parse_address(
-            _take(gw, "listen", str, "gateway"), "listen", allow_zero=True
-        )}
+    kwargs: dict[str, Any] = {
+        "listen": parse_address(_take(gw, "listen", str, "gateway"), "listen", allow_zero=True)
+    }
     if "admin" in gw:
         kwargs["admin"] = parse_address(
             _take(gw, "admin", str, "gateway"), "admin", allow_zero=True

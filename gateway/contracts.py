@@ -80,5 +80,6 @@ class Coordinator(Protocol):
     Deferred (as ``GatewayError`` subclasses) and are never cached.
     """
 
-    def execute(self, key: str, policy: MethodPolicy, call_backend: BackendCall) -> Deferred[Outcome]:
-        ...
+    def execute(
+        self, key: str, policy: MethodPolicy, call_backend: BackendCall
+    ) -> Deferred[Outcome]: ...

@@ -244,3 +244,81 @@ def start_example_backend(
         process.stop()
         raise
     return ExampleBackend(process, host, int(match.group(3)))
+
+
+GATEWAY_LINE = r"gateway (\S+) listening on (\S+):(\d+)(?: admin (\S+):(\d+))?"
+
+
+class GatewayProcess:
+    """A running ``gateway serve`` on loopback; ports are the real (OS-chosen) ones."""
+
+    def __init__(self, process: ManagedProcess, node_id: str, host: str, port: int) -> None:
+        self.process = process
+        self.node_id = node_id
+        self.host = host
+        self.port = port
+        self.admin_port: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL by PID (a crashed node), then reap it."""
+        if self.process.proc.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+        self.process.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        return self.process.stop(timeout)
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_gateway(
+    *extra: str,
+    backend: str | None = None,
+    config: str | Path | None = None,
+    node_id: str = "test",
+    redis: str | None = None,
+    admin: bool = False,
+    host: str = "127.0.0.1",
+    timeout: float = 15.0,
+) -> GatewayProcess:
+    """Start ``gateway serve --listen HOST:0`` and wait for its listening line.
+
+    ``extra`` flags are appended verbatim. The caller must ``stop()`` (or ``kill()``) it.
+    """
+    argv = gateway_cli("serve", "--listen", f"{host}:0", "--node-id", node_id)
+    if backend is not None:
+        argv += ["--backend", backend]
+    if config is not None:
+        argv += ["--config", str(config)]
+    if redis is not None:
+        argv += ["--redis", redis]
+    if admin:
+        argv += ["--admin", f"{host}:0"]
+    argv += list(extra)
+    process = start_process(argv)
+    try:
+        match = process.wait_for_line(GATEWAY_LINE, timeout=timeout)
+    except BaseException:
+        process.stop()
+        raise
+    gateway = GatewayProcess(process, match.group(1), match.group(2), int(match.group(3)))
+    if match.group(5):
+        gateway.admin_port = int(match.group(5))
+    return gateway

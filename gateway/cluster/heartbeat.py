@@ -53,7 +53,7 @@ class Heartbeat:
         self._node_id = node_id
         self._clock = as_clock(clock)
         self._keys = KeySchema(prefix)
-        self._address = address
+        self.address = address  # settable: serve learns its port after listening
         self._extra = extra
         self._interval = interval
         self._expire_ms = max(1, int(expire * 1000))
@@ -76,7 +76,7 @@ class Heartbeat:
         values: dict[str, float | str] = dict(self._stats.snapshot())
         if self._extra is not None:
             values.update(self._extra())
-        values.update(last_seen=now, node_id=self._node_id, address=self._address or "")
+        values.update(last_seen=now, node_id=self._node_id, address=self.address or "")
         return {name: _text(value) for name, value in values.items()}
 
     def beat(self) -> Deferred[None]:

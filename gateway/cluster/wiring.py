@@ -53,6 +53,10 @@ class RedisCluster:
     def mode(self) -> str:
         return "cluster" if self.node.coordinator.cluster_mode else "local"
 
+    def set_address(self, address: str) -> None:
+        """The address shown by ``gateway status`` (known once the listener is bound)."""
+        self.node.heartbeat.address = address
+
     def start(self) -> None:
         self.node.start()
 

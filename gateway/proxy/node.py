@@ -138,6 +138,12 @@ class GatewayNode:
         port: int = self.port.getHost().port
         return port
 
+    @property
+    def admin_listen_port(self) -> int:
+        assert self.admin_port is not None
+        port: int = self.admin_port.getHost().port
+        return port
+
     def stop(self, drain_timeout: float) -> Deferred[DrainSummary]:
         """Stop accepting, wait up to ``drain_timeout`` for in-flight calls, then close."""
         if self.port is not None:
