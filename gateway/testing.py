@@ -1,7 +1,7 @@
 """Helpers for tests, the demo and benchmarks.
 
-Sections: "Processes" (real subprocesses on loopback, owned and stopped by PID). The lead adds
-in-memory doubles in their own section.
+Sections: "In-memory doubles" (no network: unit tests of the proxy) and "Processes" (real
+subprocesses on loopback, owned and stopped by PID).
 """
 
 from __future__ import annotations
@@ -18,6 +18,67 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from twisted.internet.defer import Deferred, succeed
+
+from gateway.contracts import BackendCall, MethodPolicy, Outcome, Source
+from gateway.thrift import ProtocolKind
+
+# ---------------------------------------------------------------------------------------------
+# In-memory doubles
+# ---------------------------------------------------------------------------------------------
+
+
+class ScriptedBackend:
+    """A backend double (``proxy.handler.BackendLike``): records calls, the test answers them.
+
+    ``calls`` holds (message, policy, oneway) per call; ``pending`` the Deferreds of calls not
+    yet answered, in arrival order. Cancelling one records it in ``cancelled``.
+    """
+
+    def __init__(self, protocol: ProtocolKind = ProtocolKind.BINARY) -> None:
+        self._protocol = protocol
+        self.calls: list[tuple[bytes, MethodPolicy, bool]] = []
+        self.pending: list[Deferred[bytes]] = []
+        self.cancelled = 0
+
+    @property
+    def protocol(self) -> ProtocolKind:
+        return self._protocol
+
+    def call(self, message: bytes, policy: MethodPolicy, oneway: bool = False) -> Deferred[bytes]:
+        self.calls.append((message, policy, oneway))
+        if oneway:
+            return succeed(b"")
+
+        def cancelled(_: Deferred[bytes]) -> None:
+            self.cancelled += 1
+
+        d: Deferred[bytes] = Deferred(cancelled)
+        self.pending.append(d)
+        return d
+
+    def answer(self, reply: bytes) -> None:
+        """Fire the oldest pending call with ``reply`` (a whole reply message)."""
+        self.pending.pop(0).callback(reply)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the oldest pending call with ``exc``."""
+        self.pending.pop(0).errback(exc)
+
+
+class DirectCoordinator:
+    """A ``contracts.Coordinator`` that always calls the backend and records the keys it saw."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def execute(
+        self, key: str, policy: MethodPolicy, call_backend: BackendCall
+    ) -> Deferred[Outcome]:
+        self.keys.append(key)
+        return call_backend().addCallback(lambda reply: Outcome(reply, Source.BACKEND))
+
 
 # ---------------------------------------------------------------------------------------------
 # Processes

@@ -1,0 +1,245 @@
+"""CallHandler: one client message to one reply, with in-memory doubles (no network)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from thrift.Thrift import TMessageType, TType
+from thrift_messages import decode, message
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
+
+from gateway.config import GatewayConfig, build_config
+from gateway.contracts import Coordinator
+from gateway.errors import BackendTimeout, BackendUnavailable
+from gateway.proxy.handler import CallHandler
+from gateway.proxy.local import LocalCoordinator
+from gateway.proxy.router import Router
+from gateway.stats import NodeStats
+from gateway.testing import DirectCoordinator, ScriptedBackend
+from gateway.thrift import DEFAULT_LIMITS, ProtocolKind, parse_application_exception, read_header
+
+pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
+
+BINARY, COMPACT = ProtocolKind.BINARY, ProtocolKind.COMPACT
+FLAGS = {"listen": "127.0.0.1:0", "backend": "127.0.0.1:1"}
+UNKNOWN_METHOD, INTERNAL_ERROR, PROTOCOL_ERROR = 1, 6, 7
+
+
+class Harness:
+    def __init__(
+        self,
+        raw: dict[str, Any] | None = None,
+        coordinator: Coordinator | None = None,
+        backend_protocol: ProtocolKind = BINARY,
+    ) -> None:
+        self.config: GatewayConfig = build_config(raw or {}, FLAGS)
+        self.clock = Clock()
+        self.stats = NodeStats()
+        self.backend = ScriptedBackend(backend_protocol)
+        self.handler = CallHandler(
+            Router(self.config),
+            {name: self.backend for name in self.config.backends},
+            coordinator if coordinator is not None else DirectCoordinator(),
+            self.stats,
+            self.clock,
+            DEFAULT_LIMITS,
+        )
+
+    def call(
+        self, text: bytes, protocol: ProtocolKind = BINARY, seqid: int = 1, **kw: Any
+    ) -> list[Any]:
+        """Send alertSupervisor(text); return a list that receives the reply (or failure)."""
+        msg = message(protocol, "alertSupervisor", [(1, TType.STRING, text)], seqid=seqid, **kw)
+        out: list[Any] = []
+        self.last = self.handler.handle(msg, protocol)
+        self.last.addBoth(out.append)
+        return out
+
+    def answer(self, text: bytes) -> None:
+        upstream = self.backend.calls[len(self.backend.calls) - len(self.backend.pending)][0]
+        header = read_header(upstream, self.backend.protocol)
+        self.backend.answer(
+            message(
+                self.backend.protocol,
+                header.name,
+                [(0, TType.STRING, text)],
+                mtype=TMessageType.REPLY,
+                seqid=header.seqid,
+            )
+        )
+
+
+def reply_text(reply: bytes, protocol: ProtocolKind) -> tuple[int, bytes]:
+    _, mtype, seqid, body = decode(protocol, reply)
+    assert mtype == TMessageType.REPLY
+    return seqid, body[0][2][1]
+
+
+def test_reply_in_callers_protocol_with_callers_seqid() -> None:
+    """A compact caller of a binary backend gets a compact reply carrying its own seqid."""
+    h = Harness()
+    out = h.call(b"hi", COMPACT, seqid=77)
+    h.answer(b"ack:hi")
+    assert reply_text(out[0], COMPACT) == (77, b"ack:hi")
+
+
+def test_identical_calls_across_protocols_join() -> None:
+    """Binary, compact and multiplexed callers of the same call share one backend call."""
+    h = Harness()
+    a = h.call(b"m", BINARY, seqid=1)
+    b = h.call(b"m", COMPACT, seqid=2)
+    c = h.call(b"m", BINARY, seqid=3, service="Supervisor")
+    h.answer(b"ack:m")
+    assert len(h.backend.calls) == 1
+    assert reply_text(a[0], BINARY) == (1, b"ack:m")
+    assert reply_text(b[0], COMPACT) == (2, b"ack:m")
+    assert reply_text(c[0], BINARY) == (3, b"ack:m")
+    assert (h.stats.calls, h.stats.backend_calls, h.stats.coalesced_local) == (3, 1, 2)
+
+
+def test_different_arguments_do_not_join() -> None:
+    """Calls with different arguments each reach the backend."""
+    h = Harness()
+    h.call(b"a")
+    h.call(b"b")
+    assert len(h.backend.calls) == 2
+
+
+def test_call_after_completion_goes_through_again() -> None:
+    """Coalesce mode dedupes only while in flight: an answered call is not remembered."""
+    h = Harness()
+    h.call(b"m")
+    h.answer(b"ack:m")
+    h.call(b"m")
+    assert len(h.backend.calls) == 2
+
+
+def test_passthrough_never_joins() -> None:
+    """mode = passthrough sends every call to the backend."""
+    h = Harness({"methods": {"alertSupervisor": {"mode": "passthrough"}}})
+    h.call(b"m")
+    h.call(b"m")
+    assert len(h.backend.calls) == 2
+
+
+def test_oneway_forwarded_never_coalesced() -> None:
+    """Identical oneway calls are each forwarded and produce no reply."""
+    h = Harness()
+    for _ in range(2):
+        msg = message(BINARY, "notify", [(1, TType.STRING, b"x")], mtype=TMessageType.ONEWAY)
+        out: list[Any] = []
+        h.handler.handle(msg, BINARY).addCallback(out.append)
+        assert out == [None]
+    assert [oneway for _, _, oneway in h.backend.calls] == [True, True]
+
+
+def test_excluded_fields_do_not_split_the_key() -> None:
+    """Calls that differ only in an excluded field (a trace id) join."""
+    h = Harness({"methods": {"alertSupervisor": {"exclude_fields": [2]}}})
+    for trace in (b"t1", b"t2"):
+        msg = message(
+            BINARY, "alertSupervisor", [(1, TType.STRING, b"m"), (2, TType.STRING, trace)]
+        )
+        h.handler.handle(msg, BINARY)
+    assert len(h.backend.calls) == 1
+
+
+def test_backend_failure_reaches_every_waiter_as_internal_error() -> None:
+    """A lost backend connection answers every joined caller with INTERNAL_ERROR."""
+    h = Harness()
+    outs = [h.call(b"m", seqid=i) for i in (1, 2)]
+    h.backend.fail(BackendUnavailable("gateway: backend connection lost mid-call"))
+    for seqid, out in zip((1, 2), outs, strict=True):
+        assert read_header(out[0], BINARY).seqid == seqid
+        code, text = parse_application_exception(out[0], BINARY)
+        assert code == INTERNAL_ERROR and "connection lost" in text
+    assert h.stats.errors == 2
+
+
+def test_timeout_has_its_own_message() -> None:
+    """A backend timeout is INTERNAL_ERROR with a message that says timeout."""
+    h = Harness()
+    out = h.call(b"m")
+    h.backend.fail(BackendTimeout("gateway: backend timeout after 30s"))
+    code, text = parse_application_exception(out[0], BINARY)
+    assert code == INTERNAL_ERROR and "timeout" in text
+
+
+def test_unrouted_service_is_unknown_method() -> None:
+    """A multiplexed service with no route and no default backend gets UNKNOWN_METHOD."""
+    raw = {"backends": {"sup": {"address": "127.0.0.1:1"}}, "routes": {"Supervisor": "sup"}}
+    config = build_config(raw, {"listen": "127.0.0.1:0"})
+    h = Harness()
+    h.handler = CallHandler(
+        Router(config), {"sup": h.backend}, DirectCoordinator(), h.stats, h.clock, DEFAULT_LIMITS
+    )
+    out = h.call(b"m", service="Nope")
+    assert parse_application_exception(out[0], BINARY)[0] == UNKNOWN_METHOD
+    assert not h.backend.calls
+
+
+def test_malformed_args_get_protocol_error_with_callers_seqid() -> None:
+    """A call whose header decodes but whose args are garbage gets PROTOCOL_ERROR."""
+    h = Harness()
+    good = message(BINARY, "alertSupervisor", [(1, TType.STRING, b"m")], seqid=9)
+    bad = good[: len(good) - 6] + b"\x0b\x00\x01\x7f\xff\xff"  # a string claiming 2 GiB
+    out: list[Any] = []
+    h.handler.handle(bad, BINARY).addCallback(out.append)
+    assert read_header(out[0], BINARY).seqid == 9
+    assert parse_application_exception(out[0], BINARY)[0] == PROTOCOL_ERROR
+
+
+def test_cancelling_one_caller_leaves_the_others() -> None:
+    """A caller that goes away is dropped alone; the shared backend call answers the rest."""
+    h = Harness()
+    h.call(b"m", seqid=1)
+    gone = h.last
+    gone.addErrback(lambda f: f.trap(CancelledError))
+    stays = h.call(b"m", seqid=2)
+    gone.cancel()
+    h.answer(b"ack:m")
+    assert reply_text(stays[0], BINARY) == (2, b"ack:m") and h.backend.cancelled == 0
+
+
+def test_backend_call_survives_all_callers_leaving() -> None:
+    """When every caller has gone the backend call is not cancelled: its result still counts."""
+    h = Harness(
+        {"methods": {"alertSupervisor": {"mode": "cache", "ttl": 60}}}, LocalCoordinator(Clock())
+    )
+    h.call(b"m")
+    h.last.addErrback(lambda f: f.trap(CancelledError))
+    h.last.cancel()
+    h.answer(b"ack:m")
+    out = h.call(b"m", seqid=5)  # served by the entry the abandoned call cached
+    assert h.backend.cancelled == 0 and len(h.backend.calls) == 1
+    assert reply_text(out[0], BINARY) == (5, b"ack:m") and h.stats.cache_hits == 1
+
+
+def test_multiplexed_backend_gets_service_prefixed_name() -> None:
+    """A plain client call to a multiplexed backend is sent as Service:method."""
+    raw = {
+        "backends": {"default": {"address": "h:1", "multiplexed": True, "service": "Supervisor"}}
+    }
+    h = Harness(raw)
+    h.call(b"m")
+    assert read_header(h.backend.calls[0][0], BINARY).name == "Supervisor:alertSupervisor"
+
+
+def test_in_flight_gauge_returns_to_zero() -> None:
+    """in_flight counts waiting callers and drops back once they are answered."""
+    h = Harness()
+    h.call(b"m")
+    h.call(b"m")
+    assert h.stats.in_flight == 2
+    h.answer(b"ack:m")
+    assert h.stats.in_flight == 0
+
+
+def test_handler_never_raises_on_a_backend_reply_it_cannot_read() -> None:
+    """A garbage reply from the backend becomes INTERNAL_ERROR for the caller."""
+    h = Harness()
+    out = h.call(b"m")
+    h.backend.answer(b"\x80\x01\x00\x02garbage")
+    assert parse_application_exception(out[0], BINARY)[0] == INTERNAL_ERROR
