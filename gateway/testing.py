@@ -249,7 +249,10 @@ LISTENING_LINE = r"example-backend (\w+) listening on (\S+):(\d+) \((\S+)\)"
 
 
 class ExampleBackend:
-    """A running ``gateway example-backend`` on loopback with an OS-chosen port."""
+    """A running ``gateway example-backend`` on loopback with an OS-chosen port.
+
+    Also the base of :class:`GatewayProcess`: a child process at a loopback address.
+    """
 
     def __init__(self, process: ManagedProcess, host: str, port: int) -> None:
         self.process = process
@@ -310,19 +313,13 @@ def start_example_backend(
 GATEWAY_LINE = r"gateway (\S+) listening on (\S+):(\d+)(?: admin (\S+):(\d+))?"
 
 
-class GatewayProcess:
+class GatewayProcess(ExampleBackend):
     """A running ``gateway serve`` on loopback; ports are the real (OS-chosen) ones."""
 
     def __init__(self, process: ManagedProcess, node_id: str, host: str, port: int) -> None:
-        self.process = process
+        super().__init__(process, host, port)
         self.node_id = node_id
-        self.host = host
-        self.port = port
         self.admin_port: int | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -339,14 +336,6 @@ class GatewayProcess:
 
     def __enter__(self) -> GatewayProcess:
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_gateway(
