@@ -44,13 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--multiplexed", action="store_true")
 
     demo = sub.add_parser("demo", help="start a local cluster and drive a thundering herd")
-    demo.add_argument("--nodes", type=int, default=3)
-    demo.add_argument("--clients", type=int, default=500)
-    demo.add_argument("--keys", type=int, default=5)
-    demo.add_argument("--rounds", type=int, default=3)
+    demo.add_argument("--nodes", type=int, default=3, help="gateway nodes (default 3)")
+    demo.add_argument("--clients", type=int, default=500, help="concurrent clients (default 500)")
+    demo.add_argument(
+        "--keys", type=int, default=5, help="distinct alertSupervisor messages a round (default 5)"
+    )
+    demo.add_argument("--poems", type=int, default=3, help="distinct getPoem titles (0: none)")
+    demo.add_argument("--rounds", type=int, default=3, help="herd rounds (default 3)")
     demo.add_argument("--delay", type=float, default=0.5, help="backend delay, seconds")
+    demo.add_argument(
+        "--timeout", type=float, default=30.0, help="per client call, seconds (default 30)"
+    )
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
-    demo.add_argument("--keep-running", action="store_true")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave the cluster up until Ctrl-C"
+    )
     return parser
 
 

@@ -1,4 +1,4 @@
-"""docker-compose.yml describes a working 3-node cluster (checked statically: no Docker engine here)."""
+"""docker-compose.yml describes a working 3-node cluster (checked statically: no Docker here)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,11 @@ def test_every_gateway_command_parses() -> None:
 def test_three_nodes_with_distinct_ids_share_redis() -> None:
     """Three serve nodes exist, with distinct node ids, all pointing at the redis service."""
     services = compose()
-    nodes = {n: gateway_args(s) for n, s in services.items() if s.get("command", "").startswith("gateway serve")}
+    nodes = {
+        n: gateway_args(s)
+        for n, s in services.items()
+        if s.get("command", "").startswith("gateway serve")
+    }
     assert len(nodes) == 3
     assert len({a.node_id for a in nodes.values()}) == 3
     for args in nodes.values():

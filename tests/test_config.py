@@ -63,7 +63,9 @@ def test_full_config_parses(tmp_path: Path) -> None:
     cfg = load_config(str(path), NO_FLAGS)
     assert str(cfg.listen) == "127.0.0.1:9090"
     assert cfg.node_id == "gw-1" and cfg.log_format == "json" and cfg.drain_timeout == 5.0
-    assert cfg.redis is not None and cfg.redis.hmac_secret == "s3cret" and cfg.redis.lease_ttl == 2.5
+    assert (
+        cfg.redis is not None and cfg.redis.hmac_secret == "s3cret" and cfg.redis.lease_ttl == 2.5
+    )
     assert cfg.backends["default"].addresses[1].port == 9092
     assert cfg.backends["poetry"].protocol == "compact" and cfg.backends["poetry"].multiplexed
     poem = cfg.methods["getPoem"]
@@ -96,14 +98,20 @@ def test_flags_override_file_values() -> None:
         ({}, {"listen": "nonsense", "backend": "h:1"}, "expected HOST:PORT"),
         ({}, {"listen": "h:1", "backend": "h:99999"}, "expected HOST:PORT"),
         ({"methods": {"m": {"mode": "cache"}}}, {"listen": "h:1", "backend": "h:2"}, "needs ttl"),
-        ({"methods": {"m": {"mode": "fast"}}}, {"listen": "h:1", "backend": "h:2"}, "methods.m.mode"),
+        (
+            {"methods": {"m": {"mode": "fast"}}},
+            {"listen": "h:1", "backend": "h:2"},
+            "methods.m.mode",
+        ),
         ({"methods": {"m": {"ttl": "x"}}}, {"listen": "h:1", "backend": "h:2"}, "methods.m.ttl"),
         ({"routes": {"S": "nope"}}, {"listen": "h:1", "backend": "h:2"}, "routes.S"),
         ({"gateway": {"colour": 1}}, {"listen": "h:1", "backend": "h:2"}, "unknown key(s) colour"),
         ({"redis": {"url": "http://x"}}, {"listen": "h:1", "backend": "h:2"}, "redis.url"),
     ],
 )
-def test_bad_config_names_the_key(raw: dict[str, object], flags: dict[str, str | None], needle: str) -> None:
+def test_bad_config_names_the_key(
+    raw: dict[str, object], flags: dict[str, str | None], needle: str
+) -> None:
     """Each invalid setting raises ConfigError whose message names the offending key."""
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         build_config(raw, flags)
