@@ -104,13 +104,6 @@ def run_serve(args: argparse.Namespace) -> int:
     cluster.start()
     backends = ", ".join(f"{b.name}={b.pools[0].address}" for b in node.backends.values())
     log.info("backends %s; redis %s", backends, "configured" if config.redis else "disabled")
-    # The one stdout line: tests, the demo and scripts read the real ports from it.
-    admin = f" admin {config.admin.host}:{node.admin_listen_port}" if config.admin else ""
-    print(
-        f"gateway {config.node_id} listening on {config.listen.host}:{node.listen_port}{admin}",
-        flush=True,
-    )
-
     stopping = [False]
 
     def shutdown(signum: int, _frame: object) -> None:
@@ -129,5 +122,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+    # Printed only now: whoever reads the line may signal us at once, and must find our
+    # handlers (not Python's default SIGTERM, which would skip the drain).
+    # The one stdout line: tests, the demo and scripts read the real ports from it.
+    admin = f" admin {config.admin.host}:{node.admin_listen_port}" if config.admin else ""
+    print(
+        f"gateway {config.node_id} listening on {config.listen.host}:{node.listen_port}{admin}",
+        flush=True,
+    )
+
     reactor.run(installSignalHandlers=False)
     return 0

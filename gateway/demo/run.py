@@ -236,9 +236,10 @@ def keep_running(cluster: DemoCluster, to: TextIO) -> None:
         f"  try:   {python} -m clients.alert --gateway {first} 'disk full'",
         f"  watch: {gateway_cmd} status --redis {cluster.redis_url} --watch",
     ]
-    print("\n".join(lines), file=to, flush=True)
     reported: set[str] = set()
     try:
+        # Printed inside the try: a Ctrl-C right after the hint must still end here.
+        print("\n".join(lines), file=to, flush=True)
         while True:
             time.sleep(1.0)
             for name, process in cluster.children():

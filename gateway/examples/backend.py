@@ -219,7 +219,10 @@ def run_backend(args: argparse.Namespace) -> int:
     mode = f"{args.protocol}/{args.transport}" + ("/multiplexed" if args.multiplexed else "")
     bound = listening.getHost().port
     shown = f"[{host}]" if ":" in host else host
-    print(f"example-backend {args.service} listening on {shown}:{bound} ({mode})", flush=True)
+    line = f"example-backend {args.service} listening on {shown}:{bound} ({mode})"
     # reactor.run() installs SIGINT/SIGTERM handlers that stop the reactor, so both end here.
+    # The line is printed once run() has installed them: a supervisor that signals us as soon
+    # as it reads the line must not hit Python's default SIGTERM handler.
+    reactor.callWhenRunning(print, line, flush=True)
     reactor.run()
     return 0
