@@ -1,0 +1,180 @@
+"""UpstreamConnection and UpstreamPool in memory: seqid matching, timeouts, overload, loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from thrift.Thrift import TMessageType, TType
+from thrift_messages import message
+from twisted.internet.defer import CancelledError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from gateway.errors import BackendTimeout, BackendUnavailable, Overloaded
+from gateway.proxy.upstream import UpstreamConnection, UpstreamPool
+from gateway.thrift import (
+    DEFAULT_LIMITS,
+    MessageReader,
+    ProtocolKind,
+    TransportKind,
+    frame,
+    read_header,
+)
+
+pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
+
+BINARY, FRAMED = ProtocolKind.BINARY, TransportKind.FRAMED
+
+
+def call(text: bytes, seqid: int = 1) -> bytes:
+    return message(BINARY, "alertSupervisor", [(1, TType.STRING, text)], seqid=seqid)
+
+
+def reply(text: bytes, seqid: int) -> bytes:
+    return frame(
+        message(
+            BINARY,
+            "alertSupervisor",
+            [(0, TType.STRING, text)],
+            mtype=TMessageType.REPLY,
+            seqid=seqid,
+        )
+    )
+
+
+def sent_seqids(transport: StringTransport) -> list[int]:
+    reader = MessageReader(FRAMED, BINARY, DEFAULT_LIMITS)
+    return [read_header(m, BINARY).seqid for m in reader.feed(transport.value())]
+
+
+def connected() -> tuple[UpstreamConnection, StringTransport]:
+    conn = UpstreamConnection(FRAMED, BINARY, DEFAULT_LIMITS)
+    transport = StringTransport()
+    conn.makeConnection(transport)
+    return conn, transport
+
+
+def collect(d: Any) -> list[Any]:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    return out
+
+
+def test_each_call_gets_a_unique_upstream_seqid() -> None:
+    """Calls sent with the same client seqid go upstream with distinct seqids."""
+    conn, transport = connected()
+    conn.send(call(b"a", seqid=5), oneway=False)
+    conn.send(call(b"b", seqid=5), oneway=False)
+    ids = sent_seqids(transport)
+    assert len(set(ids)) == 2
+
+
+def test_out_of_order_replies_are_matched_by_seqid() -> None:
+    """A reply arriving before an earlier call's reply goes to its own caller."""
+    conn, transport = connected()
+    first = collect(conn.send(call(b"a"), oneway=False))
+    second = collect(conn.send(call(b"b"), oneway=False))
+    id_a, id_b = sent_seqids(transport)
+    conn.dataReceived(reply(b"ack:b", id_b) + reply(b"ack:a", id_a))
+    assert read_header(first[0], BINARY).seqid == id_a and b"ack:a" in first[0]
+    assert read_header(second[0], BINARY).seqid == id_b and b"ack:b" in second[0]
+
+
+def test_reply_for_a_cancelled_call_is_dropped() -> None:
+    """A late reply whose caller gave up is ignored, and the connection stays usable."""
+    conn, transport = connected()
+    gone = conn.send(call(b"a"), oneway=False)
+    gone.addErrback(lambda f: f.trap(CancelledError))
+    gone.cancel()
+    (id_a,) = sent_seqids(transport)
+    conn.dataReceived(reply(b"ack:a", id_a))
+    assert conn.outstanding == 0 and not transport.disconnecting
+
+
+def test_connection_loss_fails_every_pending_call() -> None:
+    """Losing the connection fails every outstanding call with BackendUnavailable."""
+    conn, _ = connected()
+    outs = [collect(conn.send(call(t), oneway=False)) for t in (b"a", b"b")]
+    conn.connectionLost(Failure(ConnectionError("reset")))
+    assert all(isinstance(o[0], Failure) and o[0].check(BackendUnavailable) for o in outs)
+
+
+def test_garbage_from_the_backend_drops_the_connection() -> None:
+    """Undecodable bytes from the backend abort the connection rather than guessing."""
+    conn, transport = connected()
+    conn.dataReceived(b"\xff\xff\xff\xff")
+    assert transport.disconnecting or getattr(transport, "disconnected", False)
+
+
+# -- the pool, on a memory reactor ------------------------------------------------------------
+
+
+def pool(reactor: MemoryReactorClock, **kw: Any) -> UpstreamPool:
+    options: dict[str, Any] = {"connections": 1, "max_concurrency": 1, "queue_size": 1}
+    options.update(kw)
+    return UpstreamPool(
+        reactor, "127.0.0.1", 9, transport=FRAMED, protocol=BINARY, limits=DEFAULT_LIMITS, **options
+    )
+
+
+def connect_all(reactor: MemoryReactorClock) -> list[tuple[Any, StringTransport]]:
+    """Complete every pending connection attempt of the memory reactor."""
+    connections = []
+    for _host, _port, factory, _timeout, _bind in reactor.tcpClients:
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        connections.append((proto, transport))
+    reactor.tcpClients.clear()
+    return connections
+
+
+def test_call_times_out_with_backend_timeout() -> None:
+    """A call not answered within its timeout fails with BackendTimeout naming the limit."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor)
+    p.start()
+    connect_all(reactor)
+    out = collect(p.call(call(b"a"), timeout=2.0))
+    reactor.advance(2.0)
+    assert out[0].check(BackendTimeout) and "2s" in out[0].getErrorMessage()
+
+
+def test_full_queue_is_overloaded_at_once() -> None:
+    """Beyond max_concurrency + queue_size a call fails at once with Overloaded."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor)
+    p.start()
+    connect_all(reactor)
+    underway = p.call(call(b"a"), timeout=30)
+    queued = p.call(call(b"b"), timeout=30)
+    refused = collect(p.call(call(b"c"), timeout=30))
+    assert refused[0].check(Overloaded)
+    for d in (underway, queued):
+        d.addErrback(lambda f: None)
+    reactor.advance(30)
+
+
+def test_unreachable_backend_fails_fast() -> None:
+    """When the only connection attempt failed, calls fail at once instead of waiting."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor)
+    p.start()
+    _h, _p, factory, _t, _b = reactor.tcpClients.pop()
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError("refused")))
+    out = collect(p.call(call(b"a"), timeout=30))
+    assert out[0].check(BackendUnavailable) and "unreachable" in out[0].getErrorMessage()
+    p.stop()
+
+
+def test_calls_wait_for_the_first_connection() -> None:
+    """A call made while the first connection is still being made is sent once it is up."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor)
+    p.start()
+    out = collect(p.call(call(b"a"), timeout=30))
+    ((proto, transport),) = connect_all(reactor)
+    (seqid,) = sent_seqids(transport)
+    proto.dataReceived(reply(b"ack:a", seqid))
+    assert b"ack:a" in out[0]
