@@ -340,6 +340,21 @@ async def test_tampered_cache_entry_is_rejected(cluster: Cluster) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_rejected_cache_entry_is_replaced(cluster: Cluster) -> None:
+    """After a tampered entry is rejected, a fresh signed entry serves the next callers."""
+    secret = ClusterOptions(lease_ttl=0.5, hmac_secret=b"s3cret")
+    a, b = await cluster.nodes_named("a", "b", options=secret)
+    backend = Backend(delay=0.01)
+    await execute(a, backend, CACHE)
+    with client(cluster.server) as r:
+        key = KeySchema().cache(KEY)
+        r.set(key, r.get(key).replace(b"reply-1", b"reply-X"), keepttl=True)
+    await execute(b, backend, CACHE)  # rejects, drops the entry, leads, writes reply-2
+    later = await execute(a, backend, CACHE)
+    assert (later.reply.message, later.source) == (b"reply-2", Source.CACHE)
+    assert backend.calls == 2
+
+@pytest_twisted.ensureDeferred
 async def test_scripts_are_reloaded_after_script_flush(cluster: Cluster) -> None:
     """After SCRIPT FLUSH the next call reloads the scripts (NOSCRIPT) and still works."""
     (a,) = await cluster.nodes_named("a")

@@ -117,11 +117,24 @@ class ClusterCoordinator:
             decision = await self._steps.decide(key, policy)
         except _REDIS_TROUBLE:
             return await self._give_up("fallback", key, policy, call_backend)
+        dropped = False
         while True:
             if decision.kind in ("cache", "stale"):
                 source = Source.CACHE if decision.kind == "cache" else Source.STALE
                 outcome = self._from_entry(key, decision.entry, source)
-                return outcome or await self._give_up("solo", key, policy, call_backend)
+                if outcome is not None:
+                    return outcome
+                if dropped:  # rewritten unusable again at once (a node with another secret?)
+                    return await self._give_up("solo", key, policy, call_backend)
+                # An entry no node can trust would otherwise defeat dedupe for its whole TTL:
+                # drop it (only if unchanged) and decide again, so one leader rewrites it.
+                dropped = True
+                try:
+                    await self._steps.drop_entry(key, decision.entry)
+                    decision = await self._steps.decide(key, policy)
+                except _REDIS_TROUBLE:
+                    return await self._give_up("fallback", key, policy, call_backend)
+                continue
             if decision.kind == "stale_lead":
                 outcome = self._from_entry(key, decision.entry, Source.STALE)
                 if outcome is None:  # unusable entry: refresh it in the foreground instead

@@ -116,7 +116,20 @@ return 0
 )
 
 
-ALL = (DECIDE, POLL, COMPLETE, RENEW)
+# KEYS: cache. ARGV: the entry a node could not use (bad signature or malformed).
+# Compare-and-delete: an entry somebody rewrote meanwhile is left alone.
+DROP = Script(
+    "drop",
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+""",
+)
+
+
+ALL = (DECIDE, POLL, COMPLETE, RENEW, DROP)
 
 
 class ScriptRunner:

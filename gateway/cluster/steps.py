@@ -17,7 +17,7 @@ from gateway.cluster.decision import Decision, parse_decision
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.lease import LeaseRenewer
 from gateway.cluster.options import ClusterCounters, ClusterOptions
-from gateway.cluster.scripts import COMPLETE, DECIDE, POLL, ScriptRunner
+from gateway.cluster.scripts import COMPLETE, DECIDE, DROP, POLL, ScriptRunner
 from gateway.contracts import MethodPolicy
 
 
@@ -56,6 +56,10 @@ class RedisSteps:
         """The envelope leader ``token`` left for its followers, if it is (still) there."""
         stored = await self._redis.execute("GET", self._keys.result(key, token))
         return stored if isinstance(stored, bytes) else None
+
+    async def drop_entry(self, key: str, entry: bytes) -> None:
+        """Delete the cache entry if it is still exactly ``entry`` (one we could not use)."""
+        await self._scripts.run(DROP, [self._keys.cache(key)], [entry])
 
     def complete(
         self, key: str, policy: MethodPolicy, shared: env.Envelope, cacheable: bool
