@@ -1,1 +1,2 @@
-"""Micro-benchmarks; run one as `python -m benchmarks.<name>`."""
+"""Benchmarks (they report, never assert): run one as `python -m benchmarks.<name>`, or all
+of them with `make bench` (`python -m benchmarks.run`), which writes results.md/.json."""
