@@ -243,3 +243,14 @@ def test_handler_never_raises_on_a_backend_reply_it_cannot_read() -> None:
     out = h.call(b"m")
     h.backend.answer(b"\x80\x01\x00\x02garbage")
     assert parse_application_exception(out[0], BINARY)[0] == INTERNAL_ERROR
+
+
+def test_malformed_passthrough_call_never_reaches_the_backend() -> None:
+    """Bytes forwarded unchanged are still checked: a garbage passthrough call is refused."""
+    h = Harness({"methods": {"alertSupervisor": {"mode": "passthrough"}}})
+    good = message(BINARY, "alertSupervisor", [(1, TType.STRING, b"m")], seqid=3)
+    bad = good[: len(good) - 6] + b"\x0b\x00\x01\x7f\xff\xff"
+    out: list[Any] = []
+    h.handler.handle(bad, BINARY).addCallback(out.append)
+    assert parse_application_exception(out[0], BINARY)[0] == PROTOCOL_ERROR
+    assert not h.backend.calls

@@ -33,6 +33,7 @@ from gateway.thrift import (
     read_header,
     reply_kind,
     transcode,
+    validate_body,
 )
 
 log = logging.getLogger("gateway.proxy")
@@ -95,18 +96,33 @@ class CallHandler:
         try:
             route = self._router.resolve(header.service, header.method)
             backend = self._backends[route.backend]
-            upstream = transcode(
-                message, protocol, backend.protocol, name=route.upstream_name, limits=self._limits
-            )
-            key = None
+            same_protocol = protocol is backend.protocol
+            if same_protocol and header.name == route.upstream_name:
+                upstream = message  # the pool rewrites the seqid; nothing else to change
+            else:
+                # Between protocols this walks (and so checks) the body; within one protocol
+                # it only rewrites the header.
+                upstream = transcode(
+                    message,
+                    protocol,
+                    backend.protocol,
+                    name=route.upstream_name,
+                    limits=self._limits,
+                )
             if header.type is MessageType.CALL and route.policy.mode != "passthrough":
-                key = call_key(
+                key: str | None = call_key(  # walks the body: malformed args stop here
                     message,
                     protocol,
                     scope=route.backend,
                     exclude_fields=route.policy.exclude_fields,
                     limits=self._limits,
                 )
+            else:
+                key = None
+                if same_protocol:
+                    # Nothing has walked these bytes yet. A backend that cannot decode a call
+                    # may drop its connection, and other clients' calls on it with it.
+                    validate_body(message, header, protocol, self._limits)
         except GatewayError as exc:
             return self._error(header, protocol, exc.code, exc.message)
         except MalformedMessage as exc:

@@ -30,6 +30,7 @@ from gateway.thrift.kinds import (
 )
 from gateway.thrift.message import MessageHeader, read_header, replace_header
 from gateway.thrift.transcode import transcode
+from gateway.thrift.walk import validate_body
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -55,4 +56,5 @@ __all__ = [
     "replace_header",
     "reply_kind",
     "transcode",
+    "validate_body",
 ]

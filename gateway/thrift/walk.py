@@ -255,3 +255,15 @@ def _walk_map(iprot: Any, sink: Any, limits: Limits, depth: int) -> None:
         raise
     iprot.readMapEnd()
     sink.writeMapEnd()
+
+
+def validate_body(
+    message: bytes, header: MessageHeader, protocol: ProtocolKind, limits: Limits
+) -> None:
+    """Check that ``message``'s body is one well-formed struct within ``limits``.
+
+    For messages forwarded byte for byte (same protocol, no call key): a backend that
+    cannot decode a call may drop its connection, and with it other clients' calls.
+    Raises :class:`MalformedMessage` carrying ``header``.
+    """
+    walk_body(message, header, protocol, NULL_SINK, limits)
