@@ -354,6 +354,7 @@ async def test_rejected_cache_entry_is_replaced(cluster: Cluster) -> None:
     assert (later.reply.message, later.source) == (b"reply-2", Source.CACHE)
     assert backend.calls == 2
 
+
 @pytest_twisted.ensureDeferred
 async def test_scripts_are_reloaded_after_script_flush(cluster: Cluster) -> None:
     """After SCRIPT FLUSH the next call reloads the scripts (NOSCRIPT) and still works."""
