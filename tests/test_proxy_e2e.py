@@ -411,3 +411,17 @@ def test_port_taken_is_one_line_and_exit_1() -> None:
         proc.stop()
     assert code == 1
     assert len(proc.stderr_lines) == 1 and "cannot listen" in proc.stderr_lines[0]
+
+
+def test_json_log_format_writes_one_object_per_line(slow_backend: ExampleBackend) -> None:
+    """--log-format json makes every stderr log line a JSON object with level and message."""
+    with start_gateway("--log-format", "json", backend=slow_backend.address, node_id="js") as gw:
+        assert alert(gw, "json-logs") == "ack:json-logs"
+        _send_raw(gw, b"GET / HTTP/1.1\r\n\r\n")  # provokes a warning line
+        deadline = time.monotonic() + 5
+        while not any("not a Thrift" in line for line in gw.process.stderr_lines):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    entries = [json.loads(line) for line in gw.process.stderr_lines if line.strip()]
+    assert entries and all({"ts", "level", "logger", "msg"} <= set(e) for e in entries)
+    assert any(e["level"] == "warning" and "not a Thrift" in e["msg"] for e in entries)
