@@ -57,7 +57,7 @@ class RedisURL:
     def endpoint(self, reactor: Any, timeout: float = 5.0) -> IStreamClientEndpoint:
         """A client endpoint for this server; ``reactor`` provides TCP (or UNIX) and time."""
         if self.unix_path is not None:
-            unix = UNIXClientEndpoint(reactor, self.unix_path, timeout=timeout)  # type: ignore[no-untyped-call]
+            unix = UNIXClientEndpoint(reactor, self.unix_path, timeout=timeout)  # type: ignore[no-untyped-call]  # untyped in Twisted
             return cast(IStreamClientEndpoint, unix)
         # mypy does not see zope's @implementer, hence the casts to the interfaces.
         tcp = cast(IStreamClientEndpoint, HostnameEndpoint(reactor, self.host, self.port, timeout))
