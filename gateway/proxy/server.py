@@ -47,7 +47,8 @@ class ClientConnection(Protocol):
         self._transport_kind: TransportKind | None = None
         self._protocol: ProtocolKind | None = None
         self._pending: set[Deferred[bytes | None]] = set()
-        self._closing = False
+        self._closing = False  # bad input seen: read nothing more
+        self._hung_up = False  # loseConnection called: write nothing more
 
     def _peer(self) -> str:
         if self.transport is None:
@@ -119,6 +120,8 @@ class ClientConnection(Protocol):
                 return None
             if result is not None:
                 self._write(result)
+            if self._closing and not self._pending:
+                self._hang_up()  # the last call pipelined before the bad bytes is answered
             return None
 
         d.addBoth(reply)
@@ -126,15 +129,21 @@ class ClientConnection(Protocol):
         self._calls.add(d)
 
     def _write(self, message: bytes) -> None:
-        if self.transport is not None and self._transport_kind is not None and not self._closing:
+        if self.transport is not None and self._transport_kind is not None and not self._hung_up:
             as_transport(self.transport).write(encode(self._transport_kind, message))
 
     def _close(self, why: str) -> None:
+        """Stop reading now; hang up once the calls already dispatched are answered."""
         if not self._closing:
             log.warning("closing client %s: %s", self._peer(), why)
             self._closing = True
-            if self.transport is not None:
-                as_transport(self.transport).loseConnection()
+            if not self._pending:
+                self._hang_up()
+
+    def _hang_up(self) -> None:
+        if not self._hung_up and self.transport is not None:
+            self._hung_up = True
+            as_transport(self.transport).loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Drop only this client's waiters; the Coalescer keeps shared calls for the others.
