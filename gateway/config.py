@@ -187,8 +187,8 @@ def parse_redis(raw: dict[str, Any]) -> RedisConfig:
     if "url" not in table:
         raise ConfigError("redis.url: required")
     url = _take(table, "url", str, "redis")
-    if not url.startswith(("redis://", "rediss://")):
-        raise ConfigError(f"redis.url: expected redis:// or rediss://, got {url!r}")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis.url: expected redis://, rediss:// or unix://, got {url!r}")
     kwargs: dict[str, Any] = {"url": url}
     for name in ("prefix", "hmac_secret"):
         if name in table:
