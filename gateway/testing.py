@@ -22,7 +22,7 @@ from typing import IO
 from twisted.internet.defer import Deferred, succeed
 
 from gateway.contracts import BackendCall, MethodPolicy, Outcome, Source
-from gateway.thrift import ProtocolKind
+from gateway.thrift import MessageHeader, ProtocolKind
 
 # ---------------------------------------------------------------------------------------------
 # In-memory doubles
@@ -46,7 +46,13 @@ class ScriptedBackend:
     def protocol(self) -> ProtocolKind:
         return self._protocol
 
-    def call(self, message: bytes, policy: MethodPolicy, oneway: bool = False) -> Deferred[bytes]:
+    def call(
+        self,
+        message: bytes,
+        policy: MethodPolicy,
+        oneway: bool = False,
+        header: MessageHeader | None = None,
+    ) -> Deferred[bytes]:
         self.calls.append((message, policy, oneway))
         if oneway:
             return succeed(b"")

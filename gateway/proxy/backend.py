@@ -18,7 +18,7 @@ from gateway.contracts import MethodPolicy
 from gateway.errors import BackendUnavailable, GatewayError
 from gateway.primitives import AllAttemptsFailed, RetryingCall, exponential_backoff, first_success
 from gateway.proxy.upstream import UpstreamPool
-from gateway.thrift import ProtocolKind
+from gateway.thrift import MessageHeader, ProtocolKind
 
 RETRY_ATTEMPTS = 3
 
@@ -53,16 +53,26 @@ class Backend:
     def _pool(self, offset: int = 0) -> UpstreamPool:
         return self.pools[(self._rr + offset) % len(self.pools)]
 
-    def call(self, message: bytes, policy: MethodPolicy, oneway: bool = False) -> Deferred[bytes]:
-        """Send ``message`` (in this backend's protocol) and fire with the reply message."""
+    def call(
+        self,
+        message: bytes,
+        policy: MethodPolicy,
+        oneway: bool = False,
+        header: MessageHeader | None = None,
+    ) -> Deferred[bytes]:
+        """Send ``message`` (in this backend's protocol) and fire with the reply message.
+
+        ``header``, if given, must be ``read_header(message, self.protocol)``; it goes along
+        to the connection (every attempt sends the same bytes) to spare decoding it again.
+        """
         self._rr += 1
         if oneway:
-            return self._pool().call(message, timeout=policy.timeout, oneway=True)
+            return self._pool().call(message, timeout=policy.timeout, oneway=True, header=header)
         if not policy.idempotent:
-            return self._pool().call(message, timeout=policy.timeout)
+            return self._pool().call(message, timeout=policy.timeout, header=header)
         if self._hedge_after is not None and len(self.pools) > 1:
             attempts = [
-                (lambda p=pool: p.call(message, timeout=policy.timeout))
+                (lambda p=pool: p.call(message, timeout=policy.timeout, header=header))
                 for pool in (self._pool(i) for i in range(len(self.pools)))
             ]
             d = first_success(attempts, stagger=self._hedge_after, clock=self._clock)
@@ -71,7 +81,7 @@ class Backend:
 
         def attempt() -> Deferred[bytes]:
             # Each retry moves to the next replica, so one dead replica costs one attempt.
-            return self._pool(next(offsets, 0)).call(message, timeout=policy.timeout)
+            return self._pool(next(offsets, 0)).call(message, timeout=policy.timeout, header=header)
 
         retrying: RetryingCall[bytes] = RetryingCall(self._clock, attempt)
         return retrying.start(

@@ -41,6 +41,11 @@ log = logging.getLogger("gateway.proxy")
 INVALID_MESSAGE_TYPE = 2
 _MAX_METHOD_LABELS = 200
 
+# Enum members as globals on the per-call path (see gateway.thrift.message for why).
+_CALL = MessageType.CALL
+_ONEWAY = MessageType.ONEWAY
+_BACKEND = Source.BACKEND
+
 
 class LatencySink(Protocol):
     def observe(self, method: str, source: str, seconds: float) -> None: ...
@@ -53,8 +58,14 @@ class BackendLike(Protocol):
     def protocol(self) -> ProtocolKind: ...
 
     def call(
-        self, message: bytes, policy: MethodPolicy, oneway: bool = False
-    ) -> Deferred[bytes]: ...
+        self,
+        message: bytes,
+        policy: MethodPolicy,
+        oneway: bool = False,
+        header: MessageHeader | None = None,
+    ) -> Deferred[bytes]:
+        """``header``, if given, is ``read_header(message, protocol)`` (spares a decode)."""
+        ...
 
 
 class CallHandler:
@@ -80,25 +91,35 @@ class CallHandler:
         self._methods_seen: set[str] = set()
         self.coalescer: Coalescer[str, Outcome] = Coalescer()
 
-    def handle(self, message: bytes, protocol: ProtocolKind) -> Deferred[bytes | None]:
+    def handle(
+        self, message: bytes, protocol: ProtocolKind, header: MessageHeader | None = None
+    ) -> Deferred[bytes | None]:
         """Fire with the reply message for the client (None for oneway); never fails.
 
         Cancelling the returned Deferred (the client went away) drops only this caller.
+        ``header``, if given, must be ``read_header(message, protocol)``: the server's
+        reader decodes it while splitting the stream, and it is passed on (here and to the
+        wire functions below) so that a call's header is decoded once, not once per step.
         """
-        try:
-            header = read_header(message, protocol)
-        except MalformedMessage as exc:
-            # Without a header there is no seqid to answer with; the server closes.
-            return defer.fail(exc)
+        if header is None:
+            try:
+                header = read_header(message, protocol)
+            except MalformedMessage as exc:
+                # Without a header there is no seqid to answer with; the server closes.
+                return defer.fail(exc)
         self._stats.calls += 1
-        if header.type not in (MessageType.CALL, MessageType.ONEWAY):
+        if header.type is not _CALL and header.type is not _ONEWAY:
             return self._error(header, protocol, INVALID_MESSAGE_TYPE, "gateway: expected a call")
         try:
             route = self._router.resolve(header.service, header.method)
             backend = self._backends[route.backend]
             same_protocol = protocol is backend.protocol
+            # The header of the bytes sent upstream, when already known: the pool rewrites
+            # their seqid, which then needs no second decode.
+            upstream_header: MessageHeader | None = None
             if same_protocol and header.name == route.upstream_name:
                 upstream = message  # the pool rewrites the seqid; nothing else to change
+                upstream_header = header
             else:
                 # Between protocols this walks (and so checks) the body; within one protocol
                 # it only rewrites the header.
@@ -108,14 +129,16 @@ class CallHandler:
                     backend.protocol,
                     name=route.upstream_name,
                     limits=self._limits,
+                    header=header,
                 )
-            if header.type is MessageType.CALL and route.policy.mode != "passthrough":
+            if header.type is _CALL and route.policy.mode != "passthrough":
                 key: str | None = call_key(  # walks the body: malformed args stop here
                     message,
                     protocol,
                     scope=route.backend,
                     exclude_fields=route.policy.exclude_fields,
                     limits=self._limits,
+                    header=header,
                 )
             else:
                 key = None
@@ -128,26 +151,38 @@ class CallHandler:
         except MalformedMessage as exc:
             return self._error(header, protocol, PROTOCOL_ERROR, f"gateway: malformed call: {exc}")
 
-        if header.type is MessageType.ONEWAY:
+        if header.type is _ONEWAY:
             # Oneway calls carry no reply to share, so they are forwarded, never coalesced.
             self._stats.backend_calls += 1
-            backend.call(upstream, route.policy, oneway=True).addErrback(_log_oneway_failure)
+            backend.call(upstream, route.policy, oneway=True, header=upstream_header).addErrback(
+                _log_oneway_failure
+            )
             return defer.succeed(None)
 
         started = self._clock.seconds()
         self._stats.in_flight += 1
+        backend_protocol = backend.protocol
+        # The header of the reply this call itself fetched, decoded once for reply_kind and
+        # reused by done() below, which re-encodes that same reply (checked by identity: a
+        # joined, cached or remote outcome carries other bytes and is decoded there).
+        fetched: tuple[bytes, MessageHeader] | None = None
+
+        def backend_reply(reply: bytes) -> BackendReply:
+            nonlocal fetched
+            reply_header = read_header(reply, backend_protocol)
+            fetched = (reply, reply_header)
+            kind = reply_kind(reply, backend_protocol, header=reply_header)
+            return BackendReply(reply, backend_protocol, kind)
 
         def call_backend() -> Deferred[BackendReply]:
             self._stats.backend_calls += 1
-            return backend.call(upstream, route.policy).addCallback(
-                lambda reply: BackendReply(
-                    reply, backend.protocol, reply_kind(reply, backend.protocol)
-                )
+            return backend.call(upstream, route.policy, header=upstream_header).addCallback(
+                backend_reply
             )
 
         d: Deferred[tuple[Outcome, bool]]
         if key is None:
-            d = call_backend().addCallback(lambda r: (Outcome(r, Source.BACKEND), False))
+            d = call_backend().addCallback(_from_backend)
         else:
             d = self.coalescer.call_shared(key, self._execute, key, route.policy, call_backend)
 
@@ -162,14 +197,23 @@ class CallHandler:
                 outcome, shared = result
                 source = "joined" if shared else outcome.source.value
                 self._count(outcome.source, shared)
+                src = _protocol_kind(outcome.reply.protocol)
+                reply_header = None
+                if (
+                    fetched is not None
+                    and fetched[0] is outcome.reply.message
+                    and src is backend_protocol
+                ):
+                    reply_header = fetched[1]
                 try:
                     reply = transcode(
                         outcome.reply.message,
-                        ProtocolKind(outcome.reply.protocol),
+                        src,
                         protocol,
                         name=header.method,
                         seqid=header.seqid,
                         limits=self._limits,
+                        header=reply_header,
                     )
                 except MalformedMessage as exc:
                     log.warning(
@@ -240,6 +284,20 @@ class CallHandler:
             log.warning("dropping oneway %s: %s", header.name, message)
             return defer.succeed(None)  # a oneway caller reads no reply
         return defer.succeed(self._error_bytes(header, protocol, code, message))
+
+
+def _from_backend(reply: BackendReply) -> tuple[Outcome, bool]:
+    return Outcome(reply, _BACKEND), False
+
+
+# ProtocolKind(value) is an enum call per reply; a dict lookup finds members and plain values
+# (a reply from another node carries the string) alike, being a StrEnum.
+_PROTOCOL_KINDS: dict[str, ProtocolKind] = {kind.value: kind for kind in ProtocolKind}
+
+
+def _protocol_kind(value: str) -> ProtocolKind:
+    kind = _PROTOCOL_KINDS.get(value)
+    return kind if kind is not None else ProtocolKind(value)  # ValueError, as before
 
 
 def _log_oneway_failure(reason: Failure) -> None:

@@ -56,9 +56,17 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self._children: dict[tuple[str, str], Histogram] = {}
 
     def observe(self, method: str, source: str, seconds: float) -> None:
-        self.latency.labels(method=method, source=source).observe(seconds)
+        # labels() validates and locks per call; the child for a label pair never changes, so
+        # it is looked up once. Bounded as the registry is: it keeps every child it made too.
+        child = self._children.get((method, source))
+        if child is None:
+            child = self._children[method, source] = self.latency.labels(
+                method=method, source=source
+            )
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

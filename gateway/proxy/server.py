@@ -24,6 +24,7 @@ from gateway.thrift import (
     FrameTooLarge,
     Limits,
     MalformedMessage,
+    MessageHeader,
     MessageReader,
     NotThrift,
     ProtocolKind,
@@ -74,7 +75,9 @@ class ClientConnection(Protocol):
             self._reader = MessageReader(self._transport_kind, self._protocol, self._limits)
             data, self._prefix = self._prefix, b""
         try:
-            messages = self._reader.feed(data)
+            # With their headers: the reader decoded them to split the stream, and the
+            # handler would otherwise decode each one again.
+            messages = self._reader.feed_parsed(data)
         except FrameTooLarge as exc:
             self._dispatch_all(exc.complete)
             self._close(f"frame too large ({exc})")
@@ -97,15 +100,16 @@ class ClientConnection(Protocol):
             self._dispatch_all(exc.complete)
             self._close(f"wire error ({exc})")
             return
-        self._dispatch_all(messages)
+        for message, header in messages:
+            self._dispatch(message, header)
 
     def _dispatch_all(self, messages: list[bytes]) -> None:
         for message in messages:
             self._dispatch(message)
 
-    def _dispatch(self, message: bytes) -> None:
+    def _dispatch(self, message: bytes, header: MessageHeader | None = None) -> None:
         assert self._protocol is not None
-        d = self._handler.handle(message, self._protocol)
+        d = self._handler.handle(message, self._protocol, header)
         self._pending.add(d)
 
         def reply(result: bytes | Failure | None) -> None:

@@ -35,12 +35,12 @@ from gateway.primitives import (
 from gateway.reactors import as_clock, as_transport
 from gateway.thrift import (
     Limits,
+    MessageHeader,
     MessageReader,
     ProtocolKind,
     TransportKind,
     WireError,
     encode,
-    read_header,
     replace_header,
 )
 
@@ -68,12 +68,20 @@ class UpstreamConnection(TwistedProtocol):
     def connectionMade(self) -> None:
         self.connected_ok = True
 
-    def send(self, message: bytes, oneway: bool) -> Deferred[bytes]:
+    def send(
+        self, message: bytes, oneway: bool, header: MessageHeader | None = None
+    ) -> Deferred[bytes]:
+        """Send ``message`` under a seqid unique on this connection; fire with the reply.
+
+        ``header``, if given, must be ``read_header(message, protocol)``: the handler decoded
+        it already, and the seqid rewrite then needs no second decode.
+        """
         if self.transport is None or not self.connected_ok:
             return defer.fail(BackendUnavailable("gateway: backend connection lost"))
         self._next_seqid = self._next_seqid + 1 if self._next_seqid < _SEQID_LIMIT else 1
         seqid = self._next_seqid
-        framed = encode(self._transport_kind, replace_header(message, self._protocol, seqid=seqid))
+        message = replace_header(message, self._protocol, seqid=seqid, header=header)
+        framed = encode(self._transport_kind, message)
         as_transport(self.transport).write(framed)
         if oneway:
             return defer.succeed(b"")
@@ -88,22 +96,17 @@ class UpstreamConnection(TwistedProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         try:
-            messages = self._reader.feed(data)
+            # The reader decodes every reply's header to split the stream (an unreadable
+            # header is a WireError here), so the seqid is taken from it, not decoded again.
+            messages = self._reader.feed_parsed(data)
         except WireError as exc:
             # The byte stream can no longer be trusted: drop it; pending calls fail below.
             log.warning("backend sent malformed data (%s); dropping the connection", exc)
             if self.transport is not None:
                 as_transport(self.transport).abortConnection()
             return
-        for message in messages:
-            try:
-                seqid = read_header(message, self._protocol).seqid
-            except WireError as exc:
-                log.warning("backend reply header unreadable (%s); dropping the connection", exc)
-                if self.transport is not None:
-                    as_transport(self.transport).abortConnection()
-                return
-            d = self._pending.pop(seqid, None)
+        for message, header in messages:
+            d = self._pending.pop(header.seqid, None)
             if d is not None:
                 d.callback(message)
 
@@ -222,14 +225,28 @@ class UpstreamPool:
             for w in waiters:
                 w.callback(None)
 
+    def _pick_live(self) -> UpstreamConnection | None:
+        """The live connection with the fewest outstanding calls, None if none is up."""
+        live = self._live
+        n = len(live)
+        if not n:
+            return None
+        # Least outstanding calls first; ties rotate so load spreads over connections. (A
+        # plain loop: the first least one in rotation order, as min() would pick, without a
+        # generator and a key lambda per call.)
+        self._next += 1
+        start = self._next
+        best = live[start % n]
+        least = best.outstanding
+        for i in range(1, n):
+            conn = live[(start + i) % n]
+            if conn.outstanding < least:
+                best, least = conn, conn.outstanding
+        return best
+
     def _pick(self) -> Deferred[UpstreamConnection]:
-        if self._live:
-            # Least outstanding calls first; ties rotate so load spreads over connections.
-            self._next += 1
-            n = len(self._live)
-            conn = min(
-                (self._live[(self._next + i) % n] for i in range(n)), key=lambda c: c.outstanding
-            )
+        conn = self._pick_live()
+        if conn is not None:
             return defer.succeed(conn)
         if self._connecting == 0:
             return defer.fail(BackendUnavailable(f"gateway: backend {self.address} unreachable"))
@@ -240,17 +257,30 @@ class UpstreamPool:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def call(self, message: bytes, *, timeout: float, oneway: bool = False) -> Deferred[bytes]:
+    def call(
+        self,
+        message: bytes,
+        *,
+        timeout: float,
+        oneway: bool = False,
+        header: MessageHeader | None = None,
+    ) -> Deferred[bytes]:
         """Send one unframed message (any seqid); fire with the backend's reply message.
 
         Fails with BackendUnavailable, BackendTimeout or Overloaded. ``timeout`` counts from
-        now and includes time spent queued behind ``max_concurrency``.
+        now and includes time spent queued behind ``max_concurrency``. ``header``, if given,
+        must be ``read_header(message, self.protocol)`` (passed on to spare a decode).
         """
         if self._stopped:
             return defer.fail(BackendUnavailable("gateway: shutting down"))
 
         def job() -> Deferred[bytes]:
-            return self._pick().addCallback(lambda conn: conn.send(message, oneway))
+            # Nearly always a connection is up: send at once, without a Deferred (and its
+            # chaining into send's) for the connection.
+            conn = self._pick_live()
+            if conn is not None:
+                return conn.send(message, oneway, header)
+            return self._pick().addCallback(lambda conn: conn.send(message, oneway, header))
 
         try:
             d = self._queue.put(job)

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import struct
+
 from thrift.Thrift import TApplicationException
 
 from gateway.contracts import ReplyKind
 from gateway.thrift.kinds import DEFAULT_LIMITS, MalformedMessage, MessageType, ProtocolKind
-from gateway.thrift.message import encode_header, read_header
+from gateway.thrift.message import MessageHeader, encode_header, read_header
 from gateway.thrift.protocols import InputBuffer, OutputBuffer, reader, writer
 from gateway.thrift.walk import I32, NULL_SINK, STOP, STRING, BodyErrors, check_type, walk_value
 
 _MESSAGE_FIELD = 1  # TApplicationException.message: string
 _TYPE_FIELD = 2  # TApplicationException.type: i32
+
+# Enum members as globals on the per-message path (see gateway.thrift.message for why).
+_REPLY = MessageType.REPLY
+_EXCEPTION = MessageType.EXCEPTION
+_COMPACT = ProtocolKind.COMPACT
+_SUCCESS = ReplyKind.SUCCESS
+_I16 = struct.Struct(">h")
 
 
 def application_exception(
@@ -53,7 +62,9 @@ def parse_application_exception(message: bytes, protocol: ProtocolKind) -> tuple
     return code, text
 
 
-def reply_kind(message: bytes, protocol: ProtocolKind) -> ReplyKind:
+def reply_kind(
+    message: bytes, protocol: ProtocolKind, *, header: MessageHeader | None = None
+) -> ReplyKind:
     """Whether a backend reply is a success, a declared exception or an application exception.
 
     REPLY: field 0 present, or no field at all (void) -> SUCCESS; otherwise a declared
@@ -61,12 +72,26 @@ def reply_kind(message: bytes, protocol: ProtocolKind) -> ReplyKind:
     clients). EXCEPTION -> APPLICATION_EXCEPTION. Only reads as far as it needs to: a
     success is recognised at its first field header, so huge results cost nothing here.
     CALL/ONEWAY messages are :class:`MalformedMessage`.
+
+    ``header``, if given, must be ``read_header(message, protocol)``: the proxy parsed the
+    reply's header already and passes it so it is decoded once per reply.
     """
-    header = read_header(message, protocol)
-    if header.type is MessageType.EXCEPTION:
+    if header is None:
+        header = read_header(message, protocol)
+    if header.type is _EXCEPTION:
         return ReplyKind.APPLICATION_EXCEPTION
-    if header.type is not MessageType.REPLY:
+    if header.type is not _REPLY:
         raise MalformedMessage(f"{header.type.name} message is not a reply", header)
+    # Binary bodies start with the first field header (type:i8 id:i16) at a fixed place, so
+    # the common answer (a success: field 0, or a void STOP) is read straight off the bytes,
+    # exactly as the loop below would decide it, without building a protocol.
+    start = header.body_offset
+    if (
+        protocol is not _COMPACT
+        and start + 3 <= len(message)
+        and (message[start] == STOP or _I16.unpack_from(message, start + 1)[0] == 0)
+    ):
+        return _SUCCESS
     declared = False
     with BodyErrors(header):
         iprot = reader(protocol, InputBuffer(message, header.body_offset), DEFAULT_LIMITS)

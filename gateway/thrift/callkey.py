@@ -23,7 +23,7 @@ import struct
 from uuid import UUID
 
 from gateway.thrift.kinds import DEFAULT_LIMITS, Limits, ProtocolKind
-from gateway.thrift.message import read_header
+from gateway.thrift.message import MessageHeader, read_header
 from gateway.thrift.walk import walk_body
 
 _B = struct.Struct(">b")
@@ -175,9 +175,14 @@ def canonical_args(
     *,
     exclude_fields: frozenset[int] = frozenset(),
     limits: Limits = DEFAULT_LIMITS,
+    header: MessageHeader | None = None,
 ) -> bytes:
-    """The canonical form of the message body struct (top-level ``exclude_fields`` left out)."""
-    header = read_header(message, protocol)
+    """The canonical form of the message body struct (top-level ``exclude_fields`` left out).
+
+    ``header``, if given, must be ``read_header(message, protocol)`` (see :func:`call_key`).
+    """
+    if header is None:
+        header = read_header(message, protocol)
     sink = CanonicalSink()
     walk_body(message, header, protocol, sink, limits, exclude_fields)
     return bytes(sink.out)
@@ -190,14 +195,19 @@ def call_key(
     scope: str,
     exclude_fields: frozenset[int] = frozenset(),
     limits: Limits = DEFAULT_LIMITS,
+    header: MessageHeader | None = None,
 ) -> str:
     """``f"{scope}.{method}:{32 hex}"``: equal for calls the backend cannot tell apart.
 
     The hash (sha256) covers the scope, the bare method name and the canonical args; the
     seqid, the multiplexed service prefix, the message type, the protocol and the field
     order never matter. :class:`MalformedMessage` (with the header) if the body is bad.
+
+    ``header``, if given, must be ``read_header(message, protocol)``: the proxy parsed it
+    already and passes it so the call's header is decoded once, not once per wire function.
     """
-    header = read_header(message, protocol)
+    if header is None:
+        header = read_header(message, protocol)
     sink = CanonicalSink()
     walk_body(message, header, protocol, sink, limits, exclude_fields)
     method = header.method

@@ -19,6 +19,9 @@ from gateway.thrift.walk import NULL_SINK, walk_struct
 
 _I32 = struct.Struct(">i")
 
+# Enum members as globals on the per-message path (see gateway.thrift.message for why).
+_FRAMED = TransportKind.FRAMED
+
 
 def frame(message: bytes) -> bytes:
     """``message`` behind its 4-byte big-endian length (TFramedTransport)."""
@@ -27,7 +30,7 @@ def frame(message: bytes) -> bytes:
 
 def encode(transport: TransportKind, message: bytes) -> bytes:
     """``message`` as it goes on a ``transport`` connection: framed, or as is."""
-    return frame(message) if transport is TransportKind.FRAMED else message
+    return frame(message) if transport is _FRAMED else message
 
 
 class MessageReader:
@@ -73,6 +76,21 @@ class MessageReader:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The messages completed by ``data``, in order (possibly none)."""
+        return self._feed(data, [], [])
+
+    def feed_parsed(self, data: bytes) -> list[tuple[bytes, MessageHeader]]:
+        """Like :meth:`feed`, each message with its header (``read_header``'s result).
+
+        Splitting decodes every header anyway; the proxy takes it from here instead of
+        decoding it again. Errors are raised as by :meth:`feed` (``complete`` holds bytes).
+        """
+        headers: list[MessageHeader] = []
+        messages = self._feed(data, [], headers)
+        return list(zip(messages, headers, strict=True))
+
+    def _feed(
+        self, data: bytes, messages: list[bytes], headers: list[MessageHeader]
+    ) -> list[bytes]:
         if self._error is not None:
             raise self._error
         buf: Buffer
@@ -80,15 +98,14 @@ class MessageReader:
             self._buf += data
             buf = self._buf
             if len(buf) < self._need:
-                return []
+                return messages
         else:
             buf = data  # the common case: parse the caller's bytes without copying them
-        messages: list[bytes] = []
         try:
-            if self.transport is TransportKind.FRAMED:
-                pos, need = self._split_framed(buf, messages)
+            if self.transport is _FRAMED:
+                pos, need = self._split_framed(buf, messages, headers)
             else:
-                pos, need = self._split_buffered(buf, messages)
+                pos, need = self._split_buffered(buf, messages, headers)
         except WireError as exc:
             exc.complete = messages
             self._error = exc
@@ -101,7 +118,9 @@ class MessageReader:
         self._need = need - pos
         return messages
 
-    def _split_framed(self, buf: Buffer, messages: list[bytes]) -> tuple[int, int]:
+    def _split_framed(
+        self, buf: Buffer, messages: list[bytes], headers: list[MessageHeader]
+    ) -> tuple[int, int]:
         """Cut whole frames from ``buf``; returns (bytes consumed, buffer length needed next)."""
         pos = 0
         end = len(buf)
@@ -117,12 +136,15 @@ class MessageReader:
             if stop > end:
                 return pos, stop
             message = bytes(memoryview(buf)[pos + 4 : stop])
-            read_header(message, self.protocol)  # a frame must at least carry a header
+            # A frame must at least carry a header.
+            headers.append(read_header(message, self.protocol))
             messages.append(message)
             pos = stop
         return pos, pos + 4
 
-    def _split_buffered(self, buf: Buffer, messages: list[bytes]) -> tuple[int, int]:
+    def _split_buffered(
+        self, buf: Buffer, messages: list[bytes], headers: list[MessageHeader]
+    ) -> tuple[int, int]:
         """Cut whole messages from ``buf``; returns (bytes consumed, buffer length needed next)."""
         pos = 0
         end = len(buf)
@@ -151,5 +173,7 @@ class MessageReader:
                 messages.append(buf)  # exactly one whole message: hand the caller's bytes back
             else:
                 messages.append(bytes(memoryview(buf)[pos : inp.pos]))
+            # body_offset is relative to the message start, so it holds for the cut message.
+            headers.append(header)
             pos = inp.pos
         return pos, pos + 1

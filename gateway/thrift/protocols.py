@@ -19,6 +19,10 @@ from gateway.thrift.kinds import Limits, ProtocolKind
 
 Buffer = bytes | bytearray
 
+# Enum members as globals on the per-message path (see gateway.thrift.message for why).
+_BINARY = ProtocolKind.BINARY
+_COMPACT = ProtocolKind.COMPACT
+
 # What thrift's protocol classes raise on bad input: limits and bad versions
 # (TProtocolException / TTransportException), unknown compact type nibbles (KeyError),
 # out-of-range integers when re-encoding (struct.error, TProtocolException) and bad UTF-8
@@ -78,7 +82,7 @@ def reader(kind: ProtocolKind, inp: InputBuffer, limits: Limits) -> Any:
     Only the body is read through it (headers are parsed by gateway.thrift.message), so the
     strictness of the binary header does not matter here.
     """
-    if kind is ProtocolKind.COMPACT:
+    if kind is _COMPACT:
         return TCompactProtocol(
             inp,
             string_length_limit=limits.max_string_size,
@@ -93,6 +97,6 @@ def reader(kind: ProtocolKind, inp: InputBuffer, limits: Limits) -> Any:
 
 def writer(kind: ProtocolKind, out: OutputBuffer) -> Any:
     """A thrift protocol encoding ``kind`` into ``out`` (bodies only; headers are ours)."""
-    if kind is ProtocolKind.COMPACT:
+    if kind is _COMPACT:
         return TCompactProtocol(out)
-    return TBinaryProtocol(out, strictWrite=kind is ProtocolKind.BINARY)
+    return TBinaryProtocol(out, strictWrite=kind is _BINARY)

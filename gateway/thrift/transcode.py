@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from gateway.thrift.kinds import DEFAULT_LIMITS, Limits, ProtocolKind
-from gateway.thrift.message import encode_header, read_header, reheader
+from gateway.thrift.message import MessageHeader, encode_header, read_header, reheader
 from gateway.thrift.protocols import OutputBuffer, writer
 from gateway.thrift.walk import walk_body
+
+# Enum members as globals on the per-message path (see gateway.thrift.message for why).
+_BINARY = ProtocolKind.BINARY
+_COMPACT = ProtocolKind.COMPACT
 
 
 def _body_encoding(protocol: ProtocolKind) -> ProtocolKind:
     # Strict and non-strict binary differ only in the message header.
-    return ProtocolKind.COMPACT if protocol is ProtocolKind.COMPACT else ProtocolKind.BINARY
+    return _COMPACT if protocol is _COMPACT else _BINARY
 
 
 def transcode(
@@ -21,6 +25,7 @@ def transcode(
     name: str | None = None,
     seqid: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    header: MessageHeader | None = None,
 ) -> bytes:
     """``message`` (a whole ``src`` message) re-encoded as ``dst``, name/seqid optionally replaced.
 
@@ -29,10 +34,14 @@ def transcode(
     the body is walked generically (with ``limits``); :class:`MalformedMessage` if it is bad.
     An empty map read from compact carries no key/value types and is written with STOP (0)
     types, which thrift's readers accept for an empty map.
+
+    ``header``, if given, must be ``read_header(message, src)``: the proxy has parsed it
+    already and passes it so each message header is decoded once per call.
     """
     if _body_encoding(src) is _body_encoding(dst):
-        return reheader(message, src, dst, name=name, seqid=seqid)
-    header = read_header(message, src)
+        return reheader(message, src, dst, name=name, seqid=seqid, header=header)
+    if header is None:
+        header = read_header(message, src)
     out = OutputBuffer(
         bytearray(
             encode_header(
