@@ -285,3 +285,31 @@ def spread(values: Sequence[float]) -> str:
 
 def ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 3) if denominator else None
+
+
+def load_main(
+    module: str,
+    doc: str | None,
+    run: Any,
+    render: Any,
+    argv: Sequence[str] | None,
+    repeat_help: str = "runs per side (median shown)",
+) -> int:
+    """The shared command line of the load benchmarks (proxy, nginx baseline)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--clients", type=int, default=100, help="concurrent connections")
+    parser.add_argument("--rounds", type=int, default=50, help="calls per client per run")
+    parser.add_argument("--repeat", type=int, default=5, help=repeat_help)
+    args = parser.parse_args(argv)
+    stop_children_on_sigterm()
+    if args.clients < 1 or args.rounds < 1 or args.repeat < 1:
+        parser.error("need --clients, --rounds and --repeat >= 1")
+    command = f"python -m {module}" + "".join(
+        f" --{name} {getattr(args, name)}" for name in ("clients", "rounds", "repeat")
+    )
+    result = run(args.clients, args.rounds, args.repeat, command)
+    print(json.dumps(result, sort_keys=True) if args.json else render(result), flush=True)
+    return 0

@@ -15,8 +15,6 @@ skipped" and exits 0: the benchmark suite must run on a machine without nginx.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import shutil
 import subprocess
@@ -29,6 +27,7 @@ from typing import Any
 from benchmarks.common import (
     CLIENT_NOTE,
     HerdRun,
+    load_main,
     machine_info,
     markdown_table,
     median_run,
@@ -36,7 +35,6 @@ from benchmarks.common import (
     ratio,
     run_herd,
     spread,
-    stop_children_on_sigterm,
     write_method_config,
 )
 from gateway.localredis import free_port
@@ -232,23 +230,14 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.nginx_baseline", description=__doc__
+    return load_main(
+        "benchmarks.nginx_baseline",
+        __doc__,
+        run,
+        render,
+        argv,
+        repeat_help="runs per path (median shown)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--clients", type=int, default=100, help="concurrent connections")
-    parser.add_argument("--rounds", type=int, default=50, help="calls per client per run")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per path (median shown)")
-    args = parser.parse_args(argv)
-    stop_children_on_sigterm()
-    if args.clients < 1 or args.rounds < 1 or args.repeat < 1:
-        parser.error("need --clients, --rounds and --repeat >= 1")
-    command = "python -m benchmarks.nginx_baseline" + "".join(
-        f" --{name} {getattr(args, name)}" for name in ("clients", "rounds", "repeat")
-    )
-    result = run(args.clients, args.rounds, args.repeat, command)
-    print(json.dumps(result, sort_keys=True) if args.json else render(result), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ CPU is utime+stime from /proc/<pid>/stat around the run, per 1000 client calls.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from benchmarks.common import (
     HerdRun,
     counters_delta,
     gateway_counters,
+    load_main,
     machine_info,
     markdown_table,
     median_run,
@@ -40,7 +40,6 @@ from benchmarks.common import (
     ratio,
     run_herd,
     spread,
-    stop_children_on_sigterm,
     write_method_config,
 )
 from gateway.testing import ExampleBackend, start_example_backend, start_gateway
@@ -277,21 +276,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.proxy", description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--clients", type=int, default=100, help="concurrent connections")
-    parser.add_argument("--rounds", type=int, default=50, help="calls per client per run")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per side (median shown)")
-    args = parser.parse_args(argv)
-    stop_children_on_sigterm()
-    if args.clients < 1 or args.rounds < 1 or args.repeat < 1:
-        parser.error("need --clients, --rounds and --repeat >= 1")
-    command = "python -m benchmarks.proxy" + "".join(
-        f" --{name} {getattr(args, name)}" for name in ("clients", "rounds", "repeat")
-    )
-    result = run(args.clients, args.rounds, args.repeat, command)
-    print(json.dumps(result, sort_keys=True) if args.json else render(result), flush=True)
-    return 0
+    return load_main("benchmarks.proxy", __doc__, run, render, argv)
 
 
 if __name__ == "__main__":
