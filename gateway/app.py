@@ -103,7 +103,9 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     cluster.set_address(f"{config.listen.host}:{node.listen_port}")
     cluster.start()
-    backends = ", ".join(f"{b.name}={b.pools[0].address}" for b in node.backends.values())
+    backends = ", ".join(
+        f"{b.name}={','.join(p.address for p in b.pools)}" for b in node.backends.values()
+    )
     log.info("backends %s; redis %s", backends, "configured" if config.redis else "disabled")
     stopping = [False]
 

@@ -7,8 +7,8 @@ node is re-raised on its followers' nodes and must map to the same reply code th
 from __future__ import annotations
 
 # TApplicationException codes (thrift/lib/py TApplicationException).
-UNKNOWN = 0
 UNKNOWN_METHOD = 1
+INVALID_MESSAGE_TYPE = 2
 INTERNAL_ERROR = 6
 PROTOCOL_ERROR = 7
 

@@ -87,8 +87,13 @@ class Backend:
         return retrying.start(
             backoff=self._retry_backoff(),
             max_attempts=RETRY_ATTEMPTS,
-            failure_tester=lambda f: isinstance(f.value, BackendUnavailable),
+            failure_tester=_is_unavailable,
         )
+
+
+def _is_unavailable(reason: Failure) -> bool:
+    """Retryable: the connection failed, so the backend cannot have done the work."""
+    return isinstance(reason.value, BackendUnavailable)
 
 
 def _unwrap_all_failed(reason: Failure) -> Failure:

@@ -17,9 +17,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.contracts import BackendReply, Coordinator, MethodPolicy, Outcome, Source
-from gateway.errors import INTERNAL_ERROR, PROTOCOL_ERROR, GatewayError
+from gateway.errors import INTERNAL_ERROR, INVALID_MESSAGE_TYPE, PROTOCOL_ERROR, GatewayError
 from gateway.primitives import Coalescer
-from gateway.proxy.router import Router
+from gateway.proxy.router import Route, Router
 from gateway.reactors import as_clock
 from gateway.stats import NodeStats
 from gateway.thrift import (
@@ -38,8 +38,6 @@ from gateway.thrift import (
 
 log = logging.getLogger("gateway.proxy")
 
-INVALID_MESSAGE_TYPE = 2
-_MAX_METHOD_LABELS = 200
 
 # Enum members as globals on the per-call path (see gateway.thrift.message for why).
 _CALL = MessageType.CALL
@@ -88,7 +86,6 @@ class CallHandler:
         self._clock = as_clock(clock)
         self._limits = limits
         self._metrics = metrics
-        self._methods_seen: set[str] = set()
         self.coalescer: Coalescer[str, Outcome] = Coalescer()
 
     def handle(
@@ -114,23 +111,6 @@ class CallHandler:
             route = self._router.resolve(header.service, header.method)
             backend = self._backends[route.backend]
             same_protocol = protocol is backend.protocol
-            # The header of the bytes sent upstream, when already known: the pool rewrites
-            # their seqid, which then needs no second decode.
-            upstream_header: MessageHeader | None = None
-            if same_protocol and header.name == route.upstream_name:
-                upstream = message  # the pool rewrites the seqid; nothing else to change
-                upstream_header = header
-            else:
-                # Between protocols this walks (and so checks) the body; within one protocol
-                # it only rewrites the header.
-                upstream = transcode(
-                    message,
-                    protocol,
-                    backend.protocol,
-                    name=route.upstream_name,
-                    limits=self._limits,
-                    header=header,
-                )
             if header.type is _CALL and route.policy.mode != "passthrough":
                 key: str | None = call_key(  # walks the body: malformed args stop here
                     message,
@@ -140,41 +120,40 @@ class CallHandler:
                     limits=self._limits,
                     header=header,
                 )
+                eager: tuple[bytes, MessageHeader | None] | None = None
             else:
                 key = None
                 if same_protocol:
-                    # Nothing has walked these bytes yet. A backend that cannot decode a call
+                    # Nothing else walks these bytes. A backend that cannot decode a call
                     # may drop its connection, and other clients' calls on it with it.
                     validate_body(message, header, protocol, self._limits)
+                eager = self._upstream(message, protocol, header, backend.protocol, route)
         except GatewayError as exc:
             return self._error(header, protocol, exc.code, exc.message)
         except MalformedMessage as exc:
             return self._error(header, protocol, PROTOCOL_ERROR, f"gateway: malformed call: {exc}")
 
         if header.type is _ONEWAY:
+            assert eager is not None
             # Oneway calls carry no reply to share, so they are forwarded, never coalesced.
             self._stats.backend_calls += 1
-            backend.call(upstream, route.policy, oneway=True, header=upstream_header).addErrback(
-                _log_oneway_failure
-            )
+            oneway = backend.call(eager[0], route.policy, oneway=True, header=eager[1])
+            oneway.addErrback(_log_oneway_failure)
             return defer.succeed(None)
 
         started = self._clock.seconds()
         self._stats.in_flight += 1
         backend_protocol = backend.protocol
-        # The header of the reply this call itself fetched, decoded once for reply_kind and
-        # reused by done() below, which re-encodes that same reply (checked by identity: a
-        # joined, cached or remote outcome carries other bytes and is decoded there).
-        fetched: tuple[bytes, MessageHeader] | None = None
 
         def backend_reply(reply: bytes) -> BackendReply:
-            nonlocal fetched
-            reply_header = read_header(reply, backend_protocol)
-            fetched = (reply, reply_header)
-            kind = reply_kind(reply, backend_protocol, header=reply_header)
-            return BackendReply(reply, backend_protocol, kind)
+            return BackendReply(reply, backend_protocol, reply_kind(reply, backend_protocol))
 
         def call_backend() -> Deferred[BackendReply]:
+            # Re-encoded only here: a call that joins another or is answered from a cache
+            # never pays for it (call_key above already checked the body).
+            upstream, upstream_header = eager or self._upstream(
+                message, protocol, header, backend_protocol, route
+            )
             self._stats.backend_calls += 1
             return backend.call(upstream, route.policy, header=upstream_header).addCallback(
                 backend_reply
@@ -197,23 +176,14 @@ class CallHandler:
                 outcome, shared = result
                 source = "joined" if shared else outcome.source.value
                 self._count(outcome.source, shared)
-                src = _protocol_kind(outcome.reply.protocol)
-                reply_header = None
-                if (
-                    fetched is not None
-                    and fetched[0] is outcome.reply.message
-                    and src is backend_protocol
-                ):
-                    reply_header = fetched[1]
                 try:
                     reply = transcode(
                         outcome.reply.message,
-                        src,
+                        ProtocolKind(outcome.reply.protocol),
                         protocol,
                         name=header.method,
                         seqid=header.seqid,
                         limits=self._limits,
-                        header=reply_header,
                     )
                 except MalformedMessage as exc:
                     log.warning(
@@ -227,6 +197,24 @@ class CallHandler:
 
         return d.addBoth(done)
 
+    def _upstream(
+        self,
+        message: bytes,
+        protocol: ProtocolKind,
+        header: MessageHeader,
+        backend_protocol: ProtocolKind,
+        route: Route,
+    ) -> tuple[bytes, MessageHeader | None]:
+        """The bytes to send upstream, and their header when it is the caller's own."""
+        if protocol is backend_protocol and header.name == route.upstream_name:
+            return message, header  # the pool rewrites the seqid; nothing else to change
+        # Between protocols this walks (and so checks) the body.
+        upstream = transcode(
+            message, protocol, backend_protocol, name=route.upstream_name,
+            limits=self._limits, header=header,
+        )  # fmt: skip
+        return upstream, None
+
     def _execute(
         self, key: str, policy: MethodPolicy, call_backend: Callable[[], Deferred[BackendReply]]
     ) -> Deferred[Outcome]:
@@ -236,8 +224,12 @@ class CallHandler:
         outer: Deferred[Outcome] = Deferred()
 
         def relay(result: Outcome | Failure) -> None:
-            if not outer.called:
-                outer.callback(result) if not isinstance(result, Failure) else outer.errback(result)
+            if outer.called:
+                return None  # every caller has gone; the outcome is not ours to deliver
+            if isinstance(result, Failure):
+                outer.errback(result)
+            else:
+                outer.callback(result)
             return None
 
         inner.addBoth(relay)
@@ -254,11 +246,6 @@ class CallHandler:
     def _observe(self, method: str, source: str, seconds: float) -> None:
         if self._metrics is None:
             return
-        if method not in self._methods_seen:
-            if len(self._methods_seen) >= _MAX_METHOD_LABELS:
-                method = "_other"  # bounded label cardinality whatever clients send
-            else:
-                self._methods_seen.add(method)
         self._metrics.observe(method, source, seconds)
 
     def _failure_reply(
@@ -288,16 +275,6 @@ class CallHandler:
 
 def _from_backend(reply: BackendReply) -> tuple[Outcome, bool]:
     return Outcome(reply, _BACKEND), False
-
-
-# ProtocolKind(value) is an enum call per reply; a dict lookup finds members and plain values
-# (a reply from another node carries the string) alike, being a StrEnum.
-_PROTOCOL_KINDS: dict[str, ProtocolKind] = {kind.value: kind for kind in ProtocolKind}
-
-
-def _protocol_kind(value: str) -> ProtocolKind:
-    kind = _PROTOCOL_KINDS.get(value)
-    return kind if kind is not None else ProtocolKind(value)  # ValueError, as before
 
 
 def _log_oneway_failure(reason: Failure) -> None:

@@ -72,6 +72,3 @@ class LocalCoordinator:
 
         d: Deferred[BackendReply] = defer.maybeDeferred(call_backend)
         return d.addCallback(store)
-
-    def forget(self, key: str) -> None:
-        self._cache.pop(key, None)

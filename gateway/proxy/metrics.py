@@ -20,6 +20,9 @@ _COUNTERS = {
 }
 
 
+MAX_METHOD_LABELS = 200  # distinct method label values; further methods count as "_other"
+
+
 class _StatsCollector(Collector):
     def __init__(self, stats: NodeStats, node_id: str, mode: Callable[[], str]) -> None:
         self._stats = stats
@@ -57,15 +60,22 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self._children: dict[tuple[str, str], Histogram] = {}
+        self._methods: set[str] = set()
 
     def observe(self, method: str, source: str, seconds: float) -> None:
         # labels() validates and locks per call; the child for a label pair never changes, so
-        # it is looked up once. Bounded as the registry is: it keeps every child it made too.
+        # it is looked up once and kept, as the registry keeps it too.
         child = self._children.get((method, source))
         if child is None:
-            child = self._children[method, source] = self.latency.labels(
-                method=method, source=source
-            )
+            if method not in self._methods:
+                if len(self._methods) >= MAX_METHOD_LABELS:
+                    method = "_other"  # bounded label cardinality whatever clients send
+                else:
+                    self._methods.add(method)
+            child = self._children.get((method, source))
+            if child is None:
+                child = self.latency.labels(method=method, source=source)
+                self._children[method, source] = child
         child.observe(seconds)
 
     def render(self) -> bytes:

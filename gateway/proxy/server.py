@@ -161,7 +161,6 @@ class GatewayFactory(Factory):
         self.handler = handler
         self.limits = limits
         self.calls = calls
-        self.connections = 0
 
     def buildProtocol(self, addr: IAddress | None) -> ClientConnection:
         return ClientConnection(self.handler, self.limits, self.calls)

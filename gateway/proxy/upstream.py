@@ -147,7 +147,6 @@ class UpstreamPool:
         self._backoff = backoff or (lambda: exponential_backoff(0.05, 2.0, 2.0))
         self._live: list[UpstreamConnection] = []
         self._connecting = 0  # slots whose first attempt (or a retry) is underway
-        self._failed_once = 0  # slots whose last attempt failed and that now back off
         self._ready_waiters: list[Deferred[None]] = []
         self._retries: list[RetryingCall[UpstreamConnection]] = []
         self._next = 0
@@ -184,7 +183,6 @@ class UpstreamPool:
             attempts_seen[0] += 1
             if attempts_seen[0] == 1:
                 self._connecting -= 1
-                self._failed_once += 1
                 if first:
                     log.warning(
                         "backend %s unreachable: %s", self.address, reason.getErrorMessage()
@@ -199,7 +197,6 @@ class UpstreamPool:
             if attempts_seen[0] == 0:
                 self._connecting -= 1
             else:
-                self._failed_once -= 1
                 log.info("backend %s reachable again", self.address)
             self._live.append(conn)
             conn.lost.addCallback(lambda _: self._on_lost(conn))
@@ -288,34 +285,15 @@ class UpstreamPool:
             return defer.fail(Overloaded(f"gateway: overloaded, backend {self.address} queue full"))
         except QueueStopped:
             return defer.fail(BackendUnavailable("gateway: shutting down"))
-        timed_out = [False]
 
-        def on_timeout() -> None:
-            timed_out[0] = True
-            d.cancel()
-
-        timer = self._clock.callLater(timeout, on_timeout)
-
-        def finish(result: bytes | Failure) -> bytes | Failure:
-            if timer.active():
-                timer.cancel()
-            if isinstance(result, Failure):
-                exc = result.value
-                if timed_out[0] and isinstance(exc, CancelledError):
-                    return _failure(BackendTimeout(f"gateway: backend timeout after {timeout:g}s"))
-                if not isinstance(exc, GatewayError | CancelledError):
-                    return _failure(BackendUnavailable(f"gateway: backend error: {exc}"))
+        def timed_out(result: bytes | Failure, _timeout: float) -> bytes | Failure:
+            # Called by addTimeout after it cancelled the call (queued or underway).
+            if isinstance(result, Failure) and isinstance(result.value, CancelledError):
+                return _failure(BackendTimeout(f"gateway: backend timeout after {timeout:g}s"))
             return result
 
-        return d.addBoth(finish)
-
-    @property
-    def underway(self) -> int:
-        return len(self._queue.underway())
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue.pending())
+        d.addTimeout(timeout, self._reactor, onTimeoutCancel=timed_out)
+        return d.addErrback(_as_gateway_error)
 
     def stop(self) -> None:
         """Stop reconnecting and close every connection; outstanding calls fail."""
@@ -325,6 +303,13 @@ class UpstreamPool:
         for conn in list(self._live):
             if conn.transport is not None:
                 as_transport(conn.transport).loseConnection()
+
+
+def _as_gateway_error(reason: Failure) -> Failure:
+    """Anything but a GatewayError (or a caller's cancel) becomes BackendUnavailable."""
+    if isinstance(reason.value, GatewayError | CancelledError):
+        return reason
+    return _failure(BackendUnavailable(f"gateway: backend error: {reason.value}"))
 
 
 def _failure(exc: BaseException) -> Failure:

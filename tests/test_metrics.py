@@ -1,0 +1,28 @@
+"""Metrics: latency histogram labels stay bounded whatever method names clients send."""
+
+from __future__ import annotations
+
+from gateway.proxy.metrics import MAX_METHOD_LABELS, Metrics
+from gateway.stats import NodeStats
+
+
+def test_method_labels_are_capped() -> None:
+    """Beyond MAX_METHOD_LABELS distinct methods, further ones are counted as _other."""
+    metrics = Metrics(NodeStats(), "n1", lambda: "disabled")
+    for i in range(MAX_METHOD_LABELS + 50):
+        metrics.observe(f"m{i}", "backend", 0.01)
+    text = metrics.render().decode()
+    counts = [
+        line for line in text.splitlines() if line.startswith("gateway_call_latency_seconds_count")
+    ]
+    assert len(counts) == MAX_METHOD_LABELS + 1
+    assert 'gateway_call_latency_seconds_count{method="_other",source="backend"} 50.0' in counts
+
+
+def test_node_counters_are_exported() -> None:
+    """The node's NodeStats counters appear as gateway_*_total with the node label."""
+    stats = NodeStats(calls=7, backend_calls=2)
+    text = Metrics(stats, "n1", lambda: "cluster").render().decode()
+    assert 'gateway_calls_total{node="n1"} 7.0' in text
+    assert 'gateway_backend_calls_total{node="n1"} 2.0' in text
+    assert 'gateway_redis_mode{mode="cluster"} 1.0' in text
