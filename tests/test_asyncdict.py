@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from deferred_helpers import results
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
@@ -13,17 +14,6 @@ from twisted.python.failure import Failure
 from gateway.primitives.asyncdict import DeferredDict
 
 pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
-
-
-def results(d: Deferred[Any]) -> list[Any]:
-    """Collect what ``d`` fires with (value or Failure), consuming failures."""
-    out: list[Any] = []
-
-    def collect(r: Any) -> None:
-        out.append(r)
-
-    d.addBoth(collect)
-    return out
 
 
 def test_get_present_value_fires_at_once() -> None:

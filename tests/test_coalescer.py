@@ -3,62 +3,16 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from deferred_helpers import DeferredSource, results
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from gateway.primitives.coalescer import Coalescer, coalesced
 
 pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
-
-
-class Backend:
-    """A fake fn: records every call and hands out Deferreds the test fires itself."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.pending: list[Deferred[Any]] = []
-        self.cancelled = 0
-
-    def __call__(self, *args: Any) -> Deferred[Any]:
-        self.calls.append(args)
-        d: Deferred[Any] = Deferred(self._cancel)
-        self.pending.append(d)
-        return d
-
-    def _cancel(self, d: Deferred[Any]) -> None:
-        self.cancelled += 1
-
-
-def results(d: Deferred[Any]) -> list[Any]:
-    """Collect what ``d`` fires with (value or Failure), consuming failures."""
-    out: list[Any] = []
-
-    def collect(r: Any) -> None:
-        out.append(r)
-
-    d.addBoth(collect)
-    return out
-
-
-@pytest.fixture
-def logged_failures() -> Iterator[list[LogEvent]]:
-    """Failures logged while the test runs (e.g. "Unhandled error in Deferred")."""
-    events: list[LogEvent] = []
-
-    def observe(event: LogEvent) -> None:
-        if "log_failure" in event:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observe)
 
 
 def test_do() -> None:
@@ -72,19 +26,19 @@ def test_do() -> None:
 def test_do_deferred() -> None:
     """A Deferred result reaches the caller when fn's Deferred fires."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     out = results(c.call("key", backend))
     assert out == []
-    backend.pending[0].callback("bar")
+    backend.deferreds[0].callback("bar")
     assert out == ["bar"]
 
 
 def test_do_err() -> None:
     """A failure of fn's Deferred reaches the caller as that failure."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     out = results(c.call("key", backend))
-    backend.pending[0].errback(ValueError("some error"))
+    backend.deferreds[0].errback(ValueError("some error"))
     assert len(out) == 1
     assert isinstance(out[0], Failure)
     assert out[0].check(ValueError)
@@ -106,81 +60,81 @@ def test_exception_raised_inside_fn() -> None:
 def test_dup_suppress() -> None:
     """Ten concurrent callers with one key cause one fn call and all get its value."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     outs = [results(c.call("key", backend)) for _ in range(10)]
-    assert len(backend.calls) == 1
-    backend.pending[0].callback("bar")
+    assert len(backend.args) == 1
+    backend.deferreds[0].callback("bar")
     assert outs == [["bar"]] * 10
 
 
 def test_different_keys_are_not_coalesced() -> None:
     """Calls with different keys each call fn."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     c.call("a", backend)
     c.call("b", backend)
-    assert len(backend.calls) == 2
+    assert len(backend.args) == 2
     assert c.in_flight == 2
 
 
 def test_every_caller_gets_its_own_deferred() -> None:
     """Coalesced callers get distinct Deferred objects, not the shared one."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     d1 = c.call("key", backend)
     d2 = c.call("key", backend)
     assert d1 is not d2
-    assert backend.pending[0] not in (d1, d2)
+    assert backend.deferreds[0] not in (d1, d2)
 
 
 def test_forget() -> None:
     """After forget(key) the next call starts a new fn call while the old one is in flight."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     first = results(c.call("key", backend))
     c.forget("key")
     second = results(c.call("key", backend))
-    assert len(backend.calls) == 2
-    backend.pending[0].callback("old")
-    backend.pending[1].callback("new")
+    assert len(backend.args) == 2
+    backend.deferreds[0].callback("old")
+    backend.deferreds[1].callback("new")
     assert (first, second) == (["old"], ["new"])
 
 
 def test_old_call_finishing_after_forget_keeps_new_entry() -> None:
     """A forgotten call that finishes does not unregister the newer call for the same key."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     c.call("key", backend)
     c.forget("key")
     c.call("key", backend)
-    backend.pending[0].callback("old")
+    backend.deferreds[0].callback("old")
     assert "key" in c
     joined = results(c.call("key", backend))
-    assert len(backend.calls) == 2
-    backend.pending[1].callback("new")
+    assert len(backend.args) == 2
+    backend.deferreds[1].callback("new")
     assert joined == ["new"]
 
 
 def test_reentrant_callback_starts_fresh_call() -> None:
     """A waiter's callback calling again with the same key runs fn again, not the old call."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     again: list[Deferred[str]] = []
     c.call("key", backend).addCallback(lambda _: again.append(c.call("key", backend)))
-    backend.pending[0].callback("first")
-    assert len(backend.calls) == 2
+    backend.deferreds[0].callback("first")
+    assert len(backend.args) == 2
     out = results(again[0])
-    backend.pending[1].callback("second")
+    backend.deferreds[1].callback("second")
     assert out == ["second"]
 
 
 def test_entry_removed_before_waiters_fire() -> None:
     """When the first waiter's callback runs, the key is no longer in flight."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     seen: list[bool] = []
     c.call("key", backend).addCallback(lambda _: seen.append("key" in c))
-    backend.pending[0].callback("v")
+    backend.deferreds[0].callback("v")
     assert seen == [False]
 
 
@@ -214,27 +168,27 @@ def test_paused_deferred_is_pooled() -> None:
 def test_cancel_one_waiter() -> None:
     """Cancelling one caller fails only that caller; the shared call and others go on."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     d1 = c.call("key", backend)
     out1 = results(d1)
     out2 = results(c.call("key", backend))
     d1.cancel()
     assert out1[0].check(CancelledError)
-    assert backend.cancelled == 0
-    backend.pending[0].callback("v")
+    assert backend.cancelled == []
+    backend.deferreds[0].callback("v")
     assert out2 == ["v"]
 
 
 def test_cancel_all_waiters_cancels_shared_call() -> None:
     """When every caller has cancelled, fn's Deferred is cancelled and the key is freed."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     d1 = c.call("key", backend)
     d2 = c.call("key", backend)
     out1, out2 = results(d1), results(d2)
     d1.cancel()
     d2.cancel()
-    assert backend.cancelled == 1
+    assert backend.cancelled == [0]
     assert out1[0].check(CancelledError)
     assert out2[0].check(CancelledError)
     assert "key" not in c
@@ -243,26 +197,26 @@ def test_cancel_all_waiters_cancels_shared_call() -> None:
 def test_call_after_all_cancelled_starts_fresh() -> None:
     """A call after every caller cancelled runs fn again instead of joining the cancelled call."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     first = c.call("key", backend)
     first.addErrback(lambda f: f.trap(CancelledError))
     first.cancel()
     out = results(c.call("key", backend))
-    assert len(backend.calls) == 2
-    backend.pending[1].callback("v")
+    assert len(backend.args) == 2
+    backend.deferreds[1].callback("v")
     assert out == ["v"]
 
 
 def test_waiter_callback_cancelling_another_waiter() -> None:
     """A waiter's callback may cancel a later waiter; the waiters after it still get the value."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     d2_holder: list[Deferred[str]] = []
     c.call("key", backend).addCallback(lambda _: d2_holder[0].cancel())
     d2_holder.append(c.call("key", backend))
     out2 = results(d2_holder[0])
     out3 = results(c.call("key", backend))
-    backend.pending[0].callback("v")
+    backend.deferreds[0].callback("v")
     assert out2[0].check(CancelledError)
     assert out3 == ["v"]
 
@@ -270,12 +224,12 @@ def test_waiter_callback_cancelling_another_waiter() -> None:
 def test_raising_waiter_callback_does_not_affect_others() -> None:
     """An exception in one waiter's callback stays in that waiter's chain."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     d1 = c.call("key", backend)
     d1.addCallback(lambda _: 1 / 0)
     out1 = results(d1)
     out2 = results(c.call("key", backend))
-    backend.pending[0].callback("v")
+    backend.deferreds[0].callback("v")
     assert out1[0].check(ZeroDivisionError)
     assert out2 == ["v"]
 
@@ -283,47 +237,60 @@ def test_raising_waiter_callback_does_not_affect_others() -> None:
 def test_call_shared_flags() -> None:
     """call_shared fires with shared=False for the caller that started fn, True for joiners."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     first = results(c.call_shared("key", backend))
     second = results(c.call_shared("key", backend))
-    backend.pending[0].callback("v")
+    backend.deferreds[0].callback("v")
     assert (first, second) == ([("v", False)], [("v", True)])
 
 
 def test_counters() -> None:
     """calls counts every call, coalesced the joins and failures each failed fn call."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     for _ in range(3):
         results(c.call("key", backend))
-    backend.pending[0].errback(RuntimeError("down"))
+    backend.deferreds[0].errback(RuntimeError("down"))
     results(c.call("key", lambda: "ok"))
     assert (c.calls, c.coalesced, c.failures) == (4, 2, 1)
+
+
+def test_failures_not_counted_when_every_caller_cancelled() -> None:
+    """A call failing only because every caller cancelled it is not a failure; a real one is."""
+    c: Coalescer[str, str] = Coalescer()
+    backend = DeferredSource()
+    first = c.call("key", backend)
+    results(first)
+    first.cancel()
+    assert (backend.cancelled, c.failures) == ([0], 0)
+    out = results(c.call("key", backend))
+    backend.deferreds[1].errback(RuntimeError("down"))
+    assert out[0].check(RuntimeError)
+    assert c.failures == 1
 
 
 def test_failure_reaches_every_waiter_as_own_copy() -> None:
     """Each waiter gets its own Failure object carrying the same exception."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     out1 = results(c.call("key", backend))
     out2 = results(c.call("key", backend))
     error = RuntimeError("down")
-    backend.pending[0].errback(error)
+    backend.deferreds[0].errback(error)
     assert out1[0] is not out2[0]
     assert out1[0].value is error
     assert out2[0].value is error
 
 
-def test_shared_failure_not_logged_as_unhandled(logged_failures: list[LogEvent]) -> None:
+def test_shared_failure_not_logged_as_unhandled() -> None:
     """A failure every waiter handled is not logged as "Unhandled error in Deferred"."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     results(c.call("key", backend))
     results(c.call("key", backend))
-    backend.pending[0].errback(RuntimeError("down"))
+    backend.deferreds[0].errback(RuntimeError("down"))
     del backend
-    gc.collect()
-    assert logged_failures == []
+    gc.collect()  # the no_unhandled_deferred_errors fixture fails the test if one is logged
 
 
 def test_failure_not_remembered() -> None:
@@ -346,7 +313,7 @@ def test_args_and_kwargs_passed_to_fn() -> None:
 def test_in_flight_and_contains() -> None:
     """in_flight and `in` report the keys with a call underway."""
     c: Coalescer[str, str] = Coalescer()
-    backend = Backend()
+    backend = DeferredSource()
     c.call("a", backend)
     c.call("a", backend)
     c.call("b", backend)
@@ -365,7 +332,7 @@ class Client:
     """A class using @coalesced, counting calls of the wrapped method."""
 
     def __init__(self) -> None:
-        self.backend = Backend()
+        self.backend = DeferredSource()
 
     @coalesced(key=lambda self, name, **kw: name)
     def fetch(self, name: str, extra: int = 0) -> Deferred[str]:
@@ -382,8 +349,8 @@ def test_decorator_coalesces_per_key() -> None:
     client = Client()
     out1 = results(client.fetch("a"))
     out2 = results(client.fetch("a", extra=1))
-    assert client.backend.calls == [("a", 0)]
-    client.backend.pending[0].callback("A")
+    assert client.backend.args == [("a", 0)]
+    client.backend.deferreds[0].callback("A")
     assert (out1, out2) == (["A"], ["A"])
 
 
@@ -392,7 +359,7 @@ def test_decorator_per_instance() -> None:
     one, two = Client(), Client()
     one.fetch("a")
     two.fetch("a")
-    assert (len(one.backend.calls), len(two.backend.calls)) == (1, 1)
+    assert (len(one.backend.args), len(two.backend.args)) == (1, 1)
 
 
 def test_decorator_coalescer_stored_on_instance() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from deferred_helpers import outcome
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
@@ -29,14 +30,6 @@ class Worker:
 
     def finish(self, job: str, result: str | None = None) -> None:
         self.running.pop(job).callback(result if result is not None else f"done {job}")
-
-
-def outcome(d: Deferred[Any]) -> Any:
-    """What d has fired with (its result, or its Failure, which is then consumed)."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    return results[0]
 
 
 def fired(d: Deferred[Any]) -> bool:
@@ -214,6 +207,19 @@ def test_cancelling_a_pending_job_leaves_the_others() -> None:
     q.put("c").addErrback(lambda f: None).cancel()
     q.put("d")
     assert q.pending() == ["b", "d"]
+
+
+def test_mass_cancellation_compacts_the_heap() -> None:
+    """Cancelled pending jobs do not pile up in the heap; pending() keeps its order."""
+    q: DispatchQueue[str, str] = DispatchQueue(Worker(), width=0)
+    puts = [q.put(f"j{i}", priority=i % 3) for i in range(100)]
+    for i, d in enumerate(puts):
+        if i % 10:
+            d.addErrback(lambda f: f.trap(CancelledError))
+            d.cancel()
+    assert len(q._heap) <= 2 * 10 + 16
+    kept = sorted(range(0, 100, 10), key=lambda i: (i % 3, i))
+    assert q.pending() == [f"j{i}" for i in kept]
 
 
 def test_cancelling_an_underway_job_cancels_fns_deferred() -> None:

@@ -3,48 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from deferred_helpers import DeferredSource, failure_of, outcome
+from twisted.internet.defer import CancelledError, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from gateway.primitives.retry import RetryingCall, exponential_backoff
 
 pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
-
-
-class Backend:
-    """A fn for RetryingCall whose every call returns a fresh Deferred the test fires."""
-
-    def __init__(self) -> None:
-        self.calls: list[Deferred[str]] = []
-        self.cancelled: list[int] = []
-
-    def __call__(self) -> Deferred[str]:
-        index = len(self.calls)
-        d: Deferred[str] = Deferred(lambda _: self.cancelled.append(index))
-        self.calls.append(d)
-        return d
-
-
-def failure_of(d: Deferred[Any]) -> Failure:
-    """The Failure d has fired with (consuming it), or an AssertionError if it has none."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results and isinstance(results[0], Failure), results
-    failure: Failure = results[0]
-    return failure
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    """The result d has already fired with."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    return results[0]
 
 
 # -- exponential_backoff -------------------------------------------------------------------
@@ -97,9 +68,9 @@ def test_backoff_rejects_bad_arguments_at_once(kwargs: dict[str, float]) -> None
 
 def test_first_attempt_is_made_synchronously() -> None:
     """start() calls fn before returning."""
-    backend = Backend()
+    backend = DeferredSource()
     RetryingCall(Clock(), backend).start(backoff=[1.0])
-    assert len(backend.calls) == 1
+    assert len(backend.deferreds) == 1
 
 
 def test_fn_receives_args_and_kwargs() -> None:
@@ -116,39 +87,39 @@ def test_fn_receives_args_and_kwargs() -> None:
 
 def test_success_fires_with_the_result() -> None:
     """A successful attempt fires the Deferred with fn's result."""
-    backend = Backend()
+    backend = DeferredSource()
     d = RetryingCall(Clock(), backend).start(backoff=[1.0])
-    backend.calls[0].callback("answer")
-    assert result_of(d) == "answer"
+    backend.deferreds[0].callback("answer")
+    assert outcome(d) == "answer"
 
 
 def test_plain_return_value_is_a_success() -> None:
     """A fn returning a plain value (not a Deferred) succeeds at once."""
     d = RetryingCall(Clock(), lambda: 42).start()
-    assert result_of(d) == 42
+    assert outcome(d) == 42
 
 
 def test_retry_waits_for_the_backoff_delay() -> None:
     """After a failure the next attempt starts only when the backoff delay has passed."""
     clock = Clock()
-    backend = Backend()
+    backend = DeferredSource()
     RetryingCall(clock, backend).start(backoff=[2.0])
-    backend.calls[0].errback(ConnectionError("down"))
+    backend.deferreds[0].errback(ConnectionError("down"))
     clock.advance(1.9)
-    assert len(backend.calls) == 1
+    assert len(backend.deferreds) == 1
     clock.advance(0.1)
-    assert len(backend.calls) == 2
+    assert len(backend.deferreds) == 2
 
 
 def test_success_after_failures_fires_with_the_result() -> None:
     """A success on a later attempt fires the Deferred with that result."""
     clock = Clock()
-    backend = Backend()
+    backend = DeferredSource()
     d = RetryingCall(clock, backend).start(backoff=[1.0, 1.0])
-    backend.calls[0].errback(ConnectionError("down"))
+    backend.deferreds[0].errback(ConnectionError("down"))
     clock.advance(1.0)
-    backend.calls[1].callback("finally")
-    assert result_of(d) == "finally"
+    backend.deferreds[1].callback("finally")
+    assert outcome(d) == "finally"
 
 
 def test_synchronous_raise_is_retried() -> None:
@@ -164,20 +135,20 @@ def test_synchronous_raise_is_retried() -> None:
 
     d = RetryingCall(clock, fn).start(backoff=[0.0])
     clock.advance(0)
-    assert result_of(d) == "ok"
+    assert outcome(d) == "ok"
 
 
 def test_max_attempts_exhausted_fails_with_the_first_failure() -> None:
     """When max_attempts attempts have failed, the Deferred fails with the first failure."""
     clock = Clock()
-    backend = Backend()
+    backend = DeferredSource()
     d = RetryingCall(clock, backend).start(backoff=itertools.repeat(1.0), max_attempts=3)
     for i in range(3):
-        backend.calls[i].errback(ConnectionError(f"attempt {i}"))
+        backend.deferreds[i].errback(ConnectionError(f"attempt {i}"))
         clock.advance(1.0)
     failure = failure_of(d)
     assert str(failure.value) == "attempt 0"
-    assert len(backend.calls) == 3
+    assert len(backend.deferreds) == 3
 
 
 def test_final_failure_carries_the_attempt_count() -> None:
@@ -193,13 +164,13 @@ def test_final_failure_carries_the_attempt_count() -> None:
 def test_retrying_call_counts_attempts() -> None:
     """RetryingCall.attempts is the number of attempts made so far."""
     clock = Clock()
-    backend = Backend()
+    backend = DeferredSource()
     call: RetryingCall[str] = RetryingCall(clock, backend)
     call.start(backoff=[1.0, 1.0])
-    backend.calls[0].errback(ConnectionError("down"))
+    backend.deferreds[0].errback(ConnectionError("down"))
     clock.advance(1.0)
     assert call.attempts == 2
-    backend.calls[1].callback("ok")
+    backend.deferreds[1].callback("ok")
 
 
 def test_exhausted_backoff_fails_with_the_first_failure() -> None:
@@ -216,14 +187,14 @@ def test_exhausted_backoff_fails_with_the_first_failure() -> None:
 def test_non_retryable_failure_fails_at_once() -> None:
     """A failure the tester rejects fails the Deferred at once with that failure."""
     clock = Clock()
-    backend = Backend()
+    backend = DeferredSource()
     d = RetryingCall(clock, backend).start(
         backoff=itertools.repeat(1.0), failure_tester=lambda f: f.check(ConnectionError) is not None
     )
-    backend.calls[0].errback(ValueError("bad request"))
+    backend.deferreds[0].errback(ValueError("bad request"))
     assert failure_of(d).check(ValueError)
     clock.advance(10)
-    assert len(backend.calls) == 1
+    assert len(backend.deferreds) == 1
 
 
 def test_non_retryable_failure_after_retries_is_reported_itself() -> None:
@@ -251,27 +222,31 @@ def test_failure_tester_that_raises_fails_the_call() -> None:
     assert failure_of(d).check(RuntimeError)
 
 
-def test_default_backoff_is_exponential_backoff() -> None:
-    """With backoff=None the first retry comes within exponential_backoff's first cap (0.1s)."""
+def test_default_backoff_is_exponential_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With backoff=None the first retry waits rng() times exponential_backoff's first cap
+    (0.1s): with random.random() pinned to 0.5 that is exactly 0.05s."""
+    monkeypatch.setattr(random, "random", lambda: 0.5)
     clock = Clock()
-    backend = Backend()
+    backend = DeferredSource()
     RetryingCall(clock, backend).start(max_attempts=2)
-    backend.calls[0].errback(ConnectionError("down"))
-    clock.advance(0.1)
-    assert len(backend.calls) == 2
-    backend.calls[1].callback("ok")
+    backend.deferreds[0].errback(ConnectionError("down"))
+    clock.advance(0.049)
+    assert len(backend.deferreds) == 1
+    clock.advance(0.001)
+    assert len(backend.deferreds) == 2
+    backend.deferreds[1].callback("ok")
 
 
 def test_cancel_while_waiting_stops_further_attempts() -> None:
     """cancel() during a backoff wait means no further attempt is ever made."""
     clock = Clock()
-    backend = Backend()
+    backend = DeferredSource()
     call: RetryingCall[str] = RetryingCall(clock, backend)
     d = call.start(backoff=itertools.repeat(1.0))
-    backend.calls[0].errback(ConnectionError("down"))
+    backend.deferreds[0].errback(ConnectionError("down"))
     call.cancel()
     clock.advance(100)
-    assert len(backend.calls) == 1
+    assert len(backend.deferreds) == 1
     assert failure_of(d).check(CancelledError)
 
 
@@ -287,7 +262,7 @@ def test_cancel_leaves_no_timer_behind() -> None:
 
 def test_cancel_cancels_the_attempt_underway() -> None:
     """cancel() while an attempt is underway cancels that attempt's Deferred."""
-    backend = Backend()
+    backend = DeferredSource()
     call: RetryingCall[str] = RetryingCall(Clock(), backend)
     d = call.start(backoff=itertools.repeat(1.0))
     call.cancel()
@@ -297,7 +272,7 @@ def test_cancel_cancels_the_attempt_underway() -> None:
 
 def test_cancelling_the_deferred_cancels_the_attempt_underway() -> None:
     """Cancelling the returned Deferred cancels the attempt underway, like cancel()."""
-    backend = Backend()
+    backend = DeferredSource()
     d = RetryingCall(Clock(), backend).start(backoff=itertools.repeat(1.0))
     d.cancel()
     assert backend.cancelled == [0]
@@ -307,12 +282,12 @@ def test_cancelling_the_deferred_cancels_the_attempt_underway() -> None:
 def test_cancelling_the_deferred_stops_further_attempts() -> None:
     """Cancelling the returned Deferred during a backoff wait prevents any further attempt."""
     clock = Clock()
-    backend = Backend()
+    backend = DeferredSource()
     d = RetryingCall(clock, backend).start(backoff=itertools.repeat(1.0))
-    backend.calls[0].errback(ConnectionError("down"))
+    backend.deferreds[0].errback(ConnectionError("down"))
     d.cancel()
     clock.advance(100)
-    assert len(backend.calls) == 1
+    assert len(backend.deferreds) == 1
     failure_of(d)
 
 
@@ -321,7 +296,7 @@ def test_cancel_after_success_is_a_no_op() -> None:
     call: RetryingCall[str] = RetryingCall(Clock(), lambda: succeed("done"))
     d = call.start()
     call.cancel()
-    assert result_of(d) == "done"
+    assert outcome(d) == "done"
 
 
 def test_start_twice_is_refused() -> None:

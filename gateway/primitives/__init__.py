@@ -1,7 +1,7 @@
 """Pure Deferred building blocks; nothing here imports the global reactor."""
 
 from gateway.primitives.asyncdict import DeferredDict
-from gateway.primitives.coalescer import Coalescer, coalesced
+from gateway.primitives.coalescer import Coalescer, UnhashableKey, coalesced
 from gateway.primitives.dispatch import DispatchQueue, QueueFull, QueueStopped
 from gateway.primitives.pool import DeferredPool
 from gateway.primitives.race import AllAttemptsFailed, first_success
@@ -16,6 +16,7 @@ __all__ = [
     "QueueFull",
     "QueueStopped",
     "RetryingCall",
+    "UnhashableKey",
     "coalesced",
     "exponential_backoff",
     "first_success",

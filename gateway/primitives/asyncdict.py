@@ -15,6 +15,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from gateway.primitives._fanout import copy_failure, fire_all
+
 __all__ = ["DeferredDict"]
 
 K = TypeVar("K", bound=Hashable)
@@ -77,23 +79,17 @@ class DeferredDict(Generic[K, V]):
         # waiter for the next value, not one of this round.
         waiters = self._waiters.pop(key, None)
         if waiters:
-            for waiter in waiters:
-                # `called` if an earlier waiter's callback cancelled this one.
-                if not waiter.called:
-                    waiter.callback(value)
+            fire_all(waiters, value)
 
     def fail(self, key: K, reason: Failure | BaseException) -> None:
         """Fail every waiter of ``key`` with ``reason``; nothing is stored.
 
         A value already stored for ``key`` is left as it is.
         """
-        failure = reason if isinstance(reason, Failure) else _failure(reason)
+        failure = reason if isinstance(reason, Failure) else copy_failure(reason)
         waiters = self._waiters.pop(key, None)
         if waiters:
-            for waiter in waiters:
-                if not waiter.called:
-                    # A copy each: Deferred cleans a failure in place when its chain ends.
-                    waiter.errback(_failure(failure))
+            fire_all(waiters, failure)  # each waiter gets its own copy
 
     @overload
     def pop(self, key: K) -> V: ...
@@ -134,8 +130,3 @@ class DeferredDict(Generic[K, V]):
         waiters.pop(waiter, None)
         if not waiters:
             del self._waiters[key]
-
-
-def _failure(reason: Failure | BaseException) -> Failure:
-    # Failure(f) copies a Failure (keeping its traceback); Failure(exc) wraps an exception.
-    return Failure(reason)  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated

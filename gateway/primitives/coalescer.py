@@ -15,7 +15,9 @@ from typing import Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast, ove
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-__all__ = ["Coalescer", "coalesced"]
+from gateway.primitives._fanout import fire_all
+
+__all__ = ["Coalescer", "UnhashableKey", "coalesced"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -53,19 +55,9 @@ class _Call(Generic[K, T]):
         # keeps a newer entry (after forget(), or started re-entrantly) in place.
         self.owner._discard(self)
         waiters, self.waiters = self.waiters, {}
-        if isinstance(result, Failure):
-            if not self.abandoned:
-                self.owner.failures += 1
-            for waiter in waiters:
-                # `called` is set if an earlier waiter's callback cancelled this one.
-                if not waiter.called:
-                    # Each waiter gets its own Failure (shared traceback and exception):
-                    # Deferred cleans failures in place, which must not leak across callers.
-                    waiter.errback(_copy_failure(result))
-        else:
-            for waiter in waiters:
-                if not waiter.called:
-                    waiter.callback(result)
+        if isinstance(result, Failure) and not self.abandoned:
+            self.owner.failures += 1
+        fire_all(waiters, result)
 
     def _cancel_waiter(self, waiter: Deferred[T]) -> None:
         # Deferred.cancel() errbacks `waiter` with CancelledError after this returns, so
@@ -80,20 +72,21 @@ class _Call(Generic[K, T]):
         self.deferred.cancel()
 
 
-def _copy_failure(failure: Failure) -> Failure:
-    # Failure(f) copies f's attributes, keeping the live traceback (copy.copy() would not).
-    return Failure(failure)  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated
-
-
 def _tag(result: T, shared: bool) -> tuple[T, bool]:
     return (result, shared)
 
 
-def _unhashable(key: object) -> TypeError:
-    return TypeError(
-        f"Coalescer key must be hashable, got {type(key).__name__} {key!r}; "
-        "use a tuple/frozenset/str key instead"
-    )
+class UnhashableKey(TypeError):
+    """A key that cannot be hashed was passed to a :class:`Coalescer` (``key`` holds it)."""
+
+    def __init__(self, key: object, message: str | None = None) -> None:
+        if message is None:
+            message = (
+                f"Coalescer key must be hashable, got {type(key).__name__} {key!r}; "
+                "use a tuple/frozenset/str key instead"
+            )
+        super().__init__(message)
+        self.key = key
 
 
 class Coalescer(Generic[K, T]):
@@ -139,16 +132,11 @@ class Coalescer(Generic[K, T]):
 
         Callers already waiting still get the old call's result.
         """
-        try:
-            self._calls.pop(key, None)
-        except TypeError:
-            raise _unhashable(key) from None
+        if self._lookup(key) is not None:
+            del self._calls[key]
 
     def __contains__(self, key: K) -> bool:
-        try:
-            return key in self._calls
-        except TypeError:
-            raise _unhashable(key) from None
+        return self._lookup(key) is not None
 
     @property
     def in_flight(self) -> int:
@@ -162,10 +150,7 @@ class Coalescer(Generic[K, T]):
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> tuple[Deferred[T], bool]:
-        try:
-            entry = self._calls.get(key)
-        except TypeError:
-            raise _unhashable(key) from None
+        entry = self._lookup(key)
         self.calls += 1
         if entry is not None:
             self.coalesced += 1
@@ -181,6 +166,13 @@ class Coalescer(Generic[K, T]):
         if not entry.done:
             self._calls[key] = entry
         return waiter, False
+
+    def _lookup(self, key: K) -> _Call[K, T] | None:
+        """The call in flight for ``key``, if any; :class:`UnhashableKey` for a bad key."""
+        try:
+            return self._calls.get(key)
+        except TypeError:
+            raise UnhashableKey(key) from None
 
     def _discard(self, entry: _Call[K, T]) -> None:
         if self._calls.get(entry.key) is entry:
@@ -221,18 +213,19 @@ def coalesced(key: Callable[..., Hashable]) -> _MethodDecorator:
 
         def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
             k = key(self, *args, **kwargs)
-            try:
-                hash(k)
-            except TypeError:
-                raise TypeError(
-                    f"key function {key_name} for {method.__qualname__} returned an "
-                    f"unhashable key of type {type(k).__name__}: {k!r}"
-                ) from None
             coalescer: Coalescer[Hashable, T] | None = getattr(self, attr, None)
             if coalescer is None:
                 coalescer = Coalescer()
                 setattr(self, attr, coalescer)
-            return coalescer.call(k, method, self, *args, **kwargs)
+            try:
+                return coalescer.call(k, method, self, *args, **kwargs)
+            except UnhashableKey:
+                # Raised before `method` runs (maybeDeferred would have caught it from there).
+                raise UnhashableKey(
+                    k,
+                    f"key function {key_name} for {method.__qualname__} returned an "
+                    f"unhashable key of type {type(k).__name__}: {k!r}",
+                ) from None
 
         return functools.wraps(method)(wrapper)
 

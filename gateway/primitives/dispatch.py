@@ -129,7 +129,7 @@ class DispatchQueue(Generic[J, T]):
 
     def pending(self) -> list[J]:
         """The jobs waiting to start, in the order they would start."""
-        return [e.job for _, _, e in sorted(self._heap) if e.state is _State.PENDING]
+        return [e.job for _, _, e in sorted(self._heap) if e.state is _PENDING]
 
     def underway(self) -> list[J]:
         """The jobs started and not yet finished, in start order."""
@@ -153,14 +153,14 @@ class DispatchQueue(Generic[J, T]):
         """
         if not self._stopped:
             self._stopped = True
-            dropped = [e for _, _, e in sorted(self._heap) if e.state is _State.PENDING]
+            dropped = [e for _, _, e in sorted(self._heap) if e.state is _PENDING]
             self._heap.clear()
             self._pending_count = 0
             self._never_started = [e.job for e in dropped]
             # Mark everything first, fire afterwards: a callback on one of these Deferreds
             # may look at the queue and must see it already stopped and empty.
             for e in dropped:
-                e.state = _State.DONE
+                e.state = _DONE
             for e in dropped:
                 e.deferred.errback(QueueStopped("queue stopped before the job started"))
         if not self._underway:
@@ -223,19 +223,19 @@ class DispatchQueue(Generic[J, T]):
                 w.callback(list(self._never_started))
 
     def _cancel(self, entry: _Entry[J, T]) -> None:
-        if entry.state is _State.PENDING:
+        if entry.state is _PENDING:
             # Deferred.cancel() errbacks it with CancelledError once we return.
-            entry.state = _State.DONE
+            entry.state = _DONE
             self._pending_count -= 1
             self._compact()
-        elif entry.state is _State.UNDERWAY and entry.fn_deferred is not None:
+        elif entry.state is _UNDERWAY and entry.fn_deferred is not None:
             entry.fn_deferred.cancel()
 
     def _compact(self) -> None:
         # Cancelled entries are left in the heap (removal from the middle is O(n)); rebuild
         # once they are the majority so mass cancellation cannot grow the heap unboundedly.
         if len(self._heap) > 2 * self._pending_count + 16:
-            self._heap = [item for item in self._heap if item[2].state is _State.PENDING]
+            self._heap = [item for item in self._heap if item[2].state is _PENDING]
             heapq.heapify(self._heap)
 
 

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from gateway.primitives._fanout import fire_all
+
 __all__ = ["DeferredPool"]
 
 T = TypeVar("T")
@@ -74,8 +76,5 @@ class DeferredPool:
             # Swap first: a waiter's callback may register new waiters (for the *next* time
             # the pool empties) or add new Deferreds; neither may disturb this round.
             waiters, self._waiters = self._waiters, {}
-            for waiter in waiters:
-                # `called` if an earlier waiter's callback cancelled this one.
-                if not waiter.called:
-                    waiter.callback(None)
+            fire_all(waiters, None)
         return result

@@ -7,25 +7,15 @@ answered within ``stagger`` seconds ask the next as well, and so on.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar, cast
+from typing import Generic, TypeVar, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from gateway.reactors import DelayedCall, as_clock
+
 T = TypeVar("T")
-
-
-class _DelayedCall(Protocol):
-    # The slice of IDelayedCall used here. zope Interfaces are not understood by mypy
-    # without a plugin (their methods look like they lack `self`), so we type against this.
-    def active(self) -> bool: ...
-    def cancel(self) -> None: ...
-
-
-class _Clock(Protocol):
-    # The slice of IReactorTime used here; see _DelayedCall.
-    def callLater(self, delay: float, fn: Callable[[], object]) -> _DelayedCall: ...
 
 
 class AllAttemptsFailed(Exception):
@@ -74,12 +64,12 @@ class _Race(Generic[T]):
     ) -> None:
         self._callables = callables
         self._stagger = stagger
-        self._clock = cast(_Clock | None, clock)
+        self._clock = None if clock is None else as_clock(clock)
         self._result: Deferred[T] = Deferred(self._cancel)
         self._started = 0
         self._running: dict[int, Deferred[T]] = {}
         self._failures: dict[int, Failure] = {}
-        self._timer: _DelayedCall | None = None
+        self._timer: DelayedCall | None = None
         # Set once the outcome is decided; every later event (the CancelledErrors of the
         # losers we cancel, a late answer) is then swallowed.
         self._done = False

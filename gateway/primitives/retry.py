@@ -8,25 +8,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from gateway.reactors import DelayedCall, as_clock
+
 T = TypeVar("T")
-
-
-class _DelayedCall(Protocol):
-    # The slice of IDelayedCall used here. zope Interfaces are not understood by mypy
-    # without a plugin (their methods look like they lack `self`), so we type against this.
-    def active(self) -> bool: ...
-    def cancel(self) -> None: ...
-
-
-class _Clock(Protocol):
-    # The slice of IReactorTime used here; see _DelayedCall.
-    def callLater(self, delay: float, fn: Callable[[], object]) -> _DelayedCall: ...
 
 
 def exponential_backoff(
@@ -90,14 +80,14 @@ class RetryingCall(Generic[T]):
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        self._clock = cast(_Clock, clock)
+        self._clock = as_clock(clock)
         self._fn = fn
         self._args = args
         self._kwargs = kwargs
         self.attempts = 0
         self._result: Deferred[T] | None = None
         self._current: Deferred[T] | None = None
-        self._timer: _DelayedCall | None = None
+        self._timer: DelayedCall | None = None
         self._first_failure: Failure | None = None
         self._backoff: Iterator[float] = iter(())
         self._max_attempts: int | None = None
@@ -124,7 +114,11 @@ class RetryingCall(Generic[T]):
             raise RuntimeError("RetryingCall.start() may only be called once")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
-        self._backoff = iter(exponential_backoff() if backoff is None else backoff)
+        if backoff is None:
+            # rng looked up now, not bound as exponential_backoff's default at import time,
+            # so a patched random.random takes effect.
+            backoff = exponential_backoff(rng=random.random)
+        self._backoff = iter(backoff)
         self._max_attempts = max_attempts
         self._failure_tester = failure_tester
         self._result = Deferred(self._canceller)
