@@ -110,6 +110,27 @@ def test_replace_header_without_overrides_is_identity(kind: ProtocolKind) -> Non
     assert replace_header(data, kind) == data
 
 
+@pytest.mark.parametrize("kind", [ProtocolKind.BINARY, ProtocolKind.BINARY_NONSTRICT])
+@pytest.mark.parametrize("seqid", [0, 7, -1, 2**31 - 1, -(2**31)])
+def test_replace_header_seqid_only_matches_thrift_library(kind: ProtocolKind, seqid: int) -> None:
+    """The seqid-only fast path gives the bytes the thrift library writes for that seqid."""
+    data = message(kind, "alertSupervisor", RICH_ARGS, seqid=3)
+    expected = message(kind, "alertSupervisor", RICH_ARGS, seqid=seqid)
+    assert replace_header(data, kind, seqid=seqid) == expected
+
+
+def test_replace_header_strict_binary_with_byte_2_set_is_re_encoded() -> None:
+    """A strict-binary version word with byte 2 set (ignored by readers) takes the slow path:
+    the result is the message thrift writes, byte 2 cleared, body unchanged."""
+    kind = ProtocolKind.BINARY
+    data = bytearray(message(kind, "alertSupervisor", RICH_ARGS, seqid=3))
+    assert data[2] == 0
+    data[2] = 0x01
+    new = replace_header(bytes(data), kind, seqid=9)
+    assert new == message(kind, "alertSupervisor", RICH_ARGS, seqid=9)
+    assert decode(kind, new)[:3] == ("alertSupervisor", TMessageType.CALL, 9)
+
+
 def test_replace_header_rejects_out_of_range_seqid() -> None:
     """A seqid outside the signed 32-bit range is a ValueError."""
     data = message(ProtocolKind.COMPACT, "m", ARGS)

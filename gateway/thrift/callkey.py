@@ -208,13 +208,14 @@ def call_key(
     """
     if header is None:
         header = read_header(message, protocol)
-    sink = CanonicalSink()
-    walk_body(message, header, protocol, sink, limits, exclude_fields)
+    args = canonical_args(
+        message, protocol, exclude_fields=exclude_fields, limits=limits, header=header
+    )
     method = header.method
     digest = hashlib.sha256()
     for part in (scope.encode("utf-8"), method.encode("utf-8")):
         # Length-prefixed so ("a.b", "c") and ("a", "b.c") cannot collide.
         digest.update(_U32.pack(len(part)))
         digest.update(part)
-    digest.update(sink.out)
+    digest.update(args)
     return f"{scope}.{method}:{digest.hexdigest()[:32]}"

@@ -14,8 +14,8 @@ from gateway.thrift.kinds import (
     WireError,
 )
 from gateway.thrift.message import MessageHeader, parse_header, read_header
-from gateway.thrift.protocols import DECODE_ERRORS, Buffer, InputBuffer, Truncated, reader
-from gateway.thrift.walk import NULL_SINK, walk_struct
+from gateway.thrift.protocols import Buffer, InputBuffer, Truncated, reader
+from gateway.thrift.walk import NULL_SINK, BodyErrors, walk_struct
 
 _I32 = struct.Struct(">i")
 
@@ -150,21 +150,16 @@ class MessageReader:
         end = len(buf)
         limits = self.limits
         while pos < end:
-            header: MessageHeader | None = None
             try:
                 header = parse_header(buf, pos, self.protocol, limits.max_string_size)
-                inp = InputBuffer(buf, pos + header.body_offset)
-                walk_struct(reader(self.protocol, inp, limits), NULL_SINK, limits)
-            except Truncated as exc:
-                if exc.need - pos > limits.max_frame_size:
-                    raise FrameTooLarge(
-                        f"unframed message exceeds max_frame_size {limits.max_frame_size}"
-                    ) from None
-                return pos, exc.need
-            except MalformedMessage as exc:
-                raise MalformedMessage(str(exc), header) from None
-            except DECODE_ERRORS as exc:
-                raise MalformedMessage(f"bad message body: {exc!r}", header) from None
+            except Truncated as exc:  # any other error is a MalformedMessage without header
+                return _await_more(pos, exc.need, limits)
+            inp = InputBuffer(buf, pos + header.body_offset)
+            with BodyErrors(header):
+                try:
+                    walk_struct(reader(self.protocol, inp, limits), NULL_SINK, limits)
+                except Truncated as exc:  # not malformed: the rest has yet to arrive
+                    return _await_more(pos, exc.need, limits)
             if inp.pos - pos > limits.max_frame_size:
                 raise FrameTooLarge(
                     f"unframed message exceeds max_frame_size {limits.max_frame_size}"
@@ -177,3 +172,12 @@ class MessageReader:
             headers.append(header)
             pos = inp.pos
         return pos, pos + 1
+
+
+def _await_more(pos: int, need: int, limits: Limits) -> tuple[int, int]:
+    """``_split_buffered``'s result when the message at ``pos`` needs ``need`` bytes."""
+    if need - pos > limits.max_frame_size:
+        raise FrameTooLarge(
+            f"unframed message exceeds max_frame_size {limits.max_frame_size}"
+        ) from None
+    return pos, need
