@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from gateway.cluster.keys import DEFAULT_PREFIX  # tiny and import-free, unlike the runtimes
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show the cluster's nodes and counters from Redis")
     status.add_argument("--redis", metavar="URL", required=True)
-    status.add_argument("--prefix", default="gw:", help="key prefix (default gw:)")
+    status.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix (default %(default)s)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
 

@@ -219,6 +219,8 @@ async def test_failure_is_not_cached(cluster: Cluster) -> None:
     failing = Backend(delay=0.01, fail=BackendUnavailable("backend down"))
     with pytest.raises(BackendUnavailable):
         await execute(a, failing, CACHE)
+    with client(cluster.server) as r:
+        assert r.exists(KeySchema().cache(KEY)) == 0
     retry = await execute(b, Backend(delay=0.01), CACHE)
     assert retry.source is Source.BACKEND
 
@@ -257,6 +259,88 @@ async def test_redis_outage_falls_back_then_recovers(cluster: Cluster) -> None:
         up = await execute(a, backend)
         assert (up.source, cluster.fallbacks["a"].calls) == (Source.BACKEND, 1)
         assert a.coordinator.counters.leads == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_unreachable_at_start_falls_back_until_it_appears() -> None:
+    """A node started before its Redis exists uses the fallback, then joins once Redis is up."""
+    port = free_port()
+    fallback = LocalFallback()
+    node = ClusterNode(
+        f"redis://127.0.0.1:{port}/0",
+        node_id="early",
+        stats=NodeStats(),
+        fallback=fallback,
+        clock=reactor,
+        options=FAST,
+        backoff=fast_backoff,
+    )
+    node.start()
+    try:
+        await sleep(0.1)  # a few connection attempts have failed by now
+        assert not node.coordinator.cluster_mode
+        down = await execute(node, Backend(delay=0.01))
+        assert (down.source, fallback.calls) == (Source.BACKEND, 1)
+        with RedisServer(port=port):
+            await node.when_ready().addTimeout(5.0, reactor)
+            assert node.coordinator.cluster_mode
+            up = await execute(node, Backend(delay=0.01))
+            assert (up.source, fallback.calls, node.coordinator.counters.leads) == (
+                Source.BACKEND,
+                1,
+                1,
+            )
+    finally:
+        await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lease_is_renewed_while_the_backend_call_runs(cluster: Cluster) -> None:
+    """A backend call longer than lease_ttl keeps its lease: followers wait, nobody takes over."""
+    a, b = await cluster.nodes_named("a", "b", options=ClusterOptions(lease_ttl=0.3))
+    backend = Backend(delay=1.0)
+    lead = execute(a, backend)
+    await wait_until(lambda: backend.calls == 1)
+    outcomes = await gatherResults([lead, execute(b, backend)])
+    assert [o.source for o in outcomes] == [Source.BACKEND, Source.REMOTE]
+    assert backend.calls == 1
+    assert b.coordinator.counters.takeovers == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_leader_releases_only_its_own_lease(cluster: Cluster) -> None:
+    """Completing deletes the lease only if it still holds the leader's token."""
+    (a,) = await cluster.nodes_named("a")
+    backend = Backend(delay=None)
+    lead = execute(a, backend)
+    await wait_until(lambda: backend.calls == 1)
+    lease = KeySchema().lease(KEY)
+    with client(cluster.server) as r:
+        assert r.get(lease) is not None  # the leader's token
+        r.set(lease, "other")
+        backend.pending[0].callback(BackendReply(b"done", "binary", ReplyKind.SUCCESS))
+        outcome = await lead
+        assert outcome.source is Source.BACKEND
+        assert r.get(lease) == b"other"
+
+
+@pytest_twisted.ensureDeferred
+async def test_follower_wait_is_bounded(cluster: Cluster) -> None:
+    """After follower_wait a follower calls the backend itself, long before the lease ends."""
+    options = ClusterOptions(follower_wait=0.2, lease_ttl=5.0)
+    a, b = await cluster.nodes_named("a", "b", options=options)
+    backend = Backend(delay=None)  # the leader's call never answers
+    leader = execute(a, backend)
+    leader.addErrback(lambda f: None)  # cancelled at the end
+    await wait_until(lambda: backend.calls == 1)
+    backend.delay = 0.01  # the follower's own call does
+    started = time.monotonic()
+    outcome = await execute(b, backend)
+    elapsed = time.monotonic() - started
+    leader.cancel()
+    assert backend.calls == 2
+    assert outcome.source is Source.BACKEND
+    assert 0.15 < elapsed < 1.0
 
 
 @pytest_twisted.ensureDeferred

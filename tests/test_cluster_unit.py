@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from gateway.cluster.completions import encode_notice, parse_notice
+from gateway.cluster.completions import parse_notice
 from gateway.cluster.connection import RedisUnavailable
 from gateway.cluster.decision import Decision, UnexpectedReply, parse_decision
 from gateway.cluster.envelope import (
@@ -228,10 +228,11 @@ def test_unexpected_decision_reply_raises() -> None:
             parse_decision(reply)
 
 
-def test_notice_roundtrip() -> None:
-    """A notice carries the token and, when inlined, the envelope (which may hold newlines)."""
-    assert parse_notice(encode_notice(TOKEN, b"a\nb")) == (TOKEN, b"a\nb")
-    assert parse_notice(encode_notice(TOKEN, None)) == (TOKEN, None)
+def test_notice_parsing() -> None:
+    """COMPLETE publishes ``<token>`` or ``<token>\\n<envelope>`` (which may hold newlines)."""
+    assert parse_notice(TOKEN.encode() + b"\na\nb") == (TOKEN, b"a\nb")
+    assert parse_notice(TOKEN.encode()) == (TOKEN, None)
+    assert parse_notice(TOKEN.encode() + b"\n") == (TOKEN, b"")
 
 
 def test_options_reject_non_positive_lease() -> None:

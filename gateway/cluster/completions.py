@@ -31,12 +31,8 @@ log = Logger(namespace="gateway.cluster")
 Notice = bytes | None
 
 
-def encode_notice(token: str, envelope: bytes | None) -> bytes:
-    """The message body a leader publishes (the Lua ``complete`` script builds the same)."""
-    return token.encode() if envelope is None else token.encode() + b"\n" + envelope
-
-
 def parse_notice(message: bytes) -> tuple[str, Notice]:
+    """Split a notice the Lua ``complete`` script published: ``<token>[\\n<envelope>]``."""
     token, sep, envelope = message.partition(b"\n")
     return token.decode("ascii", "replace"), (envelope if sep else None)
 
@@ -56,7 +52,6 @@ class Completions:
         )
         self._ready = False
         self._callbacks: list[StateCallback] = []
-        self.notices = 0  # notices received (including ones nobody here waited for)
         conn.set_message_handler(self._on_message)
         conn.add_state_callback(self._connection_state)
 
@@ -84,9 +79,6 @@ class Completions:
             return fail(RedisUnavailable("not subscribed"))
         return self._waiters.get((key, token), timeout=timeout)
 
-    def waiting(self) -> int:
-        return sum(self._waiters.waiter_count(k) for k in self._waiters.waiting_keys())
-
     def fail_all(self, reason: BaseException) -> None:
         """Wake every waiter with ``reason`` (the command connection went down, too)."""
         failure = Failure(reason)  # type: ignore[no-untyped-call]  # Twisted leaves it unannotated
@@ -97,7 +89,6 @@ class Completions:
         key = self._keys.key_of_done(channel.decode("utf-8", "surrogateescape"))
         if key is None:
             return
-        self.notices += 1
         token, notice = parse_notice(message)
         self._waiters.set((key, token), notice)
 

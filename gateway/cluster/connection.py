@@ -7,8 +7,9 @@ fall back) and :class:`RedisCommandError` (Redis answered with an error).
 Reconnection is ours, not txredisapi's: each attempt (txredis.connect) is a fresh factory
 with ``reconnect=False``, and a :class:`~gateway.primitives.RetryingCall` with full-jitter
 exponential backoff drives the attempts. That way every up/down transition passes through
-one place, which logs it once and tells the state callbacks (the coordinator switches to
-local-only coalescing on them).
+one place, which tells the state callbacks (the coordinator switches to local-only
+coalescing on them and logs the one warning per change; here only a Redis unreachable at
+start is a warning, every later transition is logged at debug level).
 """
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ class RedisConnector:
         self._keepalive = keepalive
         self._backoff = backoff
         self._callbacks: list[StateCallback] = []
-        self._up_waiters: list[Deferred[None]] = []
         self._on_message: MessageHandler | None = None
         self._proto: Any = None  # txredisapi protocol of the live connection
         self._factory: Any = None
@@ -93,7 +93,6 @@ class RedisConnector:
         self._ping_timer: DelayedCall | None = None
         self._running = False
         self._logged_up: bool | None = None  # last state logged, so each change logs once
-        self.commands_sent = 0  # for round-trip accounting in tests and benchmarks
 
     @property
     def is_up(self) -> bool:
@@ -106,14 +105,6 @@ class RedisConnector:
     def set_message_handler(self, handler: MessageHandler) -> None:
         """Where pub/sub messages go (``subscriber=True`` connections only)."""
         self._on_message = handler
-
-    def when_up(self) -> Deferred[None]:
-        """Fires once the connection is up (at once if it is)."""
-        if self.is_up:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._up_waiters.append(d)
-        return d
 
     def start(self) -> None:
         if self._running:
@@ -137,7 +128,6 @@ class RedisConnector:
         proto = self._proto
         if proto is None:
             return fail(RedisUnavailable(f"{self._name} is down"))
-        self.commands_sent += 1
         try:
             # Pub/sub commands never time out: PSUBSCRIBE's reply can sit behind messages.
             d = proto.execute_command(*args, apply_timeout=not self._subscriber)
@@ -190,11 +180,8 @@ class RedisConnector:
         self._proto = proto
         if self._logged_up is not True:
             self._logged_up = True
-            log.info("{name} connected to {url}", name=self._name, url=str(self.url))
+            log.debug("{name} connected to {url}", name=self._name, url=str(self.url))
         self._schedule_ping()
-        waiters, self._up_waiters = self._up_waiters, []
-        for d in waiters:
-            d.callback(None)
         self._notify(True)
 
     def _schedule_ping(self) -> None:
@@ -238,7 +225,7 @@ class RedisConnector:
         self._proto = None
         if self._running and self._logged_up is not False:
             self._logged_up = False
-            log.warn("{name} {why}; reconnecting", name=self._name, why=why)
+            log.debug("{name} {why}; reconnecting", name=self._name, why=why)
         self._notify(False)
 
     def _notify(self, up: bool) -> None:

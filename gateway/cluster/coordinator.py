@@ -34,6 +34,7 @@ from gateway.cluster import envelope as env
 from gateway.cluster.completions import Completions
 from gateway.cluster.connection import RedisCommandError, RedisCommands, RedisUnavailable
 from gateway.cluster.decision import Decision, UnexpectedReply
+from gateway.cluster.keys import KeySchema
 from gateway.cluster.lease import NoticeListener
 from gateway.cluster.options import ClusterCounters, ClusterOptions
 from gateway.cluster.steps import RedisSteps
@@ -53,7 +54,8 @@ class ClusterCoordinator:
     ``redis``: the node's command connection (a started ``RedisConnector``);
     ``completions``: the node's single pub/sub listener (a started ``Completions``);
     ``fallback``: local-only coordinator used while Redis (or the subscription) is down;
-    ``clock``: the reactor. ``counters`` (``hmac_rejects`` among them) are for metrics.
+    ``clock``: the reactor; ``keys``: the node's KeySchema (default: one for
+    ``options.prefix``). ``counters`` (``hmac_rejects`` among them) are for metrics.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class ClusterCoordinator:
         fallback: Coordinator,
         clock: IReactorTime,
         options: ClusterOptions | None = None,
+        keys: KeySchema | None = None,
     ) -> None:
         self.options = options or ClusterOptions()
         self.node_id = node_id
@@ -74,7 +77,8 @@ class ClusterCoordinator:
         self._fallback = fallback
         self._clock = as_clock(clock)
         self._reactor = clock
-        self._steps = RedisSteps(redis, self.options, self.counters)
+        keys = keys or KeySchema(self.options.prefix)
+        self._steps = RedisSteps(redis, self.options, keys)
         self._announced: bool | None = None  # last mode logged: True cluster, False local
         self._stopped = False
         redis.add_state_callback(self._redis_state)
@@ -105,7 +109,6 @@ class ClusterCoordinator:
     ) -> Deferred[Outcome]:
         if self._stopped or not self.cluster_mode:
             self._announce(False)
-            self.counters.fallbacks += 1
             return self._fallback.execute(key, policy, call_backend)
         return Deferred.fromCoroutine(self._execute(key, policy, call_backend))
 
@@ -139,7 +142,6 @@ class ClusterCoordinator:
                 outcome = self._from_entry(key, decision.entry, Source.STALE)
                 if outcome is None:  # unusable entry: refresh it in the foreground instead
                     return await self._lead(key, policy, call_backend, decision.token)
-                self.counters.refreshes += 1
                 refresh = Deferred.fromCoroutine(
                     self._lead(key, policy, call_backend, decision.token)
                 )
@@ -174,25 +176,18 @@ class ClusterCoordinator:
         except CancelledError:
             # Our callers are gone. Tell followers to decide again rather than wait out the
             # lease; not awaited, since a cancelled coroutine must finish now.
-            renewer.stop()
             self._steps.complete(key, policy, env.Envelope.skip(token, "abandoned"), False)
             raise
-        except GatewayError as exc:
-            renewer.stop()
-            await self._steps.complete(
-                key, policy, env.Envelope.error(token, exc.code, exc.message), False
-            )
-            raise
         except Exception as exc:
-            renewer.stop()
-            message = f"{type(exc).__name__}: {exc}"
-            await self._steps.complete(
-                key, policy, env.Envelope.error(token, INTERNAL_ERROR, message), False
-            )
+            if isinstance(exc, GatewayError):
+                code, message = exc.code, exc.message
+            else:
+                code, message = INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+            await self._steps.complete(key, policy, env.Envelope.error(token, code, message), False)
             raise
-        renewer.stop()
+        finally:  # a renewal racing complete() is harmless: RENEW only extends our own lease
+            renewer.stop()
         if len(reply.message) > self.options.max_shared_bytes:
-            self.counters.not_shared += 1
             shared, cacheable = env.Envelope.skip(token, "too_large"), False
         else:
             shared, cacheable = env.Envelope.ok(token, reply), policy.may_cache(reply.kind)
@@ -203,7 +198,6 @@ class ClusterCoordinator:
         self, key: str, policy: MethodPolicy, decision: Decision, deadline: float
     ) -> Outcome | Decision | _GiveUp:
         """Follow ``decision.token``: an answer, a new decision (lease changed), or give up."""
-        self.counters.follows += 1
         token = decision.token
         listener = NoticeListener(self._completions.wait(key, token), self._reactor)
         try:
@@ -216,7 +210,6 @@ class ClusterCoordinator:
             while True:
                 left = deadline - self._clock.seconds()
                 if left <= 0:
-                    self.counters.follow_timeouts += 1
                     return "solo"
                 wait = min(left, lease_ms / 1000 + self.options.poll_margin)
                 if await listener.wait(wait):
@@ -254,7 +247,6 @@ class ClusterCoordinator:
             self.counters.hmac_rejects += 1
             log.warn("rejected a shared result for {key}: bad HMAC signature", key=key)
         except env.EnvelopeError as exc:
-            self.counters.bad_envelopes += 1
             log.warn("ignored a malformed shared result for {key}: {exc}", key=key, exc=exc)
         return None
 
@@ -262,7 +254,6 @@ class ClusterCoordinator:
         opened = self._open(key, data)
         if opened is None or opened.reply is None:
             return None
-        self.counters.cache_hits += 1
         return Outcome(opened.reply, source)
 
     def _handoff(self, key: str, token: str, data: bytes) -> Outcome | Decision | _GiveUp:
@@ -270,10 +261,8 @@ class ClusterCoordinator:
         if opened is None or opened.token != token:
             return "solo"
         if opened.status == "error":
-            self.counters.remote_answers += 1
             raise RemoteCallFailed(opened.message, opened.code)
         if opened.reply is not None:
-            self.counters.remote_answers += 1
             return Outcome(opened.reply, Source.REMOTE)
         if opened.why == "abandoned":  # the leader's callers left: decide again
             return Decision("again")
@@ -285,9 +274,7 @@ class ClusterCoordinator:
         self, how: _GiveUp, key: str, policy: MethodPolicy, call_backend: BackendCall
     ) -> Outcome:
         if how == "fallback":
-            self.counters.fallbacks += 1
             return await self._fallback.execute(key, policy, call_backend)
-        self.counters.solo_calls += 1
         return Outcome(await maybeDeferred(call_backend), Source.BACKEND)
 
     def _follow_limit(self, policy: MethodPolicy) -> float:

@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.cluster.connection import Arg, RedisCommands
-from gateway.cluster.keys import DEFAULT_PREFIX, KeySchema
+from gateway.cluster.keys import KeySchema
 from gateway.reactors import as_clock
 from gateway.stats import NodeStats
 
@@ -41,7 +41,7 @@ class Heartbeat:
         *,
         node_id: str,
         clock: IReactorTime,
-        prefix: str = DEFAULT_PREFIX,
+        keys: KeySchema | None = None,
         address: str | None = None,
         extra: Extra | None = None,
         interval: float = 1.0,
@@ -52,7 +52,7 @@ class Heartbeat:
         self._stats = stats
         self._node_id = node_id
         self._clock = as_clock(clock)
-        self._keys = KeySchema(prefix)
+        self._keys = keys or KeySchema()
         self.address = address  # settable: serve learns its port after listening
         self._extra = extra
         self._interval = interval
@@ -60,7 +60,6 @@ class Heartbeat:
         self._history = history
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
-        self.beats = 0  # beats written
 
     def start(self) -> None:
         if not self._loop.running:
@@ -97,10 +96,7 @@ class Heartbeat:
             self._redis.execute("ZREMRANGEBYSCORE", nodes_key, "-inf", _text(now - self._history)),
         ]
         d = gatherResults(sent, consumeErrors=True)
-        return d.addCallbacks(self._written, self._failed)
-
-    def _written(self, _: object) -> None:
-        self.beats += 1
+        return d.addCallbacks(lambda _: None, self._failed)
 
     def _failed(self, reason: object) -> None:
         log.debug("heartbeat not written: {reason}", reason=reason)

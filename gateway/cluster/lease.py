@@ -37,8 +37,6 @@ class LeaseRenewer:
         self._interval = interval
         self._timer: DelayedCall | None = None
         self._stopped = False
-        self.renewals = 0
-        self.lost = False  # True once Redis said the lease is no longer ours
 
     def start(self) -> LeaseRenewer:
         self._schedule()
@@ -62,10 +60,8 @@ class LeaseRenewer:
 
     def _renewed(self, reply: Reply) -> None:
         if reply == 1:
-            self.renewals += 1
             self._schedule()
-        else:
-            self.lost = True
+        # Otherwise the lease is no longer ours (expired, taken over): stop renewing.
 
     def _failed(self, _: Failure) -> None:
         self._schedule()

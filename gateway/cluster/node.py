@@ -58,7 +58,8 @@ class ClusterNode:
             )
             for name, subscriber in (("redis", False), ("redis pub/sub", True))
         )
-        self.completions = Completions(self.subscriber, KeySchema(self.options.prefix), clock)
+        keys = KeySchema(self.options.prefix)
+        self.completions = Completions(self.subscriber, keys, clock)
         self.coordinator = ClusterCoordinator(
             self.redis,
             self.completions,
@@ -66,13 +67,14 @@ class ClusterNode:
             fallback=fallback,
             clock=clock,
             options=self.options,
+            keys=keys,
         )
         self.heartbeat = Heartbeat(
             self.redis,
             stats,
             node_id=node_id,
             clock=clock,
-            prefix=self.options.prefix,
+            keys=keys,
             address=address,
             extra=self.coordinator.heartbeat_fields,
         )

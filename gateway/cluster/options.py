@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from gateway.cluster.keys import DEFAULT_PREFIX
 
@@ -29,21 +29,8 @@ class ClusterOptions:
 
 @dataclass
 class ClusterCounters:
-    """What this node's coordinator did; monotonic, for metrics and tests."""
+    """What this node's coordinator did; monotonic (hmac_rejects goes into the heartbeat)."""
 
     leads: int = 0  # backend calls made as lease holder (refreshes and takeovers included)
-    follows: int = 0  # times this node followed another node's lease
-    cache_hits: int = 0  # answered from a shared cache entry (fresh or stale)
-    refreshes: int = 0  # stale entries refreshed in the background
     takeovers: int = 0  # followers that took over an expired lease
-    remote_answers: int = 0  # follows answered by the leader's shared result (or error)
-    solo_calls: int = 0  # backend calls made without sharing (unusable result, timeout)
-    fallbacks: int = 0  # calls handed to the local fallback coordinator (Redis down)
-    follow_timeouts: int = 0  # follows that hit the follower_wait bound
     hmac_rejects: int = 0  # shared results dropped for a bad or missing signature
-    bad_envelopes: int = 0  # shared results dropped as malformed
-    not_shared: int = 0  # replies above max_shared_bytes
-    complete_failures: int = 0  # leader results that could not be written to Redis
-
-    def snapshot(self) -> dict[str, int]:
-        return asdict(self)

@@ -10,30 +10,31 @@ import uuid
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.cluster import envelope as env
 from gateway.cluster.connection import Arg, RedisCommands
 from gateway.cluster.decision import Decision, parse_decision
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.lease import LeaseRenewer
-from gateway.cluster.options import ClusterCounters, ClusterOptions
+from gateway.cluster.options import ClusterOptions
 from gateway.cluster.scripts import COMPLETE, DECIDE, DROP, POLL, ScriptRunner
 from gateway.contracts import MethodPolicy
+
+log = Logger(namespace="gateway.cluster")
 
 
 class RedisSteps:
     """``decide``, ``poll``, ``result``, ``complete`` and lease renewal for call keys."""
 
-    def __init__(
-        self, redis: RedisCommands, options: ClusterOptions, counters: ClusterCounters
-    ) -> None:
+    def __init__(self, redis: RedisCommands, options: ClusterOptions, keys: KeySchema) -> None:
         self._redis = redis
         self._options = options
-        self._keys = KeySchema(options.prefix)
+        self._keys = keys
         self._scripts = ScriptRunner(redis)
         self.lease_ms = max(1, int(options.lease_ttl * 1000))
         self._handoff_ms = max(1, int(options.handoff_ttl * 1000))
-        self._counters = counters
 
     @property
     def script_reloads(self) -> int:
@@ -76,8 +77,8 @@ class RedisSteps:
         done = self._keys.done(key)
         args: list[Arg] = [shared.token, data, self._handoff_ms, cache_ms, done, inline]
 
-        def failed(_: object) -> None:
-            self._counters.complete_failures += 1
+        def failed(reason: Failure) -> None:
+            log.debug("result not written for {key}: {r}", key=key, r=reason.getErrorMessage())
 
         return self._scripts.run(COMPLETE, keys, args).addCallbacks(lambda _: None, failed)
 

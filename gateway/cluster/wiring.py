@@ -43,7 +43,6 @@ class RedisCluster:
             fallback=fallback,
             clock=reactor,
             options=options,
-            address=f"{config.listen.host}:{config.listen.port}",
         )
 
     @property
