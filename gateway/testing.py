@@ -6,6 +6,7 @@ subprocesses on loopback, owned and stopped by PID).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,15 +15,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any, Self, TypeVar
 
+from thrift.Thrift import TType
 from twisted.internet.defer import Deferred, succeed
 
+from clients.sync_client import ExampleClient
 from gateway.contracts import BackendCall, MethodPolicy, Outcome, Source
-from gateway.thrift import MessageHeader, ProtocolKind
+from gateway.thrift import MessageHeader, MessageType, ProtocolKind, read_header
+from gateway.thrift.message import encode_header
+from gateway.thrift.protocols import OutputBuffer, writer
 
 # ---------------------------------------------------------------------------------------------
 # In-memory doubles
@@ -32,14 +39,15 @@ from gateway.thrift import MessageHeader, ProtocolKind
 class ScriptedBackend:
     """A backend double (``proxy.handler.BackendLike``): records calls, the test answers them.
 
-    ``calls`` holds (message, policy, oneway) per call; ``pending`` the Deferreds of calls not
-    yet answered, in arrival order. Cancelling one records it in ``cancelled``.
+    ``calls`` holds (message, policy, oneway) per call; ``pending`` the (message, Deferred)
+    pairs of calls not yet answered, in arrival order (oneway calls never wait, so they are
+    only in ``calls``). Cancelling one records it in ``cancelled``.
     """
 
     def __init__(self, protocol: ProtocolKind = ProtocolKind.BINARY) -> None:
         self._protocol = protocol
         self.calls: list[tuple[bytes, MethodPolicy, bool]] = []
-        self.pending: list[Deferred[bytes]] = []
+        self.pending: list[tuple[bytes, Deferred[bytes]]] = []
         self.cancelled = 0
 
     @property
@@ -61,16 +69,32 @@ class ScriptedBackend:
             self.cancelled += 1
 
         d: Deferred[bytes] = Deferred(cancelled)
-        self.pending.append(d)
+        self.pending.append((message, d))
         return d
 
     def answer(self, reply: bytes) -> None:
         """Fire the oldest pending call with ``reply`` (a whole reply message)."""
-        self.pending.pop(0).callback(reply)
+        self.pending.pop(0)[1].callback(reply)
 
     def fail(self, exc: BaseException) -> None:
         """Fail the oldest pending call with ``exc``."""
-        self.pending.pop(0).errback(exc)
+        self.pending.pop(0)[1].errback(exc)
+
+    def reply(self, success: bytes) -> None:
+        """Answer the oldest pending call with a REPLY whose result (field 0) is the string
+        ``success``, carrying that call's method name and seqid."""
+        header = read_header(self.pending[0][0], self._protocol)
+        out = OutputBuffer(
+            bytearray(encode_header(self._protocol, header.name, MessageType.REPLY, header.seqid))
+        )
+        p = writer(self._protocol, out)
+        p.writeStructBegin("result")
+        p.writeFieldBegin("success", TType.STRING, 0)
+        p.writeBinary(success)
+        p.writeFieldEnd()
+        p.writeFieldStop()
+        p.writeStructEnd()
+        self.answer(bytes(out.buf))
 
 
 class DirectCoordinator:
@@ -91,6 +115,7 @@ class DirectCoordinator:
 # ---------------------------------------------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 class ManagedProcess:
@@ -198,7 +223,7 @@ class ManagedProcess:
             reader.join(timeout=timeout)
         return self.proc.returncode
 
-    def __enter__(self) -> ManagedProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -235,20 +260,13 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
             time.sleep(0.02)
 
 
-def stop_process(
-    process: ManagedProcess | subprocess.Popen[str] | subprocess.Popen[bytes], timeout: float = 5.0
-) -> int:
-    """Stop a :class:`ManagedProcess` or a plain ``Popen`` by PID: SIGTERM, then SIGKILL."""
-    if isinstance(process, ManagedProcess):
-        return process.stop(timeout)
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=timeout)
-    return process.returncode
+def _started(process: ManagedProcess, wait: Callable[[ManagedProcess], T]) -> T:
+    """``wait(process)``; the process is stopped if that fails (or is interrupted)."""
+    try:
+        return wait(process)
+    except BaseException:
+        process.stop()
+        raise
 
 
 LISTENING_LINE = r"example-backend (\w+) listening on (\S+):(\d+) \((\S+)\)"
@@ -257,22 +275,40 @@ LISTENING_LINE = r"example-backend (\w+) listening on (\S+):(\d+) \((\S+)\)"
 class ExampleBackend:
     """A running ``gateway example-backend`` on loopback with an OS-chosen port.
 
-    Also the base of :class:`GatewayProcess`: a child process at a loopback address.
+    Also the base of :class:`GatewayProcess`: a child process at a loopback address, made
+    from its listening line (:attr:`LINE`) by :meth:`from_process`.
     """
+
+    LINE = LISTENING_LINE
+    STOP_TIMEOUT = 5.0
 
     def __init__(self, process: ManagedProcess, host: str, port: int) -> None:
         self.process = process
         self.host = host
         self.port = port
 
+    @classmethod
+    def from_match(cls, process: ManagedProcess, match: re.Match[str]) -> Self:
+        return cls(process, match.group(2), int(match.group(3)))
+
+    @classmethod
+    def from_process(cls, process: ManagedProcess, timeout: float = 15.0) -> Self:
+        """Wait for the listening line of a spawned ``process`` (it is not stopped on failure:
+        ``RuntimeError`` if it exits first, ``TimeoutError`` after ``timeout`` seconds)."""
+        return cls.from_match(process, process.wait_for_line(cls.LINE, timeout=timeout))
+
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def stop(self, timeout: float = 5.0) -> int:
-        return self.process.stop(timeout)
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
-    def __enter__(self) -> ExampleBackend:
+    def stop(self, timeout: float | None = None) -> int:
+        return self.process.stop(self.STOP_TIMEOUT if timeout is None else timeout)
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -282,6 +318,31 @@ class ExampleBackend:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def example_backend_argv(
+    service: str = "supervisor",
+    *,
+    delay: float = 0.0,
+    protocol: str = "binary",
+    transport: str = "framed",
+    multiplexed: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> list[str]:
+    """argv of ``gateway example-backend`` (port 0: the OS picks one, so there is no race
+    with other tests for a "free" port)."""
+    argv = gateway_cli(
+        "example-backend",
+        "--listen", f"{host}:{port}",
+        "--service", service,
+        "--delay", str(delay),
+        "--protocol", protocol,
+        "--transport", transport,
+    )  # fmt: skip
+    if multiplexed:
+        argv.append("--multiplexed")
+    return argv
 
 
 def start_example_backend(
@@ -295,25 +356,18 @@ def start_example_backend(
     port: int = 0,
     timeout: float = 15.0,
 ) -> ExampleBackend:
-    """Start an example backend and wait for its listening line (port 0: the OS picks one,
-    so there is no race with other tests for a "free" port). The caller must ``stop()`` it."""
-    argv = gateway_cli(
-        "example-backend",
-        "--listen", f"{host}:{port}",
-        "--service", service,
-        "--delay", str(delay),
-        "--protocol", protocol,
-        "--transport", transport,
-    )  # fmt: skip
-    if multiplexed:
-        argv.append("--multiplexed")
-    process = start_process(argv)
-    try:
-        match = process.wait_for_line(LISTENING_LINE, timeout=timeout)
-    except BaseException:
-        process.stop()
-        raise
-    return ExampleBackend(process, host, int(match.group(3)))
+    """Start an example backend and wait for its listening line; the caller must ``stop()``
+    it."""
+    argv = example_backend_argv(
+        service,
+        delay=delay,
+        protocol=protocol,
+        transport=transport,
+        multiplexed=multiplexed,
+        host=host,
+        port=port,
+    )
+    return _started(start_process(argv), lambda p: ExampleBackend.from_process(p, timeout))
 
 
 GATEWAY_LINE = r"gateway (\S+) listening on (\S+):(\d+)(?: admin (\S+):(\d+))?"
@@ -322,26 +376,60 @@ GATEWAY_LINE = r"gateway (\S+) listening on (\S+):(\d+)(?: admin (\S+):(\d+))?"
 class GatewayProcess(ExampleBackend):
     """A running ``gateway serve`` on loopback; ports are the real (OS-chosen) ones."""
 
-    def __init__(self, process: ManagedProcess, node_id: str, host: str, port: int) -> None:
+    LINE = GATEWAY_LINE
+    STOP_TIMEOUT = 15.0  # a node drains its calls in flight first
+
+    def __init__(
+        self,
+        process: ManagedProcess,
+        node_id: str,
+        host: str,
+        port: int,
+        admin_port: int | None = None,
+    ) -> None:
         super().__init__(process, host, port)
         self.node_id = node_id
-        self.admin_port: int | None = None
+        self.admin_port = admin_port
+
+    @classmethod
+    def from_match(cls, process: ManagedProcess, match: re.Match[str]) -> Self:
+        admin_port = int(match.group(5)) if match.group(5) else None
+        return cls(process, match.group(1), match.group(2), int(match.group(3)), admin_port)
 
     @property
-    def pid(self) -> int:
-        return self.process.proc.pid
+    def admin_url(self) -> str:
+        """``http://host:port`` of the admin endpoint (/metrics, /healthz)."""
+        if self.admin_port is None:
+            raise ValueError(f"gateway node {self.node_id} was started without --admin")
+        return f"http://{self.host}:{self.admin_port}"
 
     def kill(self) -> None:
         """SIGKILL by PID (a crashed node), then reap it."""
-        if self.process.proc.poll() is None:
+        if self.process.returncode is None:
             os.kill(self.pid, signal.SIGKILL)
         self.process.proc.wait(timeout=10)
 
-    def stop(self, timeout: float = 15.0) -> int:
-        return self.process.stop(timeout)
 
-    def __enter__(self) -> GatewayProcess:
-        return self
+def gateway_argv(
+    *extra: str,
+    backend: str | None = None,
+    config: str | Path | None = None,
+    node_id: str = "test",
+    redis: str | None = None,
+    admin: bool = False,
+    host: str = "127.0.0.1",
+) -> list[str]:
+    """argv of ``gateway serve --listen HOST:0``; ``extra`` flags are appended verbatim."""
+    argv = gateway_cli("serve", "--listen", f"{host}:0", "--node-id", node_id)
+    if backend is not None:
+        argv += ["--backend", backend]
+    if config is not None:
+        argv += ["--config", str(config)]
+    if redis is not None:
+        argv += ["--redis", redis]
+    if admin:
+        argv += ["--admin", f"{host}:0"]
+    return argv + list(extra)
 
 
 def start_gateway(
@@ -354,27 +442,142 @@ def start_gateway(
     host: str = "127.0.0.1",
     timeout: float = 15.0,
 ) -> GatewayProcess:
-    """Start ``gateway serve --listen HOST:0`` and wait for its listening line.
+    """Start ``gateway serve`` (see :func:`gateway_argv`) and wait for its listening line.
 
-    ``extra`` flags are appended verbatim. The caller must ``stop()`` (or ``kill()``) it.
+    The caller must ``stop()`` (or ``kill()``) it.
     """
-    argv = gateway_cli("serve", "--listen", f"{host}:0", "--node-id", node_id)
-    if backend is not None:
-        argv += ["--backend", backend]
-    if config is not None:
-        argv += ["--config", str(config)]
-    if redis is not None:
-        argv += ["--redis", redis]
-    if admin:
-        argv += ["--admin", f"{host}:0"]
-    argv += list(extra)
-    process = start_process(argv)
+    argv = gateway_argv(
+        *extra, backend=backend, config=config, node_id=node_id, redis=redis, admin=admin,
+        host=host,
+    )  # fmt: skip
+    return _started(start_process(argv), lambda p: GatewayProcess.from_process(p, timeout))
+
+
+# -- admin endpoint readings (best effort: a node that does not answer reads as "no data") --
+
+
+def _admin_get(url: str, timeout: float) -> bytes | None:
     try:
-        match = process.wait_for_line(GATEWAY_LINE, timeout=timeout)
-    except BaseException:
-        process.stop()
-        raise
-    gateway = GatewayProcess(process, match.group(1), match.group(2), int(match.group(3)))
-    if match.group(5):
-        gateway.admin_port = int(match.group(5))
-    return gateway
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body: bytes = response.read()
+            return body
+    except urllib.error.HTTPError as exc:  # /healthz answers 503 (with its JSON) when not listening
+        error_body: bytes = exc.read()
+        return error_body
+    except (OSError, ValueError):
+        return None
+
+
+def healthz(admin_url: str, timeout: float = 0.5) -> dict[str, Any] | None:
+    """The node's /healthz JSON (``{"listening", "node_id", "redis", "in_flight"}``) or None."""
+    body = _admin_get(f"{admin_url}/healthz", timeout)
+    if body is None:
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+_SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", re.MULTILINE)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+Sample = tuple[str, dict[str, str], float]
+
+
+def metric_samples(admin_url: str, timeout: float = 0.5) -> list[Sample]:
+    """Every sample of the node's /metrics as (name, labels, value); empty when it does not
+    answer."""
+    body = _admin_get(f"{admin_url}/metrics", timeout)
+    samples: list[Sample] = []
+    for name, labels, value in _SAMPLE.findall((body or b"").decode("utf-8", "replace")):
+        try:
+            samples.append((name, dict(_LABEL.findall(labels)), float(value)))
+        except ValueError:
+            continue
+    return samples
+
+
+def metric_total(samples: Sequence[Sample], name: str, **labels: str) -> float | None:
+    """Sum of the samples called ``name`` carrying (at least) ``labels``; None if there are
+    none."""
+    values = [
+        value
+        for sample, have, value in samples
+        if sample == name and all(have.get(k) == v for k, v in labels.items())
+    ]
+    return sum(values) if values else None
+
+
+def metric(admin_url: str, name: str, **labels: str) -> float | None:
+    """``name`` (summed over the samples carrying ``labels``) from the node's /metrics;
+    None when the node does not answer or has no such sample."""
+    return metric_total(metric_samples(admin_url, timeout=5.0), name, **labels)
+
+
+def redis_mode(node: GatewayProcess) -> str | None:
+    """The node's coordination mode from /healthz (``"cluster"``/``"local"``), or None."""
+    mode = (healthz(node.admin_url) or {}).get("redis")
+    return mode if isinstance(mode, str) else None
+
+
+def wait_for_redis_mode(nodes: Sequence[GatewayProcess], mode: str, timeout: float = 10.0) -> None:
+    """Return once every node's /healthz says ``"redis": mode``.
+
+    ``RuntimeError`` when a node still waiting exits; ``TimeoutError`` naming the nodes (and
+    their last mode) after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = list(nodes)
+    while True:
+        modes = {node.node_id: redis_mode(node) for node in waiting}
+        waiting = [node for node in waiting if modes[node.node_id] != mode]
+        if not waiting:
+            return
+        for node in waiting:
+            if node.process.returncode is not None:
+                raise RuntimeError(
+                    f"gateway node {node.node_id} exited with code {node.process.returncode}"
+                )
+        if time.monotonic() > deadline:
+            last = ", ".join(f"{n.node_id} ({modes[n.node_id]})" for n in waiting)
+            raise TimeoutError(f"gateway node(s) {last} not in {mode} mode after {timeout}s")
+        time.sleep(0.05)
+
+
+# -- clients --------------------------------------------------------------------------------
+
+
+def call_once(target: ExampleBackend, call: Callable[[ExampleClient], T], **options: Any) -> T:
+    """``call(client)`` on a fresh :class:`ExampleClient` connection to ``target`` (a backend
+    or a gateway node); ``options`` go to the client (protocol, transport, multiplexed)."""
+    options.setdefault("timeout", 20.0)
+    with ExampleClient(target.host, target.port, **options) as client:
+        return call(client)
+
+
+def backend_count(backend: ExampleBackend, method: str = "alertSupervisor") -> int:
+    """Calls of ``method`` the example backend itself has received (counted on arrival)."""
+    service = "poetry" if method == "getPoem" else "supervisor"
+    with ExampleClient(backend.host, backend.port) as client:
+        return client.backend_stats(service).get(method, 0)
+
+
+def herd_argv(targets: Sequence[str], *args: str) -> list[str]:
+    """argv of ``python -m clients.herd --targets T1,T2... <args> --json``."""
+    return [sys.executable, "-m", "clients.herd", "--targets", ",".join(targets), *args, "--json"]
+
+
+def run_herd(targets: Sequence[str], *args: str, timeout: float = 90.0) -> dict[str, Any]:
+    """Run the herd (see :func:`herd_argv`) to its end and return its --json summary."""
+    done = subprocess.run(
+        herd_argv(targets, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+    assert done.stdout, f"the herd printed nothing (exit {done.returncode}): {done.stderr}"
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import threading
 import time
 import urllib.error
@@ -29,14 +28,21 @@ from thrift.transport import TTransport
 from clients.calls import GET_POEM, encode_call, protocol_factory
 from clients.sync_client import ExampleClient
 from gateway.cluster.keys import KeySchema
+from gateway.examples.handlers import _poem_reply as poem
 from gateway.localredis import RedisServer
 from gateway.testing import (
     ExampleBackend,
     GatewayProcess,
+    backend_count,
+    call_once,
+    gateway_argv,
     gateway_cli,
+    healthz,
+    metric,
+    run_herd,
     start_example_backend,
-    start_gateway,
     start_process,
+    wait_for_redis_mode,
 )
 from gateway.thrift import ProtocolKind, call_key
 
@@ -81,55 +87,22 @@ def wait_for(
         time.sleep(0.05)
 
 
-def http_get(port: int | None, path: str) -> tuple[int, str]:
-    assert port is not None, "node started without --admin"
+def http_get(node: GatewayProcess, path: str) -> tuple[int, str]:
+    """Status and body of an admin endpoint (the tests that check the HTTP status itself)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        with urllib.request.urlopen(f"{node.admin_url}{path}", timeout=5) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
 
 
-def health(node: GatewayProcess) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads(http_get(node.admin_port, "/healthz")[1])
-    return body
-
-
-def redis_modes(nodes: Sequence[GatewayProcess]) -> list[str]:
-    return [health(n)["redis"] for n in nodes]
-
-
-def wait_for_mode(nodes: Sequence[GatewayProcess], mode: str, timeout: float = 10.0) -> None:
-    wait_for(
-        lambda: redis_modes(nodes),
-        lambda modes: all(m == mode for m in modes),
-        f"every node in {mode} mode",
-        timeout,
-    )
-
-
-def metric(node: GatewayProcess, name: str) -> float:
-    """One unlabelled-by-method sample of ``name`` from the node's /metrics."""
-    text = http_get(node.admin_port, "/metrics")[1]
-    match = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in /metrics of {node.node_id}"
-    return float(match.group(1))
+def cache_hits(node: GatewayProcess) -> float:
+    hits = metric(node.admin_url, "gateway_cache_hits_total")
+    assert hits is not None, f"gateway_cache_hits_total not in /metrics of {node.node_id}"
+    return hits
 
 
 # -- backends and clients -----------------------------------------------------------------
-
-
-def backend_count(
-    backend: ExampleBackend, service: str = "supervisor", method: str = "alertSupervisor"
-) -> int:
-    """Calls of ``method`` the backend itself has received (counted on arrival)."""
-    with ExampleClient(backend.host, backend.port) as client:
-        return client.backend_stats(service)[method]
-
-
-def call_once(node: GatewayProcess, call: Callable[[ExampleClient], T], protocol: str) -> T:
-    with ExampleClient(node.host, node.port, protocol=protocol, timeout=15.0) as client:
-        return call(client)
 
 
 def concurrent_calls(
@@ -167,21 +140,15 @@ def concurrent_calls(
             client.close()
 
 
-def run_herd(cluster: Cluster, clients: int) -> dict[str, Any]:
+def herd(cluster: Cluster, clients: int) -> dict[str, Any]:
     """``python -m clients.herd`` over every node (1 key, 1 round); its --json summary."""
-    argv = [
-        sys.executable, "-m", "clients.herd",
-        "--targets", ",".join(n.address for n in cluster.nodes),
+    summary = run_herd(
+        [n.address for n in cluster.nodes],
         "--clients", str(clients), "--keys", "1", "--rounds", "1",
-        "--protocols", ",".join(PROTOCOLS), "--timeout", "20", "--json",
-    ]  # fmt: skip
-    herd = start_process(argv)
-    try:
-        line = herd.wait_for_line(r"^\{", timeout=40).string
-    finally:
-        herd.stop()
+        "--protocols", ",".join(PROTOCOLS), "--timeout", "20",
+        timeout=60,
+    )  # fmt: skip
     cluster.client_calls += clients
-    summary: dict[str, Any] = json.loads(line)
     return summary
 
 
@@ -196,42 +163,26 @@ def gateway_status(cluster: Cluster) -> dict[str, Any]:
     return report
 
 
-def poem(title: str) -> str:
-    """What the example Poetry backend answers for ``title``."""
-    return f"{title}\n  Many asked the same thing at once;\n  the backend heard it only once.\n"
-
-
 # -- process fixtures -----------------------------------------------------------------------
 
 
 def start_nodes(
     ids: Sequence[str], *, backend: str, redis_url: str, config: Path
 ) -> list[GatewayProcess]:
-    """Start the nodes in parallel; if any fails, stop the others (by PID) and raise."""
-    with ThreadPoolExecutor(len(ids)) as pool:
-        futures = [
-            pool.submit(
-                start_gateway,
-                backend=backend,
-                config=config,
-                node_id=node_id,
-                redis=redis_url,
-                admin=True,
+    """Spawn every node, then wait for each (their startups overlap); if any fails, stop
+    them all (by PID) and raise."""
+    processes = []
+    try:
+        for node_id in ids:
+            argv = gateway_argv(
+                backend=backend, config=config, node_id=node_id, redis=redis_url, admin=True
             )
-            for node_id in ids
-        ]
-    started: list[GatewayProcess] = []
-    errors: list[BaseException] = []
-    for future in futures:
-        try:
-            started.append(future.result())
-        except BaseException as exc:
-            errors.append(exc)
-    if errors:
-        for node in started:
-            node.stop()
-        raise errors[0]
-    return started
+            processes.append(start_process(argv))
+        return [GatewayProcess.from_process(process) for process in processes]
+    except BaseException:
+        for process in processes:
+            process.stop()
+        raise
 
 
 @contextmanager
@@ -251,7 +202,7 @@ def running_cluster(
         nodes = start_nodes(
             NODE_IDS, backend=supervisor.address, redis_url=redis.url, config=config
         )
-        wait_for_mode(nodes, "cluster")
+        wait_for_redis_mode(nodes, "cluster")
         yield Cluster(redis, supervisor, poetry_backend, nodes)
     finally:
         for node in nodes:
@@ -308,7 +259,7 @@ def test_herd_over_three_nodes_reaches_backend_once(shared: Cluster) -> None:
     every caller gets "ack:" plus its own message."""
     before = backend_count(shared.supervisor)
 
-    summary = run_herd(shared, clients=300)
+    summary = herd(shared, clients=300)
 
     assert summary["ok"] == 300, summary
     assert summary["wrong_replies"] == 0, summary
@@ -337,23 +288,23 @@ def test_cache_mode_serves_every_node_from_shared_entry(shared: Cluster) -> None
     node, with no further backend call."""
     assert shared.poetry is not None
     title = "e2e-cache"
-    first = call_once(shared.nodes[0], lambda c: c.get_poem(title), "binary")
+    first = call_once(shared.nodes[0], lambda c: c.get_poem(title), protocol="binary")
     shared.client_calls += 1
     assert first == poem(title)
-    backend_after_first = backend_count(shared.poetry, "poetry", "getPoem")
-    hits_before = {n.node_id: metric(n, "gateway_cache_hits_total") for n in shared.nodes}
+    backend_after_first = backend_count(shared.poetry, "getPoem")
+    hits_before = {n.node_id: cache_hits(n) for n in shared.nodes}
 
     # One call at a time: concurrent ones would join each other on the node first.
     replies = [
-        call_once(node, lambda c: c.get_poem(title), protocol)
+        call_once(node, lambda c: c.get_poem(title), protocol=protocol)
         for node in shared.nodes
         for protocol in PROTOCOLS
     ]
     shared.client_calls += len(replies)
 
     assert replies == [poem(title)] * 6
-    assert backend_count(shared.poetry, "poetry", "getPoem") == backend_after_first
-    hits_after = {n.node_id: metric(n, "gateway_cache_hits_total") for n in shared.nodes}
+    assert backend_count(shared.poetry, "getPoem") == backend_after_first
+    hits_after = {n.node_id: cache_hits(n) for n in shared.nodes}
     assert {k: hits_after[k] - hits_before[k] for k in hits_after} == dict.fromkeys(NODE_IDS, 2)
 
 
@@ -363,10 +314,10 @@ def test_tampered_cache_entry_is_rejected_and_call_still_succeeds(shared: Cluste
     assert shared.poetry is not None
     title = "e2e-tamper"
     leader, other = shared.nodes[0], shared.nodes[1]
-    before = backend_count(shared.poetry, "poetry", "getPoem")
-    assert call_once(leader, lambda c: c.get_poem(title), "binary") == poem(title)
+    before = backend_count(shared.poetry, "getPoem")
+    assert call_once(leader, lambda c: c.get_poem(title), protocol="binary") == poem(title)
     shared.client_calls += 1
-    assert backend_count(shared.poetry, "poetry", "getPoem") - before == 1
+    assert backend_count(shared.poetry, "getPoem") - before == 1
 
     # Flip the case of one byte of the title inside the stored Thrift reply: the envelope
     # and the Thrift message both stay well-formed, only the HMAC can tell.
@@ -385,11 +336,11 @@ def test_tampered_cache_entry_is_rejected_and_call_still_succeeds(shared: Cluste
         client.set(cache_key, b"\n".join((head, header, tampered)), px=ttl_ms)
         rejects_before = int(float(client.hget(node_key, "hmac_rejects") or 0))
 
-        reply = call_once(other, lambda c: c.get_poem(title), "compact")
+        reply = call_once(other, lambda c: c.get_poem(title), protocol="compact")
         shared.client_calls += 1
 
         assert reply == poem(title)
-        assert backend_count(shared.poetry, "poetry", "getPoem") - before == 2
+        assert backend_count(shared.poetry, "getPoem") - before == 2
         wait_for(
             lambda: int(float(client.hget(node_key, "hmac_rejects") or 0)),
             lambda rejects: rejects == rejects_before + 1,
@@ -408,7 +359,7 @@ def test_status_reports_alive_nodes_and_matching_counters(shared: Cluster) -> No
     assert replies == ["ack:e2e-status"] * 6
 
     def backends_counted() -> int:
-        return backend_count(shared.supervisor) + backend_count(poetry, "poetry", "getPoem")
+        return backend_count(shared.supervisor) + backend_count(poetry, "getPoem")
 
     report = wait_for(
         lambda: gateway_status(shared),
@@ -430,10 +381,12 @@ def test_metrics_has_call_counter_and_latency_histogram(shared: Cluster) -> None
     """A node's /metrics carries gateway_calls_total and the gateway_call_latency_seconds
     histogram."""
     node = shared.nodes[2]
-    assert call_once(node, lambda c: c.alert("e2e-metrics"), "compact") == "ack:e2e-metrics"
+    assert (
+        call_once(node, lambda c: c.alert("e2e-metrics"), protocol="compact") == "ack:e2e-metrics"
+    )
     shared.client_calls += 1
 
-    status, text = http_get(node.admin_port, "/metrics")
+    status, text = http_get(node, "/metrics")
 
     assert status == 200
     lines = text.splitlines()
@@ -450,7 +403,7 @@ def test_metrics_has_call_counter_and_latency_histogram(shared: Cluster) -> None
 def test_healthz_is_ok_in_cluster_mode(shared: Cluster) -> None:
     """Every node's /healthz answers 200 with "redis": "cluster"."""
     for node in shared.nodes:
-        status, body = http_get(node.admin_port, "/healthz")
+        status, body = http_get(node, "/healthz")
 
         assert status == 200
         assert json.loads(body)["redis"] == "cluster"
@@ -468,7 +421,7 @@ def test_leader_killed_mid_call_followers_still_answered(own_cluster: Cluster) -
     with ThreadPoolExecutor(3) as pool:
 
         def alert(node: GatewayProcess) -> Future[str]:
-            return pool.submit(call_once, node, lambda c: c.alert(message), "binary")
+            return pool.submit(call_once, node, lambda c: c.alert(message), protocol="binary")
 
         led = alert(leader)
         wait_for(
@@ -478,7 +431,7 @@ def test_leader_killed_mid_call_followers_still_answered(own_cluster: Cluster) -
         )
         followed = [alert(node) for node in followers]
         wait_for(
-            lambda: [health(n)["in_flight"] for n in followers],
+            lambda: [(healthz(n.admin_url) or {}).get("in_flight") for n in followers],
             lambda in_flight: in_flight == [1, 1],
             "a call in flight on each follower node",
         )
@@ -503,7 +456,7 @@ def test_redis_down_nodes_keep_serving_locally(own_cluster: Cluster) -> None:
     before = backend_count(own_cluster.supervisor)
 
     own_cluster.redis.stop()
-    wait_for_mode(own_cluster.nodes, "local")
+    wait_for_redis_mode(own_cluster.nodes, "local")
     replies = concurrent_calls(own_cluster, 12, lambda c: c.alert(message))
 
     assert replies == ["ack:" + message] * 12
@@ -515,14 +468,14 @@ def test_redis_restart_restores_cross_node_dedupe(own_cluster: Cluster) -> None:
     """After Redis comes back on the same port, the running nodes return to cluster mode by
     themselves and a herd across them reaches the backend once again."""
     own_cluster.redis.stop()
-    wait_for_mode(own_cluster.nodes, "local")
+    wait_for_redis_mode(own_cluster.nodes, "local")
 
     own_cluster.redis.start()
     restarted_at = time.monotonic()
-    wait_for_mode(own_cluster.nodes, "cluster", timeout=20.0)
+    wait_for_redis_mode(own_cluster.nodes, "cluster", timeout=20.0)
     recovered_after = time.monotonic() - restarted_at
     before = backend_count(own_cluster.supervisor)
-    summary = run_herd(own_cluster, clients=90)
+    summary = herd(own_cluster, clients=90)
 
     assert summary["ok"] == 90, summary
     assert summary["wrong_replies"] == 0, summary
@@ -541,7 +494,7 @@ def test_node_logs_redis_down_and_up_once_each(own_cluster: Cluster) -> None:
     own_cluster.redis.stop()
     node.process.wait_for_line(re.escape(down), stream="stderr")
     own_cluster.redis.start()
-    wait_for_mode([node], "cluster", timeout=20.0)
+    wait_for_redis_mode([node], "cluster", timeout=20.0)
 
     lines = list(node.process.stderr_lines)
     assert sum(down in line for line in lines) == 1

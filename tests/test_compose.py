@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from gateway.cli import build_parser
 from gateway.config import load_config
+from gateway.testing import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 IMAGE_ROOT = "/app/"  # where the Dockerfile copies the repository
 
 
 def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    data: dict[str, Any] = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     return data["services"]
 
 
@@ -62,7 +61,7 @@ def test_node_config_loads_and_backends_line_up() -> None:
             continue
         args = gateway_args(service)
         config = load_config(
-            str(ROOT / args.config.removeprefix(IMAGE_ROOT)),
+            str(REPO_ROOT / args.config.removeprefix(IMAGE_ROOT)),
             {"listen": args.listen, "node_id": args.node_id, "redis": args.redis},
         )
         for backend in config.backends.values():

@@ -47,6 +47,7 @@ timeout = 10
 mode = "cache"
 ttl = 60
 stale_ttl = 30
+cache_exceptions = true
 idempotent = true
 backend = "poetry"
 exclude_fields = [2]
@@ -70,7 +71,9 @@ def test_full_config_parses(tmp_path: Path) -> None:
     assert cfg.backends["poetry"].protocol == "compact" and cfg.backends["poetry"].multiplexed
     poem = cfg.methods["getPoem"]
     assert poem.backend == "poetry" and poem.policy.mode == "cache" and poem.policy.ttl == 60
+    assert poem.policy.stale_ttl == 30 and poem.policy.cache_exceptions
     assert poem.policy.timeout == 10.0  # inherited from methods."*"
+    assert cfg.max_frame_size == 1048576
     assert poem.policy.exclude_fields == frozenset({2})
     assert cfg.methods["Supervisor:notify"].policy.mode == "passthrough"
     assert cfg.default_backend == "default"

@@ -12,7 +12,13 @@ from twisted.internet.task import Clock
 
 from gateway.config import GatewayConfig, build_config
 from gateway.contracts import Coordinator
-from gateway.errors import BackendTimeout, BackendUnavailable
+from gateway.errors import (
+    INTERNAL_ERROR,
+    PROTOCOL_ERROR,
+    UNKNOWN_METHOD,
+    BackendTimeout,
+    BackendUnavailable,
+)
 from gateway.proxy.handler import CallHandler
 from gateway.proxy.local import LocalCoordinator
 from gateway.proxy.router import Router
@@ -23,8 +29,7 @@ from gateway.thrift import DEFAULT_LIMITS, ProtocolKind, parse_application_excep
 pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
 
 BINARY, COMPACT = ProtocolKind.BINARY, ProtocolKind.COMPACT
-FLAGS = {"listen": "127.0.0.1:0", "backend": "127.0.0.1:1"}
-UNKNOWN_METHOD, INTERNAL_ERROR, PROTOCOL_ERROR = 1, 6, 7
+FLAGS: dict[str, str | None] = {"listen": "127.0.0.1:0", "backend": "127.0.0.1:1"}
 
 
 class Harness:
@@ -33,14 +38,18 @@ class Harness:
         raw: dict[str, Any] | None = None,
         coordinator: Coordinator | None = None,
         backend_protocol: ProtocolKind = BINARY,
+        flags: dict[str, str | None] = FLAGS,
     ) -> None:
-        self.config: GatewayConfig = build_config(raw or {}, FLAGS)
+        """One ScriptedBackend per configured backend in ``backends``; ``backend`` is the
+        default one (else the first)."""
+        self.config: GatewayConfig = build_config(raw or {}, flags)
         self.clock = Clock()
         self.stats = NodeStats()
-        self.backend = ScriptedBackend(backend_protocol)
+        self.backends = {name: ScriptedBackend(backend_protocol) for name in self.config.backends}
+        self.backend = self.backends.get("default") or next(iter(self.backends.values()))
         self.handler = CallHandler(
             Router(self.config),
-            {name: self.backend for name in self.config.backends},
+            self.backends,
             coordinator if coordinator is not None else DirectCoordinator(),
             self.stats,
             self.clock,
@@ -58,17 +67,8 @@ class Harness:
         return out
 
     def answer(self, text: bytes) -> None:
-        upstream = self.backend.calls[len(self.backend.calls) - len(self.backend.pending)][0]
-        header = read_header(upstream, self.backend.protocol)
-        self.backend.answer(
-            message(
-                self.backend.protocol,
-                header.name,
-                [(0, TType.STRING, text)],
-                mtype=TMessageType.REPLY,
-                seqid=header.seqid,
-            )
-        )
+        """Answer the default backend's oldest pending call with the string ``text``."""
+        self.backend.reply(text)
 
 
 def reply_text(reply: bytes, protocol: ProtocolKind) -> tuple[int, bytes]:
@@ -170,11 +170,7 @@ def test_timeout_has_its_own_message() -> None:
 def test_unrouted_service_is_unknown_method() -> None:
     """A multiplexed service with no route and no default backend gets UNKNOWN_METHOD."""
     raw = {"backends": {"sup": {"address": "127.0.0.1:1"}}, "routes": {"Supervisor": "sup"}}
-    config = build_config(raw, {"listen": "127.0.0.1:0"})
-    h = Harness()
-    h.handler = CallHandler(
-        Router(config), {"sup": h.backend}, DirectCoordinator(), h.stats, h.clock, DEFAULT_LIMITS
-    )
+    h = Harness(raw, flags={"listen": "127.0.0.1:0"})
     out = h.call(b"m", service="Nope")
     assert parse_application_exception(out[0], BINARY)[0] == UNKNOWN_METHOD
     assert not h.backend.calls
@@ -254,3 +250,46 @@ def test_malformed_passthrough_call_never_reaches_the_backend() -> None:
     h.handler.handle(bad, BINARY).addCallback(out.append)
     assert parse_application_exception(out[0], BINARY)[0] == PROTOCOL_ERROR
     assert not h.backend.calls
+
+
+ROUTED = {"backends": {"sup": {"address": "127.0.0.1:2"}}, "routes": {"Supervisor": "sup"}}
+
+
+def test_service_route_picks_its_backend() -> None:
+    """routes.Supervisor = "sup": a Supervisor: call goes to sup, a plain call to default."""
+    h = Harness(ROUTED)
+    routed = h.call(b"r", seqid=1, service="Supervisor")
+    plain = h.call(b"p", seqid=2)
+    sup, default = h.backends["sup"], h.backend
+    assert len(sup.calls) == 1 and len(default.calls) == 1
+    sup.reply(b"ack:r")
+    default.reply(b"ack:p")
+    assert reply_text(routed[0], BINARY) == (1, b"ack:r")
+    assert reply_text(plain[0], BINARY) == (2, b"ack:p")
+
+
+def test_unrouted_service_falls_back_to_default_backend() -> None:
+    """A multiplexed service with no route goes to the default backend when there is one."""
+    h = Harness(ROUTED)
+    out = h.call(b"m", service="Other")
+    assert len(h.backend.calls) == 1 and not h.backends["sup"].calls
+    h.answer(b"ack:m")
+    assert reply_text(out[0], BINARY) == (1, b"ack:m")
+
+
+def test_method_backend_overrides_service_route() -> None:
+    """A method's own backend setting wins over its service's route."""
+    raw = {**ROUTED, "methods": {"Supervisor:alertSupervisor": {"backend": "default"}}}
+    h = Harness(raw)
+    h.call(b"m", service="Supervisor")
+    assert len(h.backend.calls) == 1 and not h.backends["sup"].calls
+
+
+def test_oneway_after_a_pending_call_does_not_confuse_answers() -> None:
+    """A oneway recorded after a waiting call leaves that call the oldest pending one."""
+    h = Harness()
+    out = h.call(b"m", seqid=4)
+    oneway = message(BINARY, "notify", [(1, TType.STRING, b"x")], mtype=TMessageType.ONEWAY)
+    h.handler.handle(oneway, BINARY)
+    h.answer(b"ack:m")
+    assert reply_text(out[0], BINARY) == (4, b"ack:m")

@@ -6,29 +6,31 @@ import json
 import random
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from thrift.Thrift import TApplicationException
+from thrift.Thrift import TApplicationException, TType
+from thrift_messages import message
 
-from clients.sync_client import ExampleClient
 from gateway.examples.gen.supervisor.ttypes import SupervisorBusy
 from gateway.testing import (
     ExampleBackend,
     GatewayProcess,
+    backend_count,
+    call_once,
     gateway_cli,
+    metric,
+    run_herd,
     start_example_backend,
     start_gateway,
     start_process,
 )
+from gateway.thrift import ProtocolKind, frame
 
 pytestmark = pytest.mark.integration
 
@@ -48,9 +50,8 @@ def concurrently(n: int, fn: Callable[[int], T]) -> list[T]:
         return list(pool.map(run, range(n)))
 
 
-def alert(gw: GatewayProcess, message: str, **kw: Any) -> str:
-    with ExampleClient(gw.host, gw.port, timeout=20, **kw) as client:
-        return client.alert(message)
+def alert(gw: GatewayProcess, text: str, **kw: Any) -> str:
+    return call_once(gw, lambda c: c.alert(text), **kw)
 
 
 def app_error(fn: Callable[[], object]) -> TApplicationException:
@@ -59,19 +60,8 @@ def app_error(fn: Callable[[], object]) -> TApplicationException:
     return info.value
 
 
-def backend_count(backend: ExampleBackend, method: str = "alertSupervisor") -> int:
-    service = "poetry" if method == "getPoem" else "supervisor"
-    with ExampleClient(backend.host, backend.port) as client:
-        return client.backend_stats(service).get(method, 0)
-
-
 def herd(gw: GatewayProcess, *args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "clients.herd", "--targets", gw.address, "--json", *args],
-        capture_output=True, text=True, timeout=90, check=False,
-    )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    return run_herd([gw.address], *args)
 
 
 @pytest.fixture(scope="module")
@@ -136,19 +126,23 @@ def test_randomized_clients_never_get_another_clients_reply(gateway: GatewayProc
         )
         for _ in range(50)
     ]
+    assert any(hang_up for *_rest, hang_up, _pause in plans)  # the seed does exercise hang-ups
 
     def run(i: int) -> str | None:
-        message, protocol, transport, hang_up, pause = plans[i]
+        text, protocol, transport, hang_up, pause = plans[i]
         time.sleep(pause)
         if hang_up:
+            # A whole call, then gone while the backend (1 s) still works on it: this waiter
+            # is dropped, possibly from a call other clients have joined.
             with socket.create_connection((gateway.host, gateway.port)) as sock:
-                sock.sendall(b"\x00\x00\x00\x30\x80\x01\x00\x01")  # half a call, then gone
+                sock.sendall(_framed_alert(text.encode(), seqid=i))
+                time.sleep(0.2)
             return None
-        return alert(gateway, message, protocol=protocol, transport=transport)
+        return alert(gateway, text, protocol=protocol, transport=transport)
 
     results = concurrently(len(plans), run)
-    for (message, *_rest), reply in zip(plans, results, strict=True):
-        assert reply is None or reply == f"ack:{message}"
+    for (text, _protocol, _transport, hang_up, _pause), reply in zip(plans, results, strict=True):
+        assert reply == (None if hang_up else f"ack:{text}")
     assert alert(gateway, "still-alive") == "ack:still-alive"
 
 
@@ -201,12 +195,11 @@ def test_client_disconnect_drops_only_its_own_waiter(
     assert backend_count(slow_backend) - before == 1
 
 
-def _framed_alert(message: bytes, seqid: int = 1) -> bytes:
-    name = b"alertSupervisor"
-    body = struct.pack(">IIs", 0x80010001, len(name), b"")[:8] + name
-    body += struct.pack(">i", seqid) + b"\x0b\x00\x01" + struct.pack(">I", len(message)) + message
-    body += b"\x00"
-    return struct.pack(">I", len(body)) + body
+def _framed_alert(text: bytes, seqid: int = 1) -> bytes:
+    """A framed strict-binary alertSupervisor call, encoded by the thrift library."""
+    return frame(
+        message(ProtocolKind.BINARY, "alertSupervisor", [(1, TType.STRING, text)], seqid=seqid)
+    )
 
 
 # -- errors the gateway makes -------------------------------------------------------------------
@@ -315,8 +308,7 @@ def poetry() -> Iterator[tuple[ExampleBackend, GatewayProcess]]:
 
 
 def poem(gw: GatewayProcess, title: str) -> str:
-    with ExampleClient(gw.host, gw.port) as client:
-        return client.get_poem(title)
+    return call_once(gw, lambda c: c.get_poem(title))
 
 
 def test_cache_serves_within_ttl(poetry: tuple[ExampleBackend, GatewayProcess]) -> None:
@@ -347,10 +339,8 @@ def test_stale_reply_served_while_one_refresh_runs(
 
 def stale_served(gw: GatewayProcess) -> float:
     """Calls this node answered from a stale entry, from its /metrics."""
-    with urllib.request.urlopen(f"http://{HOST}:{gw.admin_port}/metrics", timeout=5) as page:
-        text = page.read().decode()
-    needle = 'gateway_call_latency_seconds_count{method="getPoem",source="stale"} '
-    return sum(float(line[len(needle) :]) for line in text.splitlines() if line.startswith(needle))
+    count = "gateway_call_latency_seconds_count"
+    return metric(gw.admin_url, count, method="getPoem", source="stale") or 0.0
 
 
 def test_declared_exceptions_are_not_cached_by_default(

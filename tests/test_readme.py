@@ -9,16 +9,15 @@ import subprocess
 import sys
 import textwrap
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
 
 from gateway.cli import build_parser
 from gateway.config import build_config
+from gateway.testing import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+README = (REPO_ROOT / "README.md").read_text()
 BLOCKS = [
     (lang, textwrap.dedent(body))
     for lang, body in re.findall(r"^ *```(\w*)\n(.*?)^ *```", README, flags=re.S | re.M)
@@ -63,7 +62,7 @@ def test_commands_parse(line: str) -> None:
     if argv[0] == "gateway":
         build_parser().parse_args(argv[1:])
     elif argv[0] == "make":
-        targets = re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M)
+        targets = re.findall(r"^([\w-]+):", (REPO_ROOT / "Makefile").read_text(), flags=re.M)
         assert set(argv[1:]) <= set(targets), line
     elif argv[0].endswith("python") and argv[1] == "-m":
         module = argv[2]
@@ -75,8 +74,16 @@ def test_commands_parse(line: str) -> None:
         )
         assert done.returncode == 0, done.stderr
     elif argv[:2] == ["docker", "compose"]:
-        services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-        if "run" in argv:
-            assert argv[-1] in services, line
+        services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+        command = argv[2]
+        assert command in ("up", "down", "logs", "run", "ps"), line
+        if command in ("up", "logs", "run"):
+            # Service names are the positional words: after the flags (and, for run, the
+            # first one is the service, the rest its command).
+            names = [word for word in argv[3:] if not word.startswith("-")]
+            if command == "run":
+                names = names[:1]
+                assert names, line
+            assert set(names) <= set(services), line
     else:
         pytest.fail(f"README shows a command no test checks: {line}")

@@ -5,50 +5,43 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from thrift.Thrift import TMessageType, TType
+from test_handler import Harness
+from thrift.Thrift import TType
 from thrift_messages import message
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from gateway.config import build_config
 from gateway.primitives import DeferredPool
-from gateway.proxy.handler import CallHandler
-from gateway.proxy.router import Router
 from gateway.proxy.server import ClientConnection
-from gateway.stats import NodeStats
-from gateway.testing import DirectCoordinator, ScriptedBackend
-from gateway.thrift import DEFAULT_LIMITS, MessageReader, ProtocolKind, TransportKind, frame
+from gateway.thrift import (
+    DEFAULT_LIMITS,
+    Limits,
+    MessageReader,
+    ProtocolKind,
+    TransportKind,
+    frame,
+)
 from gateway.thrift import read_header as header_of
+
+pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
 
 BINARY, COMPACT = ProtocolKind.BINARY, ProtocolKind.COMPACT
 
 
 class Setup:
-    def __init__(self) -> None:
-        config = build_config({}, {"listen": "127.0.0.1:0", "backend": "127.0.0.1:1"})
-        self.backend = ScriptedBackend(BINARY)
-        self.stats = NodeStats()
-        handler = CallHandler(
-            Router(config),
-            {"default": self.backend},
-            DirectCoordinator(),
-            self.stats,
-            Clock(),
-            DEFAULT_LIMITS,
-        )
+    """A ClientConnection over a StringTransport, in front of test_handler's Harness."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.harness = Harness()
+        self.backend = self.harness.backend
+        self.stats = self.harness.stats
         self.calls = DeferredPool()
-        self.conn = ClientConnection(handler, DEFAULT_LIMITS, self.calls)
+        self.conn = ClientConnection(self.harness.handler, limits, self.calls)
         self.transport = StringTransport()
         self.conn.makeConnection(self.transport)
 
     def answer_all(self) -> None:
         while self.backend.pending:
-            upstream = self.backend.calls[len(self.backend.calls) - len(self.backend.pending)][0]
-            seqid = header_of(upstream, BINARY).seqid
-            self.backend.answer(
-                message(BINARY, "alertSupervisor", [(0, TType.STRING, b"ack")],
-                        mtype=TMessageType.REPLY, seqid=seqid)
-            )  # fmt: skip
+            self.backend.reply(b"ack")
 
     def replies(self, transport: TransportKind, protocol: ProtocolKind) -> list[int]:
         reader = MessageReader(transport, protocol, DEFAULT_LIMITS)
@@ -102,3 +95,13 @@ def test_random_bytes_never_escape_as_exceptions(data: bytes, chunk: int) -> Non
     s.answer_all()
     s.conn.connectionLost()
     assert s.stats.in_flight == 0
+
+
+def test_frame_over_max_frame_size_closes_the_connection() -> None:
+    """With Limits(max_frame_size=64) a 100-byte frame is refused: the connection closes."""
+    s = Setup(Limits(max_frame_size=64))
+    padding = 100 - len(frame(alert(BINARY, 1, b"")))
+    data = frame(alert(BINARY, 1, b"x" * padding))
+    assert len(data) == 100
+    s.conn.dataReceived(data)
+    assert s.transport.disconnecting and not s.backend.calls

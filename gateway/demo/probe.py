@@ -1,52 +1,21 @@
-"""Live readings from the nodes' admin endpoints (``/healthz``, ``/metrics``).
+"""Live readings from the nodes' admin endpoints, for the demo's progress line.
 
 The Redis heartbeats refresh once a second, too coarse for a progress line on a herd that
-lasts a few seconds, so the demo asks the nodes directly while it runs. Every probe is
-best effort: a node that does not answer in time reads as "no data", never as an error.
+lasts a few seconds, so the demo asks the nodes' ``/metrics`` directly while it runs (with
+:mod:`gateway.testing`'s readers). Every probe is best effort: a node that does not answer in
+time reads as "no data", never as an error.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import urllib.error
-import urllib.request
-from typing import Any
-
-_SAMPLE = re.compile(r"^gateway_(\w+?)(?:_total)?\{[^}]*\} (\S+)$", re.MULTILINE)
+from gateway.testing import GatewayProcess, metric_samples, metric_total
 
 
-def _get(url: str, timeout: float) -> bytes | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            body: bytes = response.read()
-            return body
-    except (OSError, urllib.error.URLError, ValueError):
-        return None
-
-
-def healthz(admin_url: str, timeout: float = 0.5) -> dict[str, Any] | None:
-    """The node's /healthz JSON (``{"listening", "node_id", "redis", "in_flight"}``) or None."""
-    body = _get(f"{admin_url}/healthz", timeout)
-    if body is None:
-        return None
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
-
-def counters(admin_url: str, timeout: float = 0.5) -> dict[str, float]:
-    """The node's ``gateway_*`` counters and gauges by short name (``calls``, ``in_flight``...);
-    empty when the node does not answer."""
-    body = _get(f"{admin_url}/metrics", timeout)
-    if body is None:
-        return {}
-    values: dict[str, float] = {}
-    for name, value in _SAMPLE.findall(body.decode("utf-8", "replace")):
-        try:
-            values[name] = float(value)
-        except ValueError:
-            continue
-    return values
+def progress_counts(node: GatewayProcess) -> tuple[int, int]:
+    """(client calls answered, backend calls) of ``node`` right now; (0, 0) when it does
+    not answer."""
+    samples = metric_samples(node.admin_url)
+    calls = metric_total(samples, "gateway_calls_total") or 0.0
+    in_flight = metric_total(samples, "gateway_in_flight") or 0.0
+    backend = metric_total(samples, "gateway_backend_calls_total") or 0.0
+    return int(calls - in_flight), int(backend)

@@ -11,28 +11,29 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from gateway.demo.probe import healthz
 from gateway.localredis import RedisServer
 from gateway.testing import (
-    GATEWAY_LINE,
-    LISTENING_LINE,
     ExampleBackend,
     GatewayProcess,
     ManagedProcess,
-    gateway_cli,
+    example_backend_argv,
+    gateway_argv,
+    herd_argv,
     start_process,
+    wait_for_redis_mode,
 )
+
+P = TypeVar("P", bound=ExampleBackend)
 
 STARTUP_TIMEOUT = 20.0  # generous: on 2 busy cores several children import Twisted at once
 
@@ -146,15 +147,13 @@ class DemoCluster:
             except (OSError, RuntimeError) as exc:
                 raise DemoError(f"could not start redis-server: {exc}") from None
         say(f"{'redis-server':<18} {self.redis.url}")
-        delay = str(self.settings.delay)
-        backends: dict[str, ManagedProcess] = {}
-        for service in ("supervisor", "poetry"):
-            argv = gateway_cli("example-backend", "--listen", "127.0.0.1:0",
-                               "--service", service, "--delay", delay)  # fmt: skip
-            backends[service] = self._spawn(service, argv)
+        delay = self.settings.delay
+        backends = {
+            service: self._spawn(service, example_backend_argv(service, delay=delay))
+            for service in ("supervisor", "poetry")
+        }
         for service, process in backends.items():
-            match = self._await_line(process, LISTENING_LINE, f"the {service} backend")
-            self.backends[service] = ExampleBackend(process, match.group(2), int(match.group(3)))
+            self.backends[service] = self._await(process, ExampleBackend, f"the {service} backend")
             say(f"{service + ' backend':<18} {self.backends[service].address} (delay {delay}s)")
         self.config_path.write_text(
             render_config(
@@ -163,17 +162,16 @@ class DemoCluster:
                 self.backends["poetry"].address,
             )
         )
-        spawned: dict[str, ManagedProcess] = {}
-        for node_id in (f"node-{i}" for i in range(1, self.settings.nodes + 1)):
-            argv = gateway_cli("serve", "--config", str(self.config_path), "--node-id", node_id,
-                               "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0")  # fmt: skip
-            spawned[node_id] = self._spawn(node_id, argv)
+        spawned = {
+            node_id: self._spawn(
+                node_id, gateway_argv(config=self.config_path, node_id=node_id, admin=True)
+            )
+            for node_id in (f"node-{i}" for i in range(1, self.settings.nodes + 1))
+        }
         for node_id, process in spawned.items():
-            match = self._await_line(process, GATEWAY_LINE, f"gateway node {node_id}")
-            node = GatewayProcess(process, match.group(1), match.group(2), int(match.group(3)))
-            node.admin_port = int(match.group(5)) if match.group(5) else None
+            node = self._await(process, GatewayProcess, f"gateway node {node_id}")
             self.nodes.append(node)
-            say(f"{node_id:<18} {node.address} (admin {self.admin_url(node)})")
+            say(f"{node_id:<18} {node.address} (admin {node.admin_url})")
         self._await_cluster_mode(started + STARTUP_TIMEOUT)
         say(f"cluster ready in {time.monotonic() - started:.1f}s")
 
@@ -186,9 +184,10 @@ class DemoCluster:
             self._children.append((name, process))
         return process
 
-    def _await_line(self, process: ManagedProcess, pattern: str, what: str) -> re.Match[str]:
+    def _await(self, process: ManagedProcess, kind: type[P], what: str) -> P:
+        """``kind`` made from the listening line of ``process`` (stopped later by stop())."""
         try:
-            return process.wait_for_line(pattern, timeout=STARTUP_TIMEOUT)
+            return kind.from_process(process, timeout=STARTUP_TIMEOUT)
         except RuntimeError:
             why = f"exited with code {process.returncode}"
         except TimeoutError:
@@ -200,41 +199,26 @@ class DemoCluster:
         """Wait until every node's /healthz says ``cluster``: a node still connecting to Redis
         would coalesce only locally, and the herd's first round would show extra backend calls.
         """
-        waiting = list(self.nodes)
-        while waiting:
-            waiting = [n for n in waiting if self._redis_mode(n) != "cluster"]
-            for node in waiting:
-                if node.process.returncode is not None:
-                    raise DemoError(
-                        f"gateway node {node.node_id} exited with code {node.process.returncode}"
-                    )
-            if waiting and time.monotonic() > deadline:
-                names = ", ".join(n.node_id for n in waiting)
-                raise DemoError(f"gateway node(s) {names} did not connect to Redis in time")
-            if waiting:
-                time.sleep(0.05)
-
-    def _redis_mode(self, node: GatewayProcess) -> object:
-        return (healthz(self.admin_url(node)) or {}).get("redis")
+        try:
+            wait_for_redis_mode(self.nodes, "cluster", max(0.0, deadline - time.monotonic()))
+        except RuntimeError as exc:  # a node exited
+            raise DemoError(str(exc)) from None
+        except TimeoutError as exc:
+            raise DemoError(f"{exc}: they did not connect to Redis in time") from None
 
     def start_herd(self, protocols: str = "binary,compact") -> ManagedProcess:
         """``python -m clients.herd --json`` against every node (see :func:`spread`)."""
         s = self.settings
         targets = spread([node.address for node in self.nodes], s.clients)
-        argv = [
-            sys.executable, "-m", "clients.herd", "--targets", ",".join(targets),
+        argv = herd_argv(
+            targets,
             "--clients", str(s.clients), "--keys", str(s.keys), "--rounds", str(s.rounds),
-            "--poems", str(s.poems), "--protocols", protocols,
-            "--timeout", str(s.timeout), "--json",
-        ]  # fmt: skip
+            "--poems", str(s.poems), "--protocols", protocols, "--timeout", str(s.timeout),
+        )  # fmt: skip
         self.herd = self._spawn("herd", argv)
         return self.herd
 
     # -- views ----------------------------------------------------------------------------
-
-    @staticmethod
-    def admin_url(node: GatewayProcess) -> str:
-        return f"http://{node.host}:{node.admin_port}"
 
     @property
     def redis_url(self) -> str:

@@ -24,7 +24,7 @@ import redis
 
 from clients.sync_client import ExampleClient
 from gateway.cluster.status import collect
-from gateway.demo.probe import counters
+from gateway.demo.probe import progress_counts
 from gateway.demo.processes import DemoCluster, DemoError, Settings
 from gateway.demo.progress import Progress
 from gateway.demo.summary import build_summary, render_summary
@@ -159,12 +159,8 @@ def drive(cluster: DemoCluster, settings: Settings) -> dict[str, Any]:
 
 def live_counts(cluster: DemoCluster) -> tuple[int, int]:
     """(client calls answered, backend calls) summed over the nodes' /metrics right now."""
-    answered = backend = 0
-    for node in cluster.nodes:
-        values = counters(cluster.admin_url(node))
-        answered += int(values.get("calls", 0) - values.get("in_flight", 0))
-        backend += int(values.get("backend_calls", 0))
-    return answered, backend
+    counts = [progress_counts(node) for node in cluster.nodes]
+    return sum(answered for answered, _ in counts), sum(backend for _, backend in counts)
 
 
 def herd_result(herd: ManagedProcess) -> dict[str, Any]:
@@ -227,7 +223,7 @@ def keep_running(cluster: DemoCluster, to: TextIO) -> None:
     lines = ["", "The cluster keeps running; press Ctrl-C to stop it."]
     for node in cluster.nodes:
         lines.append(
-            f"  {node.node_id:<12} thrift {node.address}  metrics {cluster.admin_url(node)}/metrics"
+            f"  {node.node_id:<12} thrift {node.address}  metrics {node.admin_url}/metrics"
         )
     for service, backend in cluster.backends.items():
         lines.append(f"  {service:<12} backend {backend.address}")
