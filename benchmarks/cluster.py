@@ -33,7 +33,7 @@ from typing import Any
 import redis
 from twisted.internet import defer, task, threads
 
-from benchmarks.cluster_report import lag_summary, render, summarise
+from benchmarks.cluster_report import render, summarise
 from benchmarks.common import (
     backend_stats,
     counters_delta,
@@ -46,6 +46,7 @@ from benchmarks.common import (
 )
 from benchmarks.loadgen import CallRecord, Herd
 from benchmarks.redisstats import CommandLog, background, by_owner, call_path, local_ports_to
+from clients.herd import latency_summary
 from gateway.localredis import RedisServer
 from gateway.testing import GatewayProcess, start_example_backend, start_gateway
 
@@ -111,8 +112,8 @@ def herd_rounds(
                         "role": role,
                         "calls": len(mine),
                         "ok": sum(rec.ok for rec in mine),
-                        "latency_ms": lag_summary(latencies),
-                        "after_first_reply_ms": lag_summary(lags),
+                        "latency_ms": latency_summary(latencies),
+                        "after_first_reply_ms": latency_summary(lags),
                         "redis_call_path_commands": call_path(node_commands),
                         "redis_background_commands": background(node_commands),
                         "redis_commands": dict(node_commands),
@@ -158,8 +159,8 @@ def direct_herd(reactor: Any, backend: tuple[str, int], args: Any) -> Any:
         "client_calls": len(records),
         "ok": sum(rec.ok for rec in records),
         "backend_calls": len(records),
-        "latency_ms": lag_summary(latencies),
-        "minus_backend_delay_ms": lag_summary([x - args.delay for x in latencies]),
+        "latency_ms": latency_summary(latencies),
+        "minus_backend_delay_ms": latency_summary([x - args.delay for x in latencies]),
     }
 
 

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.common import CLIENT_NOTE, machine_info, markdown_table, ratio
 from clients.herd import latency_summary
-
-
-def lag_summary(values: Sequence[float]) -> dict[str, float]:
-    """p50/p99/max in ms of durations in seconds (zeros when there are none)."""
-    return latency_summary(values) if values else {"p50": 0.0, "p99": 0.0, "max": 0.0}
 
 
 def summarise(
@@ -30,7 +24,7 @@ def summarise(
         mine = [n for r in rounds for n in r["nodes"] if n["role"] == role]
         return ratio(sum(n["redis_call_path_commands"] for n in mine), len(mine))
 
-    leader, follower = lag_summary(pooled["leader"]), lag_summary(pooled["follower"])
+    leader, follower = latency_summary(pooled["leader"]), latency_summary(pooled["follower"])
     return {
         "benchmark": "cluster",
         "command": command,
@@ -72,10 +66,10 @@ def summarise(
         "latency_ms": {
             "leader_node_callers": leader,
             "follower_node_callers": follower,
-            "follower_minus_backend_delay": lag_summary(pooled["follower_minus_delay"]),
+            "follower_minus_backend_delay": latency_summary(pooled["follower_minus_delay"]),
             "follower_minus_leader_node_p50": round(follower["p50"] - leader["p50"], 3),
-            "leader_node_after_first_reply": lag_summary(pooled["leader_lag"]),
-            "follower_node_after_first_reply": lag_summary(pooled["follower_lag"]),
+            "leader_node_after_first_reply": latency_summary(pooled["leader_lag"]),
+            "follower_node_after_first_reply": latency_summary(pooled["follower_lag"]),
         },
         "redis": {
             "call_path_round_trips": redis_commands,

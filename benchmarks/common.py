@@ -189,10 +189,11 @@ def median_run(runs: Sequence[HerdRun]) -> HerdRun:
 
 def backend_stats(address: str) -> dict[str, int]:
     """The example backend's per-method arrival counters (its ``backendStats()`` call)."""
+    from clients.calls import parse_target
     from clients.sync_client import ExampleClient
 
-    host, _, port = address.rpartition(":")
-    with ExampleClient(host, int(port), timeout=10.0) as client:
+    host, port = parse_target(address, "backend")
+    with ExampleClient(host, port, timeout=10.0) as client:
         return dict(client.backend_stats())
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from clients.calls import ALERT
-from clients.pipelined import PipelinedConnection
+from clients.pipelined import PipelinedConnection, close_all, connect
 
 
 @dataclass(frozen=True)
@@ -53,12 +52,9 @@ class Herd:
     def connect(self) -> Any:
         """Open every connection (concurrently); failures are counted, not raised."""
 
-        def one(i: int) -> defer.Deferred[Any]:
+        def one(i: int) -> defer.Deferred[PipelinedConnection]:
             host, port = self.targets[i % len(self.targets)]
-            endpoint = TCP4ClientEndpoint(self.reactor, host, port, timeout=self.timeout)
-            proto = PipelinedConnection(self.reactor, "binary", False)
-            connecting: defer.Deferred[Any] = cast(Any, connectProtocol)(endpoint, proto)
-            return connecting
+            return connect(self.reactor, host, port, "binary", False, self.timeout)
 
         results = yield defer.DeferredList([one(i) for i in range(self.clients)])
         for i, (ok, conn) in enumerate(results):
@@ -88,10 +84,5 @@ class Herd:
     @defer.inlineCallbacks
     def close(self) -> Any:
         """Hang up every connection and wait (at most 5 s) until they are gone."""
-        open_conns = [c for _, c in self.conns if c.is_open]
-        for conn in open_conns:
-            conn.close()
-        if open_conns:
-            lost = defer.DeferredList([c.lost for c in open_conns])
-            yield lost.addTimeout(5.0, self.reactor).addErrback(lambda _: None)
+        yield close_all(self.reactor, [c for _, c in self.conns])
         self.conns = []

@@ -1,6 +1,6 @@
 """Cost of the coalescing primitives: time per call and memory per waiting caller.
 
-    python -m benchmarks.primitives          # a table
+    python -m benchmarks.primitives          # a markdown table
     python -m benchmarks.primitives --json   # one JSON object
 
 Timings are the best of several rounds (least disturbed by the rest of the machine). fn
@@ -22,6 +22,7 @@ from typing import Any
 import twisted
 from twisted.internet.defer import Deferred
 
+from benchmarks.common import markdown_table
 from gateway.primitives.asyncdict import DeferredDict
 from gateway.primitives.coalescer import Coalescer
 from gateway.primitives.pool import DeferredPool
@@ -214,31 +215,37 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, sort_keys=True))
         return 0
 
-    rows = [
-        ("fn() directly + fire", f"{direct:.3f} µs/call"),
-        ("Coalescer.call (starts fn) + fire", f"{call:.3f} µs/call"),
-        ("  overhead vs direct", f"{call - direct:+.3f} µs/call"),
-        (
-            "Coalescer.call joining in-flight call",
-            f"{timings['coalescer_joined_caller_us']:.3f} µs/caller",
-        ),
-        ("DeferredPool.add + fire", f"{timings['pool_add_fire_us']:.3f} µs/op"),
-        ("DeferredDict.get (waits) + set", f"{timings['asyncdict_get_set_us']:.3f} µs/op"),
-        ("bare unfired Deferred", f"{memory['plain_deferred_bytes']:.0f} B"),
-        (
-            f"Coalescer waiter ({WAITERS} on one key)",
-            f"{memory['coalescer_waiter_bytes']:.0f} B/waiter",
-        ),
-        (
-            f"DeferredDict waiter ({WAITERS} on one key)",
-            f"{memory['asyncdict_waiter_bytes']:.0f} B/waiter",
-        ),
-    ]
-    width = max(len(name) for name, _ in rows)
-    print(f"Python {result['python']}, Twisted {result['twisted']}; best of {ROUNDS} x {CALLS}")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:>18}")
+    print(render(result), flush=True)
     return 0
+
+
+def render(result: dict[str, Any]) -> str:
+    """The markdown table of a ``--json`` result (also what ``run`` copies into results.md)."""
+    waiters = result["waiters"]
+    rows = [
+        ("fn() directly + fire", "direct_fn_us", "µs/call"),
+        ("Coalescer.call (starts fn) + fire", "coalescer_call_us", "µs/call"),
+        ("  overhead vs direct", "coalescer_call_overhead_us", "µs/call"),
+        ("Coalescer.call joining an in-flight call", "coalescer_joined_caller_us", "µs/caller"),
+        ("DeferredPool.add + fire", "pool_add_fire_us", "µs/op"),
+        ("DeferredDict.get (waits) + set", "asyncdict_get_set_us", "µs/op"),
+        ("bare unfired Deferred", "plain_deferred_bytes", "bytes"),
+        (f"Coalescer waiter ({waiters} on one key)", "coalescer_waiter_bytes", "bytes"),
+        (f"DeferredDict waiter ({waiters} on one key)", "asyncdict_waiter_bytes", "bytes"),
+    ]
+    table = markdown_table(
+        ["operation", "value", "unit"], [[name, result[key], unit] for name, key, unit in rows]
+    )
+    command = result.get("command", "python -m benchmarks.primitives")
+    return "\n".join(
+        [
+            f"Produced by `{command}` (Python {result['python']}, Twisted {result['twisted']}):"
+            f" in-process, no sockets; times are the best of {result['rounds']} rounds of"
+            f" {result['calls_per_round']:,} operations, memory from tracemalloc.",
+            "",
+            table,
+        ]
+    )
 
 
 if __name__ == "__main__":

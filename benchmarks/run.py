@@ -20,38 +20,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cluster, nginx_baseline, proxy
+from benchmarks import cluster, nginx_baseline, primitives, proxy
 from benchmarks.common import machine_info, markdown_table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-
-
-def render_primitives(result: dict[str, Any]) -> str:
-    waiters = result["waiters"]
-    rows = [
-        ("fn() directly + fire", "direct_fn_us", "µs/call"),
-        ("Coalescer.call (starts fn) + fire", "coalescer_call_us", "µs/call"),
-        ("  overhead vs direct", "coalescer_call_overhead_us", "µs/call"),
-        ("Coalescer.call joining an in-flight call", "coalescer_joined_caller_us", "µs/caller"),
-        ("DeferredPool.add + fire", "pool_add_fire_us", "µs/op"),
-        ("DeferredDict.get (waits) + set", "asyncdict_get_set_us", "µs/op"),
-        ("bare unfired Deferred", "plain_deferred_bytes", "bytes"),
-        (f"Coalescer waiter ({waiters} on one key)", "coalescer_waiter_bytes", "bytes"),
-        (f"DeferredDict waiter ({waiters} on one key)", "asyncdict_waiter_bytes", "bytes"),
-    ]
-    table = markdown_table(
-        ["operation", "value", "unit"], [[name, result[key], unit] for name, key, unit in rows]
-    )
-    return "\n".join(
-        [
-            f"Produced by `{result['command']}`: in-process, no sockets; times are the best of"
-            f" {result['rounds']} rounds of {result['calls_per_round']:,} operations, memory from"
-            " tracemalloc.",
-            "",
-            table,
-        ]
-    )
 
 
 # name -> (title, command (argv after `python -m`), renderer, time limit in seconds)
@@ -59,7 +32,7 @@ SUITE: dict[str, tuple[str, list[str], Callable[[dict[str, Any]], str], float]] 
     "primitives": (
         "Coalescing primitives (in-process)",
         ["benchmarks.primitives"],
-        render_primitives,
+        primitives.render,
         120.0,
     ),
     "proxy": (

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from thrift.Thrift import TApplicationException
 from thrift.transport.TTransport import TTransportException
 
-from clients.calls import parse_target
+from clients.calls import PROTOCOLS, parse_target
 from clients.sync_client import ExampleClient
 from gateway.examples.gen.supervisor.ttypes import SupervisorBusy
 
@@ -24,9 +24,7 @@ from gateway.examples.gen.supervisor.ttypes import SupervisorBusy
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clients.alert", description=__doc__.split("\n")[0])
     p.add_argument("--gateway", required=True, metavar="HOST:PORT", help="gateway or backend")
-    p.add_argument(
-        "--protocol", choices=["binary", "binary-nonstrict", "compact"], default="binary"
-    )
+    p.add_argument("--protocol", choices=PROTOCOLS, default="binary")
     p.add_argument("--transport", choices=["framed", "buffered"], default="framed")
     p.add_argument("--multiplexed", action="store_true", help="use TMultiplexedProtocol")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
@@ -38,9 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        host, port = parse_target(args.gateway)
+        host, port = parse_target(args.gateway, "--gateway")
     except ValueError as exc:
-        parser.error(f"--gateway: {exc}")  # exits 2
+        parser.error(str(exc))  # exits 2
     try:
         with ExampleClient(
             host,

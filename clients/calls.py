@@ -19,6 +19,7 @@ from thrift.protocol.TMultiplexedProtocol import TMultiplexedProtocol
 from thrift.Thrift import TApplicationException, TException, TMessageType
 from thrift.transport import TTransport
 
+from gateway.config import parse_address
 from gateway.examples.gen.poetry import Poetry
 from gateway.examples.gen.supervisor import Supervisor
 
@@ -39,13 +40,11 @@ def protocol_factory(name: str) -> Any:
 PROTOCOLS = ("binary", "binary-nonstrict", "compact")
 
 
-def parse_target(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> (host, port); raises ``ValueError`` with a readable message."""
-    host, sep, port = value.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host, int(port)
+def parse_target(value: str, what: str = "target") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port), by the gateway's own parser;
+    raises ``ValueError`` (``ConfigError``) whose message starts with ``what``."""
+    address = parse_address(value, what)
+    return address.host, address.port
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    connectProtocol,
-)
 from twisted.python.failure import Failure
 
 from clients.calls import (
@@ -43,7 +36,8 @@ from clients.calls import (
     parse_target,
 )
 from clients.calls import protocol_factory as make_protocol_factory
-from clients.pipelined import PipelinedConnection
+from clients.pipelined import PipelinedConnection, close_all
+from clients.pipelined import connect as connect_to
 
 
 class Tally:
@@ -103,14 +97,16 @@ def latency_summary(latencies: Sequence[float]) -> dict[str, float]:
     return {"p50": rank(0.50), "p99": rank(0.99), "max": round(ordered[-1] * 1000, 3)}
 
 
-def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
-    # IP literals skip HostnameEndpoint's resolver, whose thread pool would serialise
-    # hundreds of simultaneous connects.
-    if isIPAddress(host):
-        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    if isIPv6Address(host):
-        return cast(Any, TCP6ClientEndpoint)(reactor, host, port, timeout=timeout)
-    return HostnameEndpoint(reactor, host, port, timeout=timeout)
+def check_arguments(
+    clients: int, keys: int, rounds: int, poems: int, protocols: Sequence[str]
+) -> None:
+    """Raise ``ValueError`` for counts out of range or an unknown protocol name."""
+    if clients < 1 or keys < 1 or rounds < 0 or poems < 0 or not protocols:
+        raise ValueError(
+            "need clients >= 1, keys >= 1, rounds >= 0, poems >= 0 and at least one protocol"
+        )
+    for name in protocols:
+        make_protocol_factory(name)  # unknown names fail here, not once per client
 
 
 @defer.inlineCallbacks
@@ -130,10 +126,9 @@ def run_herd(
     if reactor is None:
         from twisted.internet import reactor
     addresses = [parse_target(t) if isinstance(t, str) else t for t in targets]
-    if not addresses or clients < 1 or keys < 1 or rounds < 0 or poems < 0 or not protocols:
-        raise ValueError("need targets, clients >= 1, keys >= 1, rounds >= 0, poems >= 0")
-    for name in protocols:
-        make_protocol_factory(name)  # unknown names fail here, not once per client
+    if not addresses:
+        raise ValueError("need at least one target")
+    check_arguments(clients, keys, rounds, poems, protocols)
     total, per_method = Tally(), {ALERT.name: Tally()}
     if poems:
         per_method[GET_POEM.name] = Tally()
@@ -157,14 +152,15 @@ def run_herd(
     @defer.inlineCallbacks
     def connect(i: int) -> Any:
         host, port = addresses[i % len(addresses)]
-        proto = PipelinedConnection(reactor, protocols[i % len(protocols)], multiplexed)
         try:
-            endpoint = _endpoint(reactor, host, port, timeout)
-            conns[i] = yield cast(Any, connectProtocol)(endpoint, proto)
-            connect_errors[i] = None
-            every_conn.append(proto)
+            conn = yield connect_to(
+                reactor, host, port, protocols[i % len(protocols)], multiplexed, timeout
+            )
         except Exception as exc:
             conns[i], connect_errors[i] = None, exc
+        else:
+            conns[i], connect_errors[i] = conn, None
+            every_conn.append(conn)
 
     @defer.inlineCallbacks
     def client_round(i: int, r: int) -> Any:
@@ -196,12 +192,7 @@ def run_herd(
             yield defer.gatherResults([client_round(i, r) for i in range(clients)])
     finally:
         elapsed = time.perf_counter() - started
-        open_conns = [c for c in conns if c is not None and c.is_open]
-        for conn in open_conns:
-            conn.close()
-        if open_conns:
-            closing = defer.DeferredList([c.lost for c in open_conns])
-            yield closing.addTimeout(5.0, reactor).addErrback(lambda _: None)
+        yield close_all(reactor, conns)
     summary = total.summary()
     summary.update(
         stray_replies=sum(c.stray_replies for c in every_conn),
@@ -249,13 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.clients < 1 or args.keys < 1 or args.rounds < 0 or args.poems < 0:
-        parser.error("need --clients >= 1, --keys >= 1, --rounds >= 0, --poems >= 0")
     try:
         targets = [parse_target(t) for t in args.targets.split(",") if t]
         protocols = [p for p in args.protocols.split(",") if p]
-        for name in protocols:
-            make_protocol_factory(name)
+        if not targets:
+            raise ValueError("need at least one target")
+        check_arguments(args.clients, args.keys, args.rounds, args.poems, protocols)
     except ValueError as exc:
         print(f"herd: {exc}", file=sys.stderr)
         return 2

@@ -7,10 +7,18 @@ Calls are encoded with the generated ``*_args`` structs (:mod:`clients.calls`), 
 from __future__ import annotations
 
 import struct
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 from thrift.transport import TTransport
 from twisted.internet import defer, error
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
@@ -100,3 +108,32 @@ class PipelinedConnection(Int32StringReceiver):
         for _, d in pending.values():
             d.errback(reason)  # ConnectionDone or ConnectionLost, with its own message
         self.lost.callback(None)
+
+
+def connect(
+    reactor: Any, host: str, port: int, protocol: str, multiplexed: bool, timeout: float
+) -> defer.Deferred[PipelinedConnection]:
+    """Open one :class:`PipelinedConnection`; fails with the connect error."""
+    # IP literals skip HostnameEndpoint's resolver, whose thread pool would serialise
+    # hundreds of simultaneous connects.
+    endpoint: Any
+    if isIPAddress(host):
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    elif isIPv6Address(host):
+        endpoint = cast(Any, TCP6ClientEndpoint)(reactor, host, port, timeout=timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    proto = PipelinedConnection(reactor, protocol, multiplexed)
+    connecting: defer.Deferred[PipelinedConnection] = cast(Any, connectProtocol)(endpoint, proto)
+    return connecting
+
+
+@defer.inlineCallbacks
+def close_all(reactor: Any, conns: Iterable[PipelinedConnection | None], wait: float = 5.0) -> Any:
+    """Hang up every open connection and wait (at most ``wait`` seconds) until they are gone."""
+    open_conns = [c for c in conns if c is not None and c.is_open]
+    for conn in open_conns:
+        conn.close()
+    if open_conns:
+        lost = defer.DeferredList([c.lost for c in open_conns])
+        yield lost.addTimeout(wait, reactor).addErrback(lambda _: None)

@@ -80,9 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("messages", nargs="+", metavar="message")
     args = parser.parse_args(argv)
     try:
-        host, port = parse_target(args.gateway)
+        host, port = parse_target(args.gateway, "--gateway")
     except ValueError as exc:
-        parser.error(f"--gateway: {exc}")
+        parser.error(str(exc))
     failed = []
 
     @defer.inlineCallbacks

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +16,17 @@ from thrift.transport import TTransport
 
 from clients.calls import ALERT, decode_reply, encode_call
 from clients.sync_client import ExampleClient
-from gateway.examples.buffered import message_length
 from gateway.examples.gen.poetry.ttypes import PoemNotFound
 from gateway.examples.gen.supervisor.ttypes import SupervisorBusy
 from gateway.localredis import free_port
-from gateway.testing import ExampleBackend, gateway_cli, start_example_backend, start_process
+from gateway.testing import (
+    ExampleBackend,
+    gateway_cli,
+    run_herd,
+    start_example_backend,
+    start_process,
+)
+from gateway.thrift import MessageReader, ProtocolKind, TransportKind
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +75,16 @@ def client_for(
     )
 
 
-def alert_in_thread(backend: ExampleBackend, message: str) -> threading.Thread:
+def alert_in_thread(
+    backend: ExampleBackend, message: str, outcome: list[tuple[str, float]]
+) -> threading.Thread:
+    """Call alertSupervisor from a thread; ``outcome`` receives (reply, seconds taken)."""
+
     def alert() -> None:
         with client_for(backend) as client:
-            client.alert(message)
+            started = time.monotonic()
+            reply = client.alert(message)
+            outcome.append((reply, time.monotonic() - started))
 
     thread = threading.Thread(target=alert, daemon=True)
     thread.start()
@@ -125,17 +135,28 @@ def test_backend_stats_counts_each_method(fresh_supervisor: ExampleBackend) -> N
 
 @pytest.mark.integration
 def test_backend_stats_counts_calls_on_arrival() -> None:
-    """A call still waiting out the backend's delay is already counted."""
-    backend = start_example_backend("supervisor", delay=2.0)
+    """A call still waiting out the backend's delay is already counted, backendStats answers
+    at once meanwhile, and the delayed call then gets its own reply."""
+    delay = 2.0
+    backend = start_example_backend("supervisor", delay=delay)
     try:
-        slow = alert_in_thread(backend, "slow")
+        outcome: list[tuple[str, float]] = []
+        slow = alert_in_thread(backend, "slow", outcome)
         with client_for(backend) as client:
             deadline = time.monotonic() + 5
             while client.backend_stats()["alertSupervisor"] == 0:
                 assert time.monotonic() < deadline, "the slow call never arrived"
                 time.sleep(0.05)
             assert slow.is_alive(), "the slow call answered before its delay"
+            started = time.monotonic()
+            client.backend_stats()
+            assert time.monotonic() - started < 1.0, "backendStats waited for the delay"
+            assert slow.is_alive(), "the slow call answered before its delay"
         slow.join(timeout=10)
+        assert len(outcome) == 1, "the slow call never answered"
+        reply, elapsed = outcome[0]
+        assert reply == "ack:slow"
+        assert elapsed >= delay
     finally:
         backend.stop()
 
@@ -187,33 +208,20 @@ def test_buffered_backend_reassembles_a_call_sent_byte_by_byte() -> None:
             for i in range(len(call)):
                 sock.sendall(call[i : i + 1])
                 time.sleep(0.001)
-            reply = _read_unframed_reply(sock, factory)
+            reply = _read_unframed_reply(sock)
         assert decode_reply(factory, reply, ALERT) == (7, "ack:drip")
     finally:
         backend.stop()
 
 
-def _read_unframed_reply(sock: socket.socket, factory: object) -> bytes:
-    data = b""
-    while (length := message_length(data, factory)) is None:
+def _read_unframed_reply(sock: socket.socket) -> bytes:
+    reader = MessageReader(TransportKind.BUFFERED, ProtocolKind.BINARY)
+    messages: list[bytes] = []
+    while not messages:
         chunk = sock.recv(4096)
         assert chunk, "backend closed the connection"
-        data += chunk
-    return data[:length]
-
-
-def test_message_length_waits_for_an_incomplete_message() -> None:
-    """message_length returns None for every strict prefix of a message, then its length."""
-    factory = TBinaryProtocolFactory()
-    call = encode_call(factory, ALERT, 1, message="x" * 10)
-    assert all(message_length(call[:n], factory) is None for n in range(len(call)))
-    assert message_length(call + b"next", factory) == len(call)
-
-
-def test_message_length_rejects_garbage() -> None:
-    """Bytes that cannot start a binary-protocol message raise instead of waiting forever."""
-    with pytest.raises(TTransport.TTransportException):  # "length exceeded" for the name
-        message_length(b"GET / HTTP/1.1\r\n\r\n", TBinaryProtocolFactory())
+        messages = reader.feed(chunk)
+    return messages[0]
 
 
 @pytest.mark.integration
@@ -243,24 +251,11 @@ def test_poetry_backend_stats_counts_get_poem() -> None:
         backend.stop()
 
 
-def run_herd_cli(*args: str) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-m", "clients.herd", *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.stdout, done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
-
-
 @pytest.mark.integration
 def test_herd_against_backend_gets_only_right_replies(fresh_supervisor: ExampleBackend) -> None:
     """Driven directly at a backend, the herd makes clients x rounds calls, all answered right."""
-    summary = run_herd_cli(
-        "--targets", fresh_supervisor.address, "--clients", "40", "--keys", "5", "--rounds", "3"
+    summary = run_herd(
+        [fresh_supervisor.address], "--clients", "40", "--keys", "5", "--rounds", "3"
     )
     assert (summary["client_calls"], summary["ok"]) == (120, 120)
     assert (summary["wrong_replies"], summary["errors"], summary["stray_replies"]) == (0, 0, 0)
@@ -269,9 +264,7 @@ def test_herd_against_backend_gets_only_right_replies(fresh_supervisor: ExampleB
 @pytest.mark.integration
 def test_herd_counts_rejected_calls_as_errors(poetry: ExampleBackend) -> None:
     """Calls the backend rejects are errors bucketed by message, never wrong replies."""
-    summary = run_herd_cli(
-        "--targets", poetry.address, "--clients", "4", "--keys", "2", "--rounds", "2"
-    )
+    summary = run_herd([poetry.address], "--clients", "4", "--keys", "2", "--rounds", "2")
     assert (summary["errors"], summary["wrong_replies"]) == (8, 0)
     assert summary["error_kinds"] == {
         "TApplicationException(N): Unknown function alertSupervisor": 8

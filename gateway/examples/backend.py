@@ -15,7 +15,7 @@ from typing import Any, cast
 from thrift.protocol.TBinaryProtocol import TBinaryProtocolAcceleratedFactory
 from thrift.protocol.TCompactProtocol import TCompactProtocolAcceleratedFactory
 from thrift.protocol.TProtocol import TProtocolException
-from thrift.Thrift import TApplicationException, TMessageType
+from thrift.Thrift import TApplicationException
 from thrift.TMultiplexedProcessor import TMultiplexedProcessor
 from thrift.transport import TTransport, TTwisted
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -32,10 +32,18 @@ from twisted.logger import (
 )
 from twisted.python.failure import Failure
 
+from gateway.config import parse_address
 from gateway.examples.buffered import BufferedThriftFactory, ThriftProcessor
 from gateway.examples.gen.poetry import Poetry
 from gateway.examples.gen.supervisor import Supervisor
 from gateway.examples.handlers import PoetryHandler, SupervisorHandler
+from gateway.thrift import (
+    MessageType,
+    ProtocolKind,
+    WireError,
+    application_exception,
+    read_header,
+)
 
 PROTOCOL_FACTORIES = {
     "binary": TBinaryProtocolAcceleratedFactory,
@@ -47,17 +55,6 @@ SERVICES: dict[str, tuple[str, Any]] = {
     "supervisor": ("Supervisor", Supervisor),
     "poetry": ("Poetry", Poetry),
 }
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` too); port 0 asks the OS for a free one."""
-    host, sep, port_text = value.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host:
-        raise ValueError("expected HOST:PORT")
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"port {port_text!r} is not a number in 0..65535")
-    return host, int(port_text)
 
 
 class SafeProcessor:
@@ -73,9 +70,9 @@ class SafeProcessor:
 
     _log = Logger()
 
-    def __init__(self, inner: ThriftProcessor, iprot_factory: Any, oprot_factory: Any) -> None:
+    def __init__(self, inner: ThriftProcessor, protocol: ProtocolKind, oprot_factory: Any) -> None:
         self._inner = inner
-        self._iprot_factory = iprot_factory
+        self._protocol = protocol
         self._oprot_factory = oprot_factory
 
     def process(self, iprot: Any, oprot: Any) -> Deferred[None]:
@@ -97,16 +94,13 @@ class SafeProcessor:
         # Both servers hand us a TMemoryBuffer over exactly one message, so the header can be
         # decoded again from the start whatever the failed processor had consumed.
         try:
-            header = self._iprot_factory.getProtocol(
-                TTransport.TMemoryBuffer(iprot.trans.getvalue())
-            )
-            name, mtype, seqid = header.readMessageBegin()
-        except Exception:  # not even a header: nothing to answer, so the server hangs up
+            header = read_header(iprot.trans.getvalue(), self._protocol)
+        except WireError:  # not even a header: nothing to answer, so the server hangs up
             self._log.warn("undecodable message, closing the connection: {f}", f=failure.value)
             return failure
         exc = failure.value
-        self._log.warn("call {name!r} failed: {exc!r}", name=name, exc=exc)
-        if mtype == TMessageType.ONEWAY:
+        self._log.warn("call {name!r} failed: {exc!r}", name=header.name, exc=exc)
+        if header.type is MessageType.ONEWAY:
             return None
         if isinstance(exc, TProtocolException) and exc.type == TProtocolException.NOT_IMPLEMENTED:
             code = TApplicationException.UNKNOWN_METHOD
@@ -118,9 +112,11 @@ class SafeProcessor:
             code = TApplicationException.INTERNAL_ERROR
         detail = getattr(exc, "message", None) or str(exc)
         # Replies carry the bare method name, as TMultiplexedProcessor's inner processors do.
-        oprot.writeMessageBegin(name.rpartition(":")[2], TMessageType.EXCEPTION, seqid)
-        TApplicationException(code, f"{type(exc).__name__}: {detail}").write(oprot)
-        oprot.writeMessageEnd()
+        oprot.trans.write(
+            application_exception(
+                self._protocol, header.method, header.seqid, code, f"{type(exc).__name__}: {detail}"
+            )
+        )
         return None
 
 
@@ -146,19 +142,18 @@ def build_factory(
     protocol: str = "binary",
     transport: str = "framed",
     multiplexed: bool = False,
-) -> tuple[Factory, SupervisorHandler | PoetryHandler]:
-    """A server factory for one backend, plus its handler (tests read its counters)."""
+) -> Factory:
+    """A server factory for one backend."""
     handler = (SupervisorHandler if service == "supervisor" else PoetryHandler)(clock, delay)
     proto_factory = PROTOCOL_FACTORIES[protocol]()
-    processor = SafeProcessor(
-        build_processor(service, multiplexed, handler), proto_factory, proto_factory
-    )
+    kind = ProtocolKind(protocol)
+    processor = SafeProcessor(build_processor(service, multiplexed, handler), kind, proto_factory)
     if transport == "framed":
         factory: Factory = TTwisted.ThriftServerFactory(processor, proto_factory)
     else:
-        factory = BufferedThriftFactory(processor, proto_factory, proto_factory)
+        factory = BufferedThriftFactory(processor, proto_factory, proto_factory, kind)
     factory.noisy = False  # no "Starting factory" line per listen
-    return factory, handler
+    return factory
 
 
 def _start_logging() -> None:
@@ -190,15 +185,16 @@ class _OneLineFormatter(logging.Formatter):
 def run_backend(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT (exit 0). Bad --listen: exit 2; cannot listen: exit 1."""
     try:
-        host, port = parse_listen(args.listen)
+        address = parse_address(args.listen, "--listen", allow_zero=True)
     except ValueError as exc:
-        print(f"example-backend: bad --listen {args.listen!r}: {exc}", file=sys.stderr)
+        print(f"example-backend: bad {exc}", file=sys.stderr)
         return 2
+    host, port = address.host, address.port
     from twisted.internet import reactor as _reactor
 
     # Any: the reactor's zope interfaces confuse mypy without the mypy-zope plugin.
     reactor = cast(Any, _reactor)
-    factory, _ = build_factory(
+    factory = build_factory(
         reactor,
         service=args.service,
         delay=args.delay,
