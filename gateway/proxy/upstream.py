@@ -8,7 +8,7 @@ such as ``TTwisted`` answer out of order, and multiplexed replies carry the bare
 Concurrency is capped by a :class:`DispatchQueue` (``max_concurrency`` underway, ``queue_size``
 waiting); overflow fails at once with :class:`Overloaded`. Lost connections reconnect in the
 background with exponential backoff (:class:`RetryingCall`); while no connection is up and
-none is being attempted for the first time, calls fail fast with :class:`BackendUnavailable`.
+none is being attempted for the first time, calls fail fast with :class:`BackendUnreachable`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError, Overloaded
+from gateway.errors import (
+    BackendTimeout,
+    BackendUnreachable,
+    ConnectionLost,
+    GatewayError,
+    Overloaded,
+    ShuttingDown,
+)
 from gateway.primitives import (
     DispatchQueue,
     QueueFull,
@@ -77,7 +84,7 @@ class UpstreamConnection(TwistedProtocol):
         it already, and the seqid rewrite then needs no second decode.
         """
         if self.transport is None or not self.connected_ok:
-            return defer.fail(BackendUnavailable("gateway: backend connection lost"))
+            return defer.fail(BackendUnreachable("gateway: backend connection lost"))
         self._next_seqid = self._next_seqid + 1 if self._next_seqid < _SEQID_LIMIT else 1
         seqid = self._next_seqid
         message = replace_header(message, self._protocol, seqid=seqid, header=header)
@@ -114,7 +121,7 @@ class UpstreamConnection(TwistedProtocol):
         self.connected_ok = False
         pending, self._pending = self._pending, {}
         for d in pending.values():
-            d.errback(BackendUnavailable("gateway: backend connection lost mid-call"))
+            d.errback(ConnectionLost("gateway: backend connection lost mid-call"))
         self.lost.callback(None)
 
 
@@ -246,7 +253,7 @@ class UpstreamPool:
         if conn is not None:
             return defer.succeed(conn)
         if self._connecting == 0:
-            return defer.fail(BackendUnavailable(f"gateway: backend {self.address} unreachable"))
+            return defer.fail(BackendUnreachable(f"gateway: backend {self.address} unreachable"))
         # Only at startup (or right after a loss): wait for the attempt underway to decide.
         waiter: Deferred[None] = Deferred(lambda d: self._ready_waiters.remove(d))
         self._ready_waiters.append(waiter)
@@ -264,12 +271,13 @@ class UpstreamPool:
     ) -> Deferred[bytes]:
         """Send one unframed message (any seqid); fire with the backend's reply message.
 
-        Fails with BackendUnavailable, BackendTimeout or Overloaded. ``timeout`` counts from
-        now and includes time spent queued behind ``max_concurrency``. ``header``, if given,
+        Fails with BackendUnreachable, ConnectionLost, BackendTimeout, Overloaded or
+        ShuttingDown. ``timeout`` counts from now and includes time spent queued behind
+        ``max_concurrency``. ``header``, if given,
         must be ``read_header(message, self.protocol)`` (passed on to spare a decode).
         """
         if self._stopped:
-            return defer.fail(BackendUnavailable("gateway: shutting down"))
+            return defer.fail(ShuttingDown("gateway: shutting down"))
 
         def job() -> Deferred[bytes]:
             # Nearly always a connection is up: send at once, without a Deferred (and its
@@ -284,7 +292,7 @@ class UpstreamPool:
         except QueueFull:
             return defer.fail(Overloaded(f"gateway: overloaded, backend {self.address} queue full"))
         except QueueStopped:
-            return defer.fail(BackendUnavailable("gateway: shutting down"))
+            return defer.fail(ShuttingDown("gateway: shutting down"))
 
         def timed_out(result: bytes | Failure, _timeout: float) -> bytes | Failure:
             # Called by addTimeout after it cancelled the call (queued or underway).
@@ -306,10 +314,10 @@ class UpstreamPool:
 
 
 def _as_gateway_error(reason: Failure) -> Failure:
-    """Anything but a GatewayError (or a caller's cancel) becomes BackendUnavailable."""
+    """Anything but a GatewayError (or a caller's cancel) becomes ConnectionLost."""
     if isinstance(reason.value, GatewayError | CancelledError):
         return reason
-    return _failure(BackendUnavailable(f"gateway: backend error: {reason.value}"))
+    return _failure(ConnectionLost(f"gateway: backend error: {reason.value}"))
 
 
 def _failure(exc: BaseException) -> Failure:
