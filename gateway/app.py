@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.contracts import Coordinator
+from gateway.flights import FlightTable
 from gateway.logs import setup_logging
 from gateway.proxy.local import LocalCoordinator
 from gateway.proxy.node import DrainSummary, GatewayNode
@@ -60,13 +61,15 @@ class LocalOnly:
         pass
 
 
-def build_cluster(config: GatewayConfig, reactor: Any, stats: NodeStats) -> ClusterSide:
-    local = LocalCoordinator(reactor, max_entries=config.cache_max_entries)
+def build_cluster(
+    config: GatewayConfig, reactor: Any, stats: NodeStats, flights: FlightTable
+) -> ClusterSide:
+    local = LocalCoordinator(reactor, max_entries=config.cache_max_entries, spawner=flights)
     if config.redis is None:
         return LocalOnly(local)
     from gateway.cluster.wiring import RedisCluster
 
-    return RedisCluster(config, reactor, stats, fallback=local)
+    return RedisCluster(config, reactor, stats, fallback=local, spawner=flights)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -91,8 +94,11 @@ def run_serve(args: argparse.Namespace) -> int:
     reactor = as_reactor(global_reactor)
 
     stats = NodeStats()
-    cluster = build_cluster(config, reactor, stats)
-    node = GatewayNode(config, reactor, cluster.coordinator, stats, mode=cluster.mode)
+    flights = FlightTable(global_reactor)  # the node's one table of calls in flight
+    cluster = build_cluster(config, reactor, stats, flights)
+    node = GatewayNode(
+        config, reactor, cluster.coordinator, stats, mode=cluster.mode, flights=flights
+    )
     try:
         node.start()
     except CannotListenError as exc:
@@ -117,9 +123,18 @@ def run_serve(args: argparse.Namespace) -> int:
 
         def finished(summary: DrainSummary) -> Deferred[None] | None:
             print(summary.line(config.node_id), flush=True)
-            # A short grace so replies written during the drain leave the socket buffers.
-            reactor.callLater(0.05, reactor.stop)
-            return cluster.stop()
+            # The Redis side goes last: abandoned leads publish through it, and it waits for
+            # those writes (bounded) before it closes its connections.
+            stopped = cluster.stop()
+
+            def exit_reactor(_: object) -> None:
+                # A short grace so replies written during the drain leave the socket buffers.
+                reactor.callLater(0.05, reactor.stop)
+
+            if stopped is None:
+                exit_reactor(None)
+                return None
+            return stopped.addBoth(exit_reactor)
 
         reactor.callFromThread(lambda: node.stop(config.drain_timeout).addCallback(finished))
 

@@ -6,6 +6,7 @@ every error names the offending key. README "Configuration reference" documents 
 
 from __future__ import annotations
 
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -66,6 +67,7 @@ class RedisConfig:
     max_shared_bytes: int = 1 << 20
     lease_ttl: float = 5.0
     handoff_ttl: float = 30.0
+    reply_timeout: float = 1.0  # seconds Redis has to answer one command (see parse_redis)
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,15 @@ def parse_policy(raw: dict[str, Any], where: str, base: MethodPolicy) -> MethodC
     return MethodConfig(policy=policy, backend=backend)
 
 
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
     where = f"backends.{name}"
+    if not _NAME.fullmatch(name):
+        # Backend names are part of every call key ("<backend>.<method>:<hash>") and of
+        # metric labels: keep them plain.
+        raise ConfigError(f"{where}: backend names may only use letters, digits, '_' and '-'")
     table = dict(raw)
     if "address" not in table:
         raise ConfigError(f"{where}.address: required")
@@ -195,12 +204,42 @@ def parse_redis(raw: dict[str, Any]) -> RedisConfig:
             kwargs[name] = _take(table, name, str, "redis")
     if "max_shared_bytes" in table:
         kwargs["max_shared_bytes"] = _take(table, "max_shared_bytes", int, "redis")
-    for name in ("lease_ttl", "handoff_ttl"):
+    for name in ("lease_ttl", "handoff_ttl", "reply_timeout"):
         if name in table:
             kwargs[name] = float(_take(table, name, (int, float), "redis"))
             _positive(kwargs[name], f"redis.{name}")
     _reject_unknown(table, "redis")
-    return RedisConfig(**kwargs)
+    if "reply_timeout" not in kwargs:
+        # Default 1 s, but never more than a lease renewal period allows (see below).
+        kwargs["reply_timeout"] = min(1.0, kwargs.get("lease_ttl", RedisConfig.lease_ttl) / 3)
+    config = RedisConfig(**kwargs)
+    check_redis_timing(config)
+    return config
+
+
+def check_redis_timing(redis: RedisConfig) -> None:
+    """Refuse timings under which a live leader could lose its lease or followers miss results.
+
+    A leader renews its lease every ``lease_ttl / 3``; a renewal that gets no answer within
+    ``reply_timeout`` is retried at the next tick. So ``reply_timeout <= lease_ttl / 3``
+    lets one renewal fail outright and the next still land before the lease lapses. A
+    follower reads its leader's result at the latest one lease period (plus a Redis round
+    trip) after the leader finished, so the result must live at least that long:
+    ``handoff_ttl >= lease_ttl + reply_timeout``. (Method timeouts need no check here: a
+    follower waits ``timeout + lease_ttl`` per leader, and a leader's whole backend call -
+    retries included - is bounded by ``timeout``.)
+    """
+    if redis.reply_timeout * 3 > redis.lease_ttl:
+        raise ConfigError(
+            f"redis.reply_timeout: {redis.reply_timeout:g}s is more than redis.lease_ttl / 3 "
+            f"({redis.lease_ttl / 3:g}s): a slow renewal would let a live leader's lease lapse"
+        )
+    if redis.handoff_ttl < redis.lease_ttl + redis.reply_timeout:
+        raise ConfigError(
+            f"redis.handoff_ttl: {redis.handoff_ttl:g}s is less than redis.lease_ttl + "
+            f"redis.reply_timeout ({redis.lease_ttl + redis.reply_timeout:g}s): followers "
+            "could miss their leader's result"
+        )
 
 
 def load_config(path: str | None, overrides: dict[str, str | None]) -> GatewayConfig:
@@ -248,8 +287,11 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
         )
     if "node_id" in gw:
         kwargs["node_id"] = _take(gw, "node_id", str, "gateway")
-        if not kwargs["node_id"] or any(c in kwargs["node_id"] for c in " {}:"):
-            raise ConfigError("gateway.node_id: must be non-empty without spaces, braces or ':'")
+        node_id = kwargs["node_id"]
+        if not node_id or any(c.isspace() or c in "{}:/" for c in node_id):
+            raise ConfigError(
+                "gateway.node_id: must be non-empty without whitespace, braces, ':' or '/'"
+            )
     if "log_format" in gw:
         kwargs["log_format"] = _take(gw, "log_format", str, "gateway")
         if kwargs["log_format"] not in ("text", "json"):

@@ -9,9 +9,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from twisted.internet.defer import Deferred
+
+from gateway.errors import GatewayError, Origin
 
 Mode = Literal["coalesce", "cache", "passthrough"]
 
@@ -70,6 +72,37 @@ class Outcome:
 
 
 BackendCall = Callable[[], "Deferred[BackendReply]"]
+
+
+def shares_failure(exc: BaseException, policy: MethodPolicy) -> bool:
+    """Whether the callers following this call on other nodes get this failure too.
+
+    What the backend answered (replies, declared exceptions, its own TApplicationException -
+    none of which is a failure here) is always shared. A failure that is this node's own
+    trouble (its queue is full, it cannot reach the backend, a bug) is not: followers decide
+    again and one of them calls the backend. A failure after the call was sent (timeout,
+    connection lost mid-call) may mean the backend did the work: shared for non-idempotent
+    methods, so nobody repeats it; for idempotent ones followers decide again.
+    """
+    origin = exc.origin if isinstance(exc, GatewayError) else Origin.LOCAL
+    if origin is Origin.BACKEND:
+        return True
+    if origin is Origin.AMBIGUOUS:
+        return not policy.idempotent
+    return False
+
+
+class Spawner(Protocol):
+    """Where a coordinator registers background work of its own (a stale entry's refresh)."""
+
+    def spawn(self, key: str, work: Deferred[Any]) -> None: ...
+
+
+class NoSpawner:
+    """For coordinators used without a flight table (tests): background work is not tracked."""
+
+    def spawn(self, key: str, work: Deferred[Any]) -> None:
+        pass
 
 
 class Coordinator(Protocol):

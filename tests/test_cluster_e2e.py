@@ -44,7 +44,7 @@ from gateway.testing import (
     start_process,
     wait_for_redis_mode,
 )
-from gateway.thrift import ProtocolKind, call_key
+from gateway.thrift import ProtocolKind, call_identity
 
 pytestmark = pytest.mark.integration
 
@@ -322,7 +322,10 @@ def test_tampered_cache_entry_is_rejected_and_call_still_succeeds(shared: Cluste
     # Flip the case of one byte of the title inside the stored Thrift reply: the envelope
     # and the Thrift message both stay well-formed, only the HMAC can tell.
     message = encode_call(protocol_factory("binary"), GET_POEM, 1, title=title)
-    cache_key = KeySchema().cache(call_key(message, ProtocolKind.BINARY, scope="poetry"))
+    identity = call_identity(
+        message, ProtocolKind.BINARY, backend="poetry", upstream_name="getPoem"
+    )
+    cache_key = KeySchema().cache(identity.key)
     client = redis_py.Redis.from_url(shared.redis.url)
     node_key = KeySchema().node(other.node_id)
     try:

@@ -23,7 +23,14 @@ from gateway.cluster.keys import KeySchema
 from gateway.cluster.node import ClusterNode
 from gateway.cluster.options import ClusterOptions
 from gateway.contracts import BackendCall, BackendReply, MethodPolicy, Outcome, ReplyKind, Source
-from gateway.errors import BackendUnavailable, GatewayError, RemoteCallFailed
+from gateway.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    BackendUnreachable,
+    GatewayError,
+    Overloaded,
+    RemoteCallFailed,
+)
 from gateway.localredis import RedisServer, free_port
 from gateway.stats import NodeStats
 
@@ -54,9 +61,15 @@ def fast_backoff() -> list[float]:
 class Backend:
     """Counts calls; each answers after ``delay`` (None: only when the test fires it)."""
 
-    def __init__(self, delay: float | None = 0.1, fail: GatewayError | None = None) -> None:
+    def __init__(
+        self,
+        delay: float | None = 0.1,
+        fail: GatewayError | None = None,
+        fail_calls: int | None = None,
+    ) -> None:
         self.delay = delay
         self.fail = fail
+        self.fail_calls = fail_calls  # fail only this many first calls (None: all)
         self.calls = 0
         self.pending: list[Deferred[BackendReply]] = []
 
@@ -65,8 +78,9 @@ class Backend:
         reply = BackendReply(f"reply-{self.calls}".encode(), "binary", ReplyKind.SUCCESS)
         d: Deferred[BackendReply] = Deferred()
         self.pending.append(d)
+        failing = self.fail_calls is None or self.calls <= self.fail_calls
         if self.delay is not None:
-            if self.fail is not None:
+            if self.fail is not None and failing:
                 reactor.callLater(self.delay, d.errback, self.fail)
             else:
                 reactor.callLater(self.delay, d.callback, reply)
@@ -198,18 +212,50 @@ async def test_stale_entry_is_served_while_one_refresh_runs(cluster: Cluster) ->
 
 
 @pytest_twisted.ensureDeferred
-async def test_failure_is_shared_with_followers(cluster: Cluster) -> None:
-    """A leader's backend failure reaches followers as RemoteCallFailed with the same code."""
+async def test_ambiguous_failure_is_shared_with_followers(cluster: Cluster) -> None:
+    """A non-idempotent leader's timeout (the backend may have done the work) reaches its
+    followers as RemoteCallFailed with the same code, so nobody repeats the call."""
     a, b = await cluster.nodes_named("a", "b")
-    backend = Backend(delay=0.2, fail=BackendUnavailable("backend down", code=6))
+    backend = Backend(delay=0.2, fail=BackendTimeout("gateway: backend timeout after 5s"))
     lead = execute(a, backend, CACHE)
     await wait_until(lambda: backend.calls == 1)  # a holds the lease before b asks
     follow = execute(b, backend, CACHE)
-    with pytest.raises(BackendUnavailable):
+    with pytest.raises(BackendTimeout):
         await lead
     with pytest.raises(RemoteCallFailed) as err:
         await follow
-    assert (err.value.message, err.value.code, backend.calls) == ("backend down", 6, 1)
+    assert (err.value.message, err.value.code, backend.calls) == (
+        "gateway: backend timeout after 5s",
+        6,
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    "local_failure",
+    [Overloaded("gateway: overloaded"), BackendUnreachable("gateway: backend unreachable")],
+    ids=["overloaded", "unreachable"],
+)
+@pytest_twisted.ensureDeferred
+async def test_leader_local_failure_is_handed_back_not_shared(
+    cluster: Cluster, local_failure: GatewayError
+) -> None:
+    """The leader node's own trouble (its queue full, its connection down) fails only its own
+    callers: its followers on another node decide again, one leads, and they get the reply."""
+    a, b = await cluster.nodes_named("a", "b")
+    backend = Backend(delay=0.2, fail=local_failure, fail_calls=1)
+    lead = execute(a, backend)
+    await wait_until(lambda: backend.calls == 1)
+    follow = execute(b, backend)
+    with pytest.raises(type(local_failure)):
+        await lead
+    outcome = await follow
+    assert (outcome.source, outcome.reply.message, backend.calls) == (
+        Source.BACKEND,
+        b"reply-2",
+        2,
+    )
+    assert a.coordinator.counters.handed_back == 1
 
 
 @pytest_twisted.ensureDeferred

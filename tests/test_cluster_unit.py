@@ -17,7 +17,7 @@ from gateway.cluster.envelope import (
     decode,
     encode,
 )
-from gateway.cluster.keys import KeySchema
+from gateway.cluster.keys import BUCKETS, KeySchema, all_buckets, bucket_of
 from gateway.cluster.lease import NoticeListener
 from gateway.cluster.options import ClusterOptions
 from gateway.cluster.url import InvalidRedisURL, RedisURL, parse_redis_url
@@ -172,31 +172,40 @@ def test_garbage_is_not_an_envelope(garbage: bytes) -> None:
 # -- keys.py ------------------------------------------------------------------------------
 
 
-def test_all_keys_of_a_call_share_one_hash_tag() -> None:
-    """Lease, result, cache and channel of one call carry the same {K} hash tag."""
+def test_all_keys_of_a_call_share_its_bucket_hash_tag() -> None:
+    """Lease, fence, result, cache and channel of one call carry its bucket as hash tag."""
     keys = KeySchema()
-    names = [keys.lease(KEY), keys.result(KEY, TOKEN), keys.cache(KEY), keys.done(KEY)]
-    assert all(name.startswith(f"gw:{{{KEY}}}:") for name in names)
+    b = bucket_of(KEY)
+    names = [keys.lease(KEY), keys.fence(KEY), keys.result(KEY, TOKEN), keys.cache(KEY)]
+    assert all(name.startswith(f"gw:{{{b}}}:{KEY}:") for name in names)
+    assert keys.done(KEY) == f"gw:{{{b}}}:done"
+
+
+def test_buckets_spread_keys() -> None:
+    """Buckets are two hex digits below 0x40, and many keys use most of them."""
+    seen = {bucket_of(f"svc.m:{i:032x}") for i in range(2000)}
+    assert seen <= set(all_buckets()) and len(seen) == BUCKETS
 
 
 def test_key_names() -> None:
     """The schema's names are the documented ones."""
     keys = KeySchema("p:")
-    assert (keys.lease("k"), keys.result("k", "t"), keys.cache("k"), keys.done("k")) == (
-        "p:{k}:lease",
-        "p:{k}:result:t",
-        "p:{k}:cache",
-        "p:{k}:done",
+    b = bucket_of("k")
+    assert (keys.lease("k"), keys.result("k", "t"), keys.cache("k"), keys.fence("k")) == (
+        f"p:{{{b}}}:k:lease",
+        f"p:{{{b}}}:k:result:t",
+        f"p:{{{b}}}:k:cache",
+        f"p:{{{b}}}:k:fence",
     )
     assert (keys.node("n1"), keys.nodes()) == ("p:node:n1", "p:nodes")
 
 
-def test_done_channel_parses_back_to_its_key() -> None:
-    """The call key is recovered from a done channel name, and other channels give None."""
+def test_done_channels_are_recognised() -> None:
+    """Bucket done channels are recognised; other channels are not."""
     keys = KeySchema()
-    assert keys.key_of_done(keys.done(KEY)) == KEY
-    assert keys.key_of_done("gw:{x}:lease") is None
-    assert keys.key_of_done("other:{x}:done") is None
+    assert keys.is_done(keys.done(KEY))
+    assert not keys.is_done("gw:{x}:lease")
+    assert not keys.is_done("other:{x}:done")
 
 
 def test_done_pattern_escapes_glob_characters_in_the_prefix() -> None:
@@ -214,6 +223,11 @@ def test_prefix_with_braces_is_refused() -> None:
 # -- decision / notices / options -----------------------------------------------------------
 
 
+def test_lead_decision_parses_token_and_fence() -> None:
+    """A lead reply gives the new token and its fencing number."""
+    assert parse_decision([b"lead", TOKEN.encode(), 7]) == Decision("lead", token=TOKEN, fence=7)
+
+
 def test_follow_decision_parses_token_and_lease_time() -> None:
     """A follow reply gives the leader's token and its lease's remaining milliseconds."""
     assert parse_decision([b"follow", TOKEN.encode(), 420]) == Decision(
@@ -229,10 +243,14 @@ def test_unexpected_decision_reply_raises() -> None:
 
 
 def test_notice_parsing() -> None:
-    """COMPLETE publishes ``<token>`` or ``<token>\\n<envelope>`` (which may hold newlines)."""
-    assert parse_notice(TOKEN.encode() + b"\na\nb") == (TOKEN, b"a\nb")
-    assert parse_notice(TOKEN.encode()) == (TOKEN, None)
-    assert parse_notice(TOKEN.encode() + b"\n") == (TOKEN, b"")
+    """COMPLETE publishes ``<token> <n> <key>[<envelope>]``; keys may hold spaces and newlines."""
+    key = "b.odd name\n:0123456789abcdef0123456789abcdef"
+    raw_key = key.encode()
+    head = TOKEN.encode() + b" " + str(len(raw_key)).encode() + b" " + raw_key
+    assert parse_notice(head + b"GWE1 -\na\nb") == (key, TOKEN, b"GWE1 -\na\nb")
+    assert parse_notice(head) == (key, TOKEN, None)
+    assert parse_notice(b"garbage") is None
+    assert parse_notice(TOKEN.encode() + b" 99 short") is None
 
 
 def test_options_reject_non_positive_lease() -> None:

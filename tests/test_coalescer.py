@@ -207,6 +207,31 @@ def test_call_after_all_cancelled_starts_fresh() -> None:
     assert out == ["v"]
 
 
+def test_detached_call_outlives_its_callers() -> None:
+    """Detached: every caller cancelling neither cancels fn's Deferred nor forgets the key."""
+    c: Coalescer[str, str] = Coalescer(detached=True)
+    backend = DeferredSource()
+    first = c.call("key", backend)
+    first.addErrback(lambda f: f.trap(CancelledError))
+    first.cancel()
+    assert backend.cancelled == []
+    assert "key" in c
+
+
+def test_detached_call_joined_after_every_caller_left() -> None:
+    """Detached: a caller arriving after all others left joins the running call, not a new one."""
+    c: Coalescer[str, str] = Coalescer(detached=True)
+    backend = DeferredSource()
+    first = c.call("key", backend)
+    first.addErrback(lambda f: f.trap(CancelledError))
+    first.cancel()
+    out = results(c.call_shared("key", backend))
+    assert len(backend.args) == 1
+    backend.deferreds[0].callback("v")
+    assert out == [("v", True)]
+    assert "key" not in c
+
+
 def test_waiter_callback_cancelling_another_waiter() -> None:
     """A waiter's callback may cancel a later waiter; the waiters after it still get the value."""
     c: Coalescer[str, str] = Coalescer()

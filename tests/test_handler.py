@@ -19,6 +19,7 @@ from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
+from gateway.flights import FlightTable
 from gateway.proxy.handler import CallHandler
 from gateway.proxy.local import LocalCoordinator
 from gateway.proxy.router import Router
@@ -47,9 +48,11 @@ class Harness:
         self.stats = NodeStats()
         self.backends = {name: ScriptedBackend(backend_protocol) for name in self.config.backends}
         self.backend = self.backends.get("default") or next(iter(self.backends.values()))
+        self.flights = FlightTable(self.clock)
         self.handler = CallHandler(
             Router(self.config),
             self.backends,
+            self.flights,
             coordinator if coordinator is not None else DirectCoordinator(),
             self.stats,
             self.clock,
@@ -211,6 +214,33 @@ def test_backend_call_survives_all_callers_leaving() -> None:
     out = h.call(b"m", seqid=5)  # served by the entry the abandoned call cached
     assert h.backend.cancelled == 0 and len(h.backend.calls) == 1
     assert reply_text(out[0], BINARY) == (5, b"ack:m") and h.stats.cache_hits == 1
+
+
+def test_caller_after_every_caller_left_joins_the_running_backend_call() -> None:
+    """Coalesce mode, no Redis: caller A hangs up mid-call, identical caller B arrives while
+    the backend still works on A's call: B joins it, and the backend is called once."""
+    h = Harness({}, LocalCoordinator(Clock()))
+    h.call(b"page")
+    h.last.addErrback(lambda f: f.trap(CancelledError))
+    h.last.cancel()
+    out = h.call(b"page", seqid=9)
+    assert len(h.backend.calls) == 1
+    h.answer(b"ack:page")
+    assert reply_text(out[0], BINARY) == (9, b"ack:page")
+
+
+def test_same_method_of_two_multiplexed_services_is_two_calls() -> None:
+    """Supervisor:stats and Poetry:stats with equal arguments on one multiplexed backend are
+    sent as two backend calls, and each caller gets its own service's reply."""
+    h = Harness({"backends": {"default": {"address": "h:1", "multiplexed": True}}})
+    sup = h.call(b"x", seqid=1, service="Supervisor")
+    poe = h.call(b"x", seqid=2, service="Poetry")
+    names = [read_header(m, BINARY).name for m, _, _ in h.backend.calls]
+    assert names == ["Supervisor:alertSupervisor", "Poetry:alertSupervisor"]
+    h.answer(b"from-supervisor")
+    h.answer(b"from-poetry")
+    assert reply_text(sup[0], BINARY) == (1, b"from-supervisor")
+    assert reply_text(poe[0], BINARY) == (2, b"from-poetry")
 
 
 def test_multiplexed_backend_gets_service_prefixed_name() -> None:

@@ -1,4 +1,4 @@
-"""call_key: canonical, protocol-independent keys of call arguments."""
+"""call_identity: canonical, protocol-independent identities and keys of calls."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from gateway.thrift import (
     Limits,
     MalformedMessage,
     ProtocolKind,
-    call_key,
+    call_identity,
     canonical_args,
+    key_parts,
     transcode,
 )
 
@@ -29,15 +30,33 @@ def _key(
     name: str = "alertSupervisor",
     seqid: int = 1,
     scope: str = "sup",
+    upstream_name: str | None = None,
     exclude_fields: frozenset[int] = frozenset(),
 ) -> str:
     data = message(kind, name, fields, seqid=seqid)
-    return call_key(data, kind, scope=scope, exclude_fields=exclude_fields)
+    return key_of(data, kind, scope, upstream_name or name, exclude_fields=exclude_fields)
+
+
+def key_of(
+    data: bytes,
+    kind: ProtocolKind,
+    backend: str = "s",
+    upstream_name: str = "m",
+    **options: object,
+) -> str:
+    return call_identity(data, kind, backend=backend, upstream_name=upstream_name, **options).key  # type: ignore[arg-type]  # options are call_identity's keyword arguments
 
 
 def test_key_format() -> None:
-    """The key is "{scope}.{method}:" followed by 32 lowercase hex characters."""
+    """The key is "{backend}.{upstream name}:" followed by 32 lowercase hex characters."""
     assert re.fullmatch(r"sup\.alertSupervisor:[0-9a-f]{32}", _key(HELLO))
+
+
+def test_key_parts_read_backend_and_upstream_name_back() -> None:
+    """key_parts gives back the backend and the upstream name, service prefix included."""
+    key = _key(HELLO, upstream_name="Supervisor:alertSupervisor")
+    assert key_parts(key) == ("sup", "Supervisor:alertSupervisor")
+    assert key_parts("not a key") == ("", "not a key")
 
 
 @pytest.mark.parametrize("kind", ALL_PROTOCOLS)
@@ -86,11 +105,25 @@ def test_seqid_is_irrelevant() -> None:
     assert _key(HELLO, seqid=1) == _key(HELLO, seqid=99999)
 
 
-def test_multiplexed_service_is_irrelevant() -> None:
-    """The "Svc:" prefix of a multiplexed name does not enter the key (the scope does)."""
-    plain = call_key(message(BINARY, "alert", HELLO), BINARY, scope="s")
-    multiplexed = call_key(message(BINARY, "alert", HELLO, service="Supervisor"), BINARY, scope="s")
-    assert plain == multiplexed
+def test_upstream_name_enters_the_key() -> None:
+    """The same arguments sent upstream as Supervisor:stats and Poetry:stats are two calls."""
+    data = message(BINARY, "stats", HELLO)
+    assert key_of(data, BINARY, upstream_name="Supervisor:stats") != key_of(
+        data, BINARY, upstream_name="Poetry:stats"
+    )
+
+
+def test_client_message_name_is_irrelevant() -> None:
+    """Only the upstream name counts: a plain and a multiplexed caller routed alike share a key."""
+    plain = key_of(message(BINARY, "alert", HELLO), BINARY, upstream_name="alert")
+    multiplexed = message(BINARY, "alert", HELLO, service="Supervisor")
+    assert plain == key_of(multiplexed, BINARY, upstream_name="alert")
+
+
+def test_backend_enters_the_key() -> None:
+    """The same call to two backends has two keys."""
+    data = message(BINARY, "alert", HELLO)
+    assert key_of(data, BINARY, backend="a") != key_of(data, BINARY, backend="b")
 
 
 def test_different_args_differ() -> None:
@@ -158,9 +191,7 @@ def test_negative_zero_differs_from_zero() -> None:
 def test_key_survives_transcoding() -> None:
     """A call transcoded to compact has the key of the original."""
     data = message(BINARY, "m", RICH_ARGS)
-    assert call_key(transcode(data, BINARY, COMPACT), COMPACT, scope="s") == call_key(
-        data, BINARY, scope="s"
-    )
+    assert key_of(transcode(data, BINARY, COMPACT), COMPACT) == key_of(data, BINARY)
 
 
 def test_canonical_form_of_simple_struct() -> None:
@@ -173,21 +204,21 @@ def test_truncated_body_is_malformed_with_header() -> None:
     """A call cut inside its body is MalformedMessage carrying the header."""
     data = message(COMPACT, "m", HELLO, seqid=5)
     with pytest.raises(MalformedMessage) as info:
-        call_key(data[:-2], COMPACT, scope="s")
+        key_of(data[:-2], COMPACT)
     assert info.value.header is not None and info.value.header.seqid == 5
 
 
 def test_trailing_bytes_are_malformed() -> None:
     """Bytes after the args struct are MalformedMessage."""
     with pytest.raises(MalformedMessage):
-        call_key(message(BINARY, "m", HELLO) + b"\x00", BINARY, scope="s")
+        key_of(message(BINARY, "m", HELLO) + b"\x00", BINARY)
 
 
 def test_depth_limit_applies() -> None:
-    """call_key enforces max_depth."""
+    """call_identity enforces max_depth."""
     args = [(1, TType.STRUCT, [(1, TType.STRUCT, [(1, TType.I32, 1)])])]
     with pytest.raises(MalformedMessage):
-        call_key(message(BINARY, "m", args), BINARY, scope="s", limits=Limits(max_depth=2))
+        key_of(message(BINARY, "m", args), BINARY, limits=Limits(max_depth=2))
 
 
 def test_out_of_range_compact_i16_is_malformed() -> None:
@@ -195,4 +226,4 @@ def test_out_of_range_compact_i16_is_malformed() -> None:
     data = message(COMPACT, "m", [(1, TType.I16, 1)])
     bad = data[:-2] + b"\xfe\xff\x07" + b"\x00"  # varint 131070: zigzag for 65535
     with pytest.raises(MalformedMessage):
-        call_key(bad, COMPACT, scope="s")
+        key_of(bad, COMPACT)

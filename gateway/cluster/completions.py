@@ -1,8 +1,9 @@
 """Leader-finished notices: ONE pub/sub connection per node, one PSUBSCRIBE for all keys.
 
-A leader's ``complete`` script publishes ``<token>`` or ``<token>\\n<envelope>`` (when the
-envelope is small enough to inline) on ``<prefix>{K}:done``. This node subscribes once to
-the pattern matching every such channel and feeds the messages into a
+A leader's ``complete`` script publishes ``<token> <n> <key>`` (``n``: the key's length in
+bytes), followed by the envelope when it is small enough to inline, on its bucket's channel
+``<prefix>{b}:done``. This node subscribes once to the pattern matching every such channel
+and feeds the messages into a
 :class:`~gateway.primitives.DeferredDict` keyed by ``(K, token)`` with
 ``keep_values=False``: a notice wakes whoever waits for it right now and is then gone.
 That is why a follower registers its waiter *before* it re-checks ``result:<token>`` once
@@ -10,8 +11,9 @@ with GET - a notice that arrived before the waiter existed is not lost, it is in
 
 Subscriptions do not survive a reconnect, so every "connection up" resubscribes; the node
 counts as ready (:attr:`is_up`) only once Redis acknowledged the PSUBSCRIBE. While it is
-not, every waiter is failed with :class:`RedisUnavailable` so followers stop waiting for
-notices that can no longer arrive.
+not, every waiter is failed with :class:`NoticesLost` so followers stop waiting for
+notices that may never arrive and poll for their leader's result instead (the command
+connection may well be up: a pub/sub-only blip must not send followers to the backend).
 """
 
 from __future__ import annotations
@@ -31,10 +33,24 @@ log = Logger(namespace="gateway.cluster")
 Notice = bytes | None
 
 
-def parse_notice(message: bytes) -> tuple[str, Notice]:
-    """Split a notice the Lua ``complete`` script published: ``<token>[\\n<envelope>]``."""
-    token, sep, envelope = message.partition(b"\n")
-    return token.decode("ascii", "replace"), (envelope if sep else None)
+class NoticesLost(RedisUnavailable):
+    """The subscription is down: notices may be missed; poll over the command connection."""
+
+
+def parse_notice(message: bytes) -> tuple[str, str, Notice] | None:
+    """``(key, token, envelope or None)`` of a notice, or None if it is not one.
+
+    The Lua ``complete`` script publishes ``<token> <n> <key>[<envelope>]``, ``n`` being the
+    key's length in bytes (keys are client-chosen method names and may hold any character).
+    """
+    token, sep1, rest = message.partition(b" ")
+    size, sep2, rest = rest.partition(b" ")
+    if not (sep1 and sep2 and size.isdigit()) or int(size) > len(rest):
+        return None
+    n = int(size)
+    key = rest[:n].decode("utf-8", "surrogateescape")
+    envelope = rest[n:]
+    return key, token.decode("ascii", "replace"), (envelope or None)
 
 
 class Completions:
@@ -71,12 +87,12 @@ class Completions:
         return self._conn.stop()
 
     def wait(self, key: str, token: str, timeout: float | None = None) -> Deferred[Notice]:
-        """Fires with the notice for ``(key, token)``; fails with RedisUnavailable when down.
+        """Fires with the notice for ``(key, token)``; fails with NoticesLost when down.
 
         ``timeout`` seconds without a notice fail it with ``defer.TimeoutError``.
         """
         if not self._ready:
-            return fail(RedisUnavailable("not subscribed"))
+            return fail(NoticesLost("not subscribed"))
         return self._waiters.get((key, token), timeout=timeout)
 
     def fail_all(self, reason: BaseException) -> None:
@@ -86,11 +102,12 @@ class Completions:
             self._waiters.fail(pair, failure)
 
     def _on_message(self, channel: bytes, message: bytes) -> None:
-        key = self._keys.key_of_done(channel.decode("utf-8", "surrogateescape"))
-        if key is None:
+        if not self._keys.is_done(channel.decode("utf-8", "surrogateescape")):
             return
-        token, notice = parse_notice(message)
-        self._waiters.set((key, token), notice)
+        parsed = parse_notice(message)
+        if parsed is not None:
+            key, token, notice = parsed
+            self._waiters.set((key, token), notice)
 
     def _connection_state(self, up: bool) -> None:
         if not up:
@@ -114,7 +131,7 @@ class Completions:
             return
         self._ready = ready
         if not ready:
-            self.fail_all(RedisUnavailable("subscriber connection lost"))
+            self.fail_all(NoticesLost("subscriber connection lost"))
         for callback in list(self._callbacks):
             try:
                 callback(ready)

@@ -1,51 +1,65 @@
 """ClusterCoordinator: one backend call per in-flight window across every gateway node.
 
-For each call key the proxy hands us (once per node, after its local join), one Redis
-round trip (the ``decide`` script) picks the role:
+For each call key the node's flight table hands us (once per node: identical calls on the
+node joined its flight already), one Redis round trip (the ``decide`` script) picks the role:
 
 * **cache / stale** (cache-mode methods): answer from the shared entry. A stale entry is
-  served at once; if this call also won the lease it refreshes the entry in the background.
-* **lead**: we hold the lease ``{K}:lease`` = our token. Call the backend, renewing the
-  lease every ``lease_ttl/3``; then one ``complete`` script writes ``{K}:result:<token>``,
-  the cache entry (if the method and reply kind allow), publishes on ``{K}:done`` and
-  releases the lease if it is still ours. Only then are our own callers answered, so a
-  call made after that answer can never follow the finished call.
-* **follow**: another node holds the lease. Register for the ``(K, token)`` notice, GET
-  the result once (the notice may have come before we listened), then wait. After each
-  lease period without a notice, ``poll`` (result-or-decide in one script): the leader may
-  have finished, renewed (keep following), or died (we may take over the lease).
+  served at once; if this call also won the lease it refreshes the entry in the background
+  (registered with the flight table, so a drain waits for it).
+* **lead**: we hold the lease ``{b}:K:lease`` = our token, with the next fencing number.
+  Call the backend, renewing the lease every ``lease_ttl/3``; then one ``complete`` script
+  writes ``{b}:K:result:<token>``, and - only if the lease is still ours - the cache entry
+  (if the method and reply kind allow) and releases the lease; it publishes the notice on
+  the bucket's ``done`` channel. Only then are our own callers answered, so a call made
+  after that answer can never follow the finished call. A leader whose renewal fails is
+  deposed: it still answers its own callers, but nothing it writes can replace what a newer
+  leader cached.
+* **follow**: another node holds the lease: :class:`~gateway.cluster.follower.Follower`.
 
-Nobody waits forever: a follower gives up after ``follower_wait`` (default
-``policy.timeout + lease_ttl``) and calls the backend itself; when Redis goes away every
-waiting follower is woken and calls the backend at once; while Redis is down ``execute``
-hands calls to the local ``fallback`` coordinator.
+What a failed leader shares: the backend's own answers always; a failure that is this
+node's own trouble (overloaded, cannot reach the backend) never - followers decide again and
+one of them leads (``contracts.shares_failure``). A lead cancelled by a drain publishes
+"abandoned", which has the same effect at once.
+
+While the command connection is down ``execute`` hands calls to the local ``fallback``
+coordinator; a follower that loses it mid-wait falls back too. A lost subscription alone
+only makes followers poll.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import time
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from gateway.cluster import envelope as env
 from gateway.cluster.completions import Completions
 from gateway.cluster.connection import RedisCommandError, RedisCommands, RedisUnavailable
 from gateway.cluster.decision import Decision, UnexpectedReply
+from gateway.cluster.follower import Follower, GiveUp
 from gateway.cluster.keys import KeySchema
-from gateway.cluster.lease import NoticeListener
 from gateway.cluster.options import ClusterCounters, ClusterOptions
 from gateway.cluster.steps import RedisSteps
-from gateway.contracts import BackendCall, BackendReply, Coordinator, MethodPolicy, Outcome, Source
-from gateway.errors import INTERNAL_ERROR, GatewayError, RemoteCallFailed
+from gateway.contracts import (
+    BackendCall,
+    BackendReply,
+    Coordinator,
+    MethodPolicy,
+    NoSpawner,
+    Outcome,
+    Source,
+    Spawner,
+    shares_failure,
+)
+from gateway.errors import INTERNAL_ERROR, GatewayError
+from gateway.primitives import DeferredPool
 from gateway.reactors import as_clock
 
 log = Logger(namespace="gateway.cluster")
 
 _REDIS_TROUBLE = (RedisUnavailable, RedisCommandError, UnexpectedReply)
-_GiveUp = Literal["solo", "fallback"]  # call the backend directly / through the fallback
 
 
 class ClusterCoordinator:
@@ -53,9 +67,9 @@ class ClusterCoordinator:
 
     ``redis``: the node's command connection (a started ``RedisConnector``);
     ``completions``: the node's single pub/sub listener (a started ``Completions``);
-    ``fallback``: local-only coordinator used while Redis (or the subscription) is down;
-    ``clock``: the reactor; ``keys``: the node's KeySchema (default: one for
-    ``options.prefix``). ``counters`` (``hmac_rejects`` among them) are for metrics.
+    ``fallback``: local-only coordinator used while Redis is down; ``clock``: the reactor;
+    ``keys``: the node's KeySchema (default: one for ``options.prefix``); ``spawner``: the
+    node's flight table, which background refreshes are registered with.
     """
 
     def __init__(
@@ -68,6 +82,7 @@ class ClusterCoordinator:
         clock: IReactorTime,
         options: ClusterOptions | None = None,
         keys: KeySchema | None = None,
+        spawner: Spawner | None = None,
     ) -> None:
         self.options = options or ClusterOptions()
         self.node_id = node_id
@@ -77,17 +92,27 @@ class ClusterCoordinator:
         self._fallback = fallback
         self._clock = as_clock(clock)
         self._reactor = clock
+        self._spawner = spawner or NoSpawner()
         keys = keys or KeySchema(self.options.prefix)
-        self._steps = RedisSteps(redis, self.options, keys)
-        self._announced: bool | None = None  # last mode logged: True cluster, False local
+        self._steps = RedisSteps(redis, self.options, keys, node_id, clock)
+        self._follower = Follower(self._steps, completions, clock, self.options, self._open)
+        self._writes = DeferredPool(clock)  # complete() calls not yet answered
+        self._announced: str | None = None  # last mode logged
         self._stopped = False
         redis.add_state_callback(self._redis_state)
-        completions.add_state_callback(lambda _: self._announce(self.cluster_mode))
+        completions.add_state_callback(lambda _: self._announce())
 
     @property
     def cluster_mode(self) -> bool:
-        """True while both the command connection and the subscription are up."""
-        return self._redis.is_up and self._completions.is_up
+        """True while the command connection is up (notices may still be down: see mode)."""
+        return self._redis.is_up
+
+    @property
+    def mode(self) -> str:
+        """``cluster``, ``cluster-polling`` (no subscription: followers poll) or ``local``."""
+        if not self._redis.is_up:
+            return "local"
+        return "cluster" if self._completions.is_up else "cluster-polling"
 
     @property
     def script_reloads(self) -> int:
@@ -96,63 +121,68 @@ class ClusterCoordinator:
     def heartbeat_fields(self) -> dict[str, float | str]:
         """Extra fields for this node's heartbeat hash."""
         return {
-            "hmac_rejects": float(self.counters.hmac_rejects),
-            "redis_mode": "cluster" if self.cluster_mode else "local",
+            "hmac_rejects": float(self.counters.hmac_rejects + self.counters.expired_rejects),
+            "deposed": float(self.counters.deposed),
+            "redis_mode": self.mode,
         }
 
-    def stop(self) -> None:
-        """Node shutdown: new calls go to the fallback, and no "redis down" is logged."""
+    def stop(self) -> Deferred[None]:
+        """Node shutdown: new calls go to the fallback, no "redis down" is logged, and the
+        returned Deferred fires once the Redis writes underway (an abandoned lead's notice)
+        are answered, at most ``reply_timeout`` from now."""
         self._stopped = True
+        waiting = self._writes.notify_when_empty(timeout=self.options.reply_timeout)
+        return waiting.addErrback(lambda _: None)
 
     def execute(
         self, key: str, policy: MethodPolicy, call_backend: BackendCall
     ) -> Deferred[Outcome]:
         if self._stopped or not self.cluster_mode:
-            self._announce(False)
+            self._announce()
             return self._fallback.execute(key, policy, call_backend)
         return Deferred.fromCoroutine(self._execute(key, policy, call_backend))
 
     # -- roles ------------------------------------------------------------------------
 
     async def _execute(self, key: str, policy: MethodPolicy, call_backend: BackendCall) -> Outcome:
-        deadline = self._clock.seconds() + self._follow_limit(policy)
-        try:
-            decision = await self._steps.decide(key, policy)
-        except _REDIS_TROUBLE:
-            return await self._give_up("fallback", key, policy, call_backend)
-        dropped = False
+        dropped = False  # an unusable cache entry was dropped once already
+        decision = Decision("again")
         while True:
-            if decision.kind in ("cache", "stale"):
-                source = Source.CACHE if decision.kind == "cache" else Source.STALE
-                outcome = self._from_entry(key, decision.entry, source)
-                if outcome is not None:
-                    return outcome
-                if dropped:  # rewritten unusable again at once (a node with another secret?)
-                    return await self._give_up("solo", key, policy, call_backend)
-                # An entry no node can trust would otherwise defeat dedupe for its whole TTL:
-                # drop it (only if unchanged) and decide again, so one leader rewrites it.
-                dropped = True
-                try:
-                    await self._steps.drop_entry(key, decision.entry)
+            try:
+                if decision.kind == "again":
                     decision = await self._steps.decide(key, policy)
-                except _REDIS_TROUBLE:
-                    return await self._give_up("fallback", key, policy, call_backend)
-                continue
-            if decision.kind == "stale_lead":
-                outcome = self._from_entry(key, decision.entry, Source.STALE)
-                if outcome is None:  # unusable entry: refresh it in the foreground instead
-                    return await self._lead(key, policy, call_backend, decision.token)
-                refresh = Deferred.fromCoroutine(
-                    self._lead(key, policy, call_backend, decision.token)
-                )
-                refresh.addErrback(
-                    lambda f: log.debug("refresh failed: {f}", f=f.getErrorMessage())
-                )
-                return outcome
-            if decision.kind == "lead":
-                return await self._lead(key, policy, call_backend, decision.token)
-            # follow (possibly after an earlier follow that ended with a changed lease)
-            step = await self._follow(key, policy, decision, deadline)
+                    continue
+                if decision.kind in ("cache", "stale"):
+                    source = Source.CACHE if decision.kind == "cache" else Source.STALE
+                    outcome = self._from_entry(key, decision.entry, source)
+                    if outcome is not None:
+                        return outcome
+                    if dropped:  # rewritten unusable again at once (a node with another secret?)
+                        return await self._give_up("solo", key, policy, call_backend)
+                    # An entry no node can trust would defeat dedupe for its whole TTL: drop it
+                    # (only if unchanged) and decide again, so one leader rewrites it.
+                    dropped = True
+                    await self._steps.drop_entry(key, decision.entry)
+                    decision = Decision("again")
+                    continue
+                if decision.kind == "stale_lead":
+                    outcome = self._from_entry(key, decision.entry, Source.STALE)
+                    if outcome is None:  # unusable entry: refresh it in the foreground instead
+                        return await self._lead(key, policy, call_backend, decision)
+                    refresh = Deferred.fromCoroutine(
+                        self._lead(key, policy, call_backend, decision)
+                    )
+                    refresh.addErrback(
+                        lambda f: log.debug("refresh failed: {f}", f=f.getErrorMessage())
+                    )
+                    self._spawner.spawn(key, refresh)
+                    return outcome
+                if decision.kind == "lead":
+                    return await self._lead(key, policy, call_backend, decision)
+                # follow, until an answer, a decision of our own, or giving up
+                step = await self._follower.follow(key, policy, decision)
+            except _REDIS_TROUBLE:
+                return await self._give_up("fallback", key, policy, call_backend)
             if isinstance(step, Outcome):
                 return step
             if isinstance(step, str):
@@ -160,89 +190,72 @@ class ClusterCoordinator:
             if step.kind == "lead":
                 self.counters.takeovers += 1
             decision = step
-            if step.kind == "again":  # the leader abandoned the call: decide afresh
-                try:
-                    decision = await self._steps.decide(key, policy)
-                except _REDIS_TROUBLE:
-                    return await self._give_up("fallback", key, policy, call_backend)
 
     async def _lead(
-        self, key: str, policy: MethodPolicy, call_backend: BackendCall, token: str
+        self, key: str, policy: MethodPolicy, call_backend: BackendCall, decision: Decision
     ) -> Outcome:
         self.counters.leads += 1
-        renewer = self._steps.renewer(key, token, self._reactor)
+        token, fence = decision.token, decision.fence
+        renewer = self._steps.renewer(key, token, on_deposed=lambda: self._deposed(key))
         try:
             reply: BackendReply = await maybeDeferred(call_backend)
         except CancelledError:
-            # Our callers are gone. Tell followers to decide again rather than wait out the
-            # lease; not awaited, since a cancelled coroutine must finish now.
-            self._steps.complete(key, policy, env.Envelope.skip(token, "abandoned"), False)
+            # Abandoned (the node drains): followers take over now rather than wait out the
+            # lease. Not awaited - a cancelled coroutine must finish now; the node's stop
+            # waits for the write instead.
+            self._complete(key, policy, env.Envelope.skip(token, "abandoned", fence), False)
             raise
         except Exception as exc:
-            if isinstance(exc, GatewayError):
-                code, message = exc.code, exc.message
+            if shares_failure(exc, policy):
+                if isinstance(exc, GatewayError):
+                    code, message = exc.code, exc.message
+                else:
+                    code, message = INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+                shared = env.Envelope.error(token, code, message, fence)
             else:
-                code, message = INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
-            await self._steps.complete(key, policy, env.Envelope.error(token, code, message), False)
+                # This node's own trouble: another node may well succeed.
+                self.counters.handed_back += 1
+                shared = env.Envelope.skip(token, "local_error", fence)
+            await self._complete(key, policy, shared, False)
             raise
         finally:  # a renewal racing complete() is harmless: RENEW only extends our own lease
             renewer.stop()
         if len(reply.message) > self.options.max_shared_bytes:
-            shared, cacheable = env.Envelope.skip(token, "too_large"), False
+            shared, cacheable = env.Envelope.skip(token, "too_large", fence), False
         else:
-            shared, cacheable = env.Envelope.ok(token, reply), policy.may_cache(reply.kind)
-        await self._steps.complete(key, policy, shared, cacheable)
+            shared = env.Envelope.ok(token, reply, fence)
+            cacheable = policy.may_cache(reply.kind)
+        if await self._complete(key, policy, shared, cacheable) is False and not renewer.deposed:
+            self._deposed(key)  # lost the lease between the last renewal and complete
         return Outcome(reply, Source.BACKEND)
 
-    async def _follow(
-        self, key: str, policy: MethodPolicy, decision: Decision, deadline: float
-    ) -> Outcome | Decision | _GiveUp:
-        """Follow ``decision.token``: an answer, a new decision (lease changed), or give up."""
-        token = decision.token
-        listener = NoticeListener(self._completions.wait(key, token), self._reactor)
-        try:
-            # Registered first, then one GET: a notice published before we listened is not
-            # lost, because the result key outlives it (handoff_ttl).
-            stored = await self._steps.result(key, token)
-            if stored is not None:
-                return self._handoff(key, token, stored)
-            lease_ms = decision.lease_ms or self._steps.lease_ms
-            while True:
-                left = deadline - self._clock.seconds()
-                if left <= 0:
-                    return "solo"
-                wait = min(left, lease_ms / 1000 + self.options.poll_margin)
-                if await listener.wait(wait):
-                    return await self._notice(key, listener, token)
-                step = await self._steps.poll(key, policy, following=token)
-                if step.kind == "result":
-                    return self._handoff(key, token, step.entry)
-                if step.kind != "follow" or step.token != token:
-                    return step
-                lease_ms = step.lease_ms or self._steps.lease_ms  # renewed: keep following
-        except _REDIS_TROUBLE:
-            return "fallback"
-        finally:
-            listener.cancel()
+    def _complete(
+        self, key: str, policy: MethodPolicy, shared: env.Envelope, cacheable: bool
+    ) -> Deferred[bool | None]:
+        return self._writes.add(self._steps.complete(key, policy, shared, cacheable))
 
-    async def _notice(
-        self, key: str, listener: NoticeListener, token: str
-    ) -> Outcome | Decision | _GiveUp:
-        notice = listener.result
-        if isinstance(notice, Failure):  # Redis went away: don't wait, call the backend now
-            return "fallback"
-        if notice is None:  # too big to inline: fetch it
-            stored = await self._steps.result(key, token)
-            if stored is None:
-                return "solo"  # expired already (handoff_ttl too short for this wait)
-            notice = stored
-        return self._handoff(key, token, notice)
+    def _deposed(self, key: str) -> None:
+        self.counters.deposed += 1
+        log.info(
+            "lost the lease of {key} while calling the backend (paused or partitioned?): "
+            "answering this node's callers, caching nothing",
+            key=key,
+        )
 
     # -- envelopes ----------------------------------------------------------------------
 
     def _open(self, key: str, data: bytes) -> env.Envelope | None:
         try:
-            return env.decode(data, key, self.options.hmac_secret)
+            return env.decode(
+                data,
+                key,
+                self.options.hmac_secret,
+                now_ms=int(time.time() * 1000),
+                max_skew_ms=int(self.options.max_clock_skew * 1000),
+            )
+        except env.EnvelopeExpired as exc:
+            self.counters.expired_rejects += 1
+            log.warn("rejected a shared result for {key}: {exc} (replayed?)", key=key, exc=exc)
         except env.EnvelopeRejected:
             self.counters.hmac_rejects += 1
             log.warn("rejected a shared result for {key}: bad HMAC signature", key=key)
@@ -256,31 +269,14 @@ class ClusterCoordinator:
             return None
         return Outcome(opened.reply, source)
 
-    def _handoff(self, key: str, token: str, data: bytes) -> Outcome | Decision | _GiveUp:
-        opened = self._open(key, data)
-        if opened is None or opened.token != token:
-            return "solo"
-        if opened.status == "error":
-            raise RemoteCallFailed(opened.message, opened.code)
-        if opened.reply is not None:
-            return Outcome(opened.reply, Source.REMOTE)
-        if opened.why == "abandoned":  # the leader's callers left: decide again
-            return Decision("again")
-        return "solo"  # too large to share: everyone calls for themselves
-
     # -- giving up -----------------------------------------------------------------------
 
     async def _give_up(
-        self, how: _GiveUp, key: str, policy: MethodPolicy, call_backend: BackendCall
+        self, how: GiveUp, key: str, policy: MethodPolicy, call_backend: BackendCall
     ) -> Outcome:
         if how == "fallback":
             return await self._fallback.execute(key, policy, call_backend)
         return Outcome(await maybeDeferred(call_backend), Source.BACKEND)
-
-    def _follow_limit(self, policy: MethodPolicy) -> float:
-        if self.options.follower_wait is not None:
-            return self.options.follower_wait
-        return policy.timeout + self.options.lease_ttl
 
     # -- mode -----------------------------------------------------------------------------
 
@@ -289,15 +285,20 @@ class ClusterCoordinator:
             self._steps.preload()  # so the first calls after (re)connecting skip NOSCRIPT
         else:
             # Followers wait on notices the subscriber may still deliver, but they could
-            # not fetch a non-inlined result nor poll: wake them to call the backend now.
+            # not fetch a non-inlined result nor poll: wake them to fall back now.
             self._completions.fail_all(RedisUnavailable("redis connection lost"))
-        self._announce(self.cluster_mode)
+        self._announce()
 
-    def _announce(self, mode: bool) -> None:
+    def _announce(self) -> None:
+        mode = self.mode
         if mode == self._announced or self._stopped:
             return
-        if mode:
+        if mode == "cluster":
             log.info("redis up: cluster mode (node {node})", node=self.node_id)
-        elif self._announced is not None or not self._redis.is_up:
+        elif mode == "local":
             log.warn("redis down: local-only coalescing (node {node})", node=self.node_id)
+        elif self._announced == "cluster":  # not while connecting: the subscription follows
+            log.warn(
+                "redis pub/sub down: followers poll for results (node {node})", node=self.node_id
+            )
         self._announced = mode

@@ -27,6 +27,7 @@ class Decision:
     entry: bytes = b""
     token: str = ""
     lease_ms: int = 0  # follow: the lease's remaining time when decided
+    fence: int = 0  # lead / stale_lead: the fencing number of this leadership
 
 
 def parse_decision(reply: Reply) -> Decision:
@@ -38,9 +39,11 @@ def parse_decision(reply: Reply) -> Decision:
         if kind in _ENTRY_KINDS:
             return Decision(_ENTRY_KINDS[kind], entry=_bytes(rest[0]))
         if kind == "stale_lead":
-            return Decision("stale_lead", entry=_bytes(rest[0]), token=_text(rest[1]))
+            return Decision(
+                "stale_lead", entry=_bytes(rest[0]), token=_text(rest[1]), fence=_int(rest[2])
+            )
         if kind == "lead":
-            return Decision("lead", token=_text(rest[0]))
+            return Decision("lead", token=_text(rest[0]), fence=_int(rest[1]))
         if kind == "follow":
             left = rest[1]
             # PTTL -1 (no expiry) cannot happen for a lease we set; treat it as "unknown".
@@ -54,6 +57,12 @@ def parse_decision(reply: Reply) -> Decision:
 def _bytes(value: Reply) -> bytes:
     if not isinstance(value, bytes):
         raise UnexpectedReply(f"expected bytes, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Reply) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UnexpectedReply(f"expected an integer, got {type(value).__name__}")
     return value
 
 

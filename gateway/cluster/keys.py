@@ -1,15 +1,19 @@
 """The Redis key schema shared by every gateway node (and by ``gateway status``).
 
-All keys of one call key ``K`` carry the hash tag ``{K}`` so a Redis Cluster keeps them in
-one slot: the scripts touch the lease, the result and the cache entry in one atomic step.
+Call keys are spread over :data:`BUCKETS` buckets (``b`` = two hex digits, from a CRC-32 of
+the call key ``K``), and every key of a call carries its bucket as the hash tag ``{b}``. So
+the scripts, which touch a call's lease, fence, result and cache entry in one atomic step,
+are single-slot in a Redis Cluster, and so are per-bucket keys (the ``done`` channel, the
+in-flight index) that the same scripts update.
 
 ====================================  ==========  =========================================
 key                                   type        meaning
 ====================================  ==========  =========================================
-``<prefix>{K}:lease``                 string      token of the node calling the backend
-``<prefix>{K}:result:<token>``        string      envelope handed to that leader's followers
-``<prefix>{K}:cache``                 string      envelope served until ttl (+ stale_ttl)
-``<prefix>{K}:done``                  channel     "leader finished" notices (PSUBSCRIBE)
+``<prefix>{b}:K:lease``               string      token of the node calling the backend
+``<prefix>{b}:K:fence``               string      fencing number: +1 per new leadership
+``<prefix>{b}:K:result:<token>``      string      envelope handed to that leader's followers
+``<prefix>{b}:K:cache``               string      envelope served until ttl (+ stale_ttl)
+``<prefix>{b}:done``                  channel     "leader finished" notices of the bucket
 ``<prefix>node:<node_id>``            hash        one node's counters (heartbeat)
 ``<prefix>nodes``                     zset        node ids scored by last heartbeat time
 ====================================  ==========  =========================================
@@ -17,13 +21,24 @@ key                                   type        meaning
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "gw:"
+BUCKETS = 64
 
 # Characters PSUBSCRIBE treats as glob syntax; a prefix containing them must be escaped in
 # the pattern or nodes would subscribe to more (or fewer) channels than they publish on.
 _GLOB_CHARS = frozenset("*?[]\\")
+
+
+def bucket_of(key: str) -> str:
+    """The bucket of call key ``key``: ``"00"`` .. ``"3f"``."""
+    return f"{zlib.crc32(key.encode('utf-8')) % BUCKETS:02x}"
+
+
+def all_buckets() -> list[str]:
+    return [f"{b:02x}" for b in range(BUCKETS)]
 
 
 @dataclass(frozen=True)
@@ -33,17 +48,20 @@ class KeySchema:
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
-        # A brace in the prefix would become the hash tag instead of {K}.
+        # A brace in the prefix would become the hash tag instead of {b}.
         if "{" in self.prefix or "}" in self.prefix:
             raise ValueError(f"key prefix may not contain braces: {self.prefix!r}")
 
     def _base(self, key: str) -> str:
         if not key:
             raise ValueError("call key must not be empty")
-        return f"{self.prefix}{{{key}}}"
+        return f"{self.prefix}{{{bucket_of(key)}}}:{key}"
 
     def lease(self, key: str) -> str:
         return f"{self._base(key)}:lease"
+
+    def fence(self, key: str) -> str:
+        return f"{self._base(key)}:fence"
 
     def result(self, key: str, token: str) -> str:
         return f"{self._base(key)}:result:{token}"
@@ -52,20 +70,18 @@ class KeySchema:
         return f"{self._base(key)}:cache"
 
     def done(self, key: str) -> str:
-        return f"{self._base(key)}:done"
+        """The notice channel of ``key``'s bucket."""
+        return f"{self.prefix}{{{bucket_of(key)}}}:done"
 
     def done_pattern(self) -> str:
-        """The one PSUBSCRIBE pattern that matches every call's ``done`` channel."""
+        """The one PSUBSCRIBE pattern that matches every bucket's ``done`` channel."""
         escaped = "".join(f"\\{c}" if c in _GLOB_CHARS else c for c in self.prefix)
         return f"{escaped}{{*}}:done"
 
-    def key_of_done(self, channel: str) -> str | None:
-        """The call key of a ``done`` channel name, or None for a channel that is not one."""
+    def is_done(self, channel: str) -> bool:
+        """Whether ``channel`` is one of this schema's ``done`` channels."""
         head, tail = f"{self.prefix}{{", "}:done"
-        if not (channel.startswith(head) and channel.endswith(tail)):
-            return None
-        key = channel[len(head) : -len(tail)]
-        return key or None
+        return channel.startswith(head) and channel.endswith(tail)
 
     def node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"

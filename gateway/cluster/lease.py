@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -16,9 +18,11 @@ class LeaseRenewer:
     """Extends a leader's lease every ``interval`` seconds while its backend call runs.
 
     Renewal is compare-then-extend (``RENEW`` script), so a leader whose lease already
-    expired and was taken over stops renewing instead of stealing it back. A failed renewal
-    (Redis briefly away) is retried at the next tick; the lease may lapse meanwhile, which
-    only means a follower takes over - the leader still answers its own callers.
+    expired and was taken over stops renewing instead of stealing it back, and learns that
+    it is deposed (``deposed`` becomes True, ``on_deposed`` runs once): it still answers its
+    own callers, but its ``complete`` will neither cache nor release anything. A failed
+    renewal (Redis briefly away) is retried at the next tick; the lease may lapse
+    meanwhile, which only means a follower takes over.
     """
 
     def __init__(
@@ -29,8 +33,11 @@ class LeaseRenewer:
         token: str,
         lease_ms: int,
         interval: float,
+        on_deposed: Callable[[], None] | None = None,
     ) -> None:
         self._scripts = scripts
+        self._on_deposed = on_deposed
+        self.deposed = False
         self._clock = as_clock(clock)
         self._keys = [lease_key]
         self._args: list[Arg] = [token, lease_ms]
@@ -61,7 +68,12 @@ class LeaseRenewer:
     def _renewed(self, reply: Reply) -> None:
         if reply == 1:
             self._schedule()
-        # Otherwise the lease is no longer ours (expired, taken over): stop renewing.
+            return
+        # The lease is no longer ours (expired, taken over): stop renewing.
+        if not self._stopped and not self.deposed:
+            self.deposed = True
+            if self._on_deposed is not None:
+                self._on_deposed()
 
     def _failed(self, _: Failure) -> None:
         self._schedule()
@@ -90,6 +102,11 @@ class NoticeListener:
         """The notice (or the failure, e.g. RedisUnavailable); only once :meth:`wait` said so."""
         assert self._result is not _PENDING
         return self._result  # type: ignore[return-value]  # narrowed by the sentinel check
+
+    @property
+    def has_failed(self) -> bool:
+        """True once the registration failed (e.g. NoticesLost): no notice will come."""
+        return isinstance(self._result, Failure)
 
     def wait(self, seconds: float) -> Deferred[bool]:
         """Fires True when the notice (or a failure) is in, False after ``seconds``."""

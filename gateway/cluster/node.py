@@ -23,7 +23,7 @@ from gateway.cluster.heartbeat import Heartbeat
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.options import ClusterOptions
 from gateway.cluster.url import RedisURL, parse_redis_url
-from gateway.contracts import Coordinator
+from gateway.contracts import Coordinator, Spawner
 from gateway.stats import NodeStats
 
 
@@ -40,11 +40,14 @@ class ClusterNode:
         clock: IReactorTime,
         options: ClusterOptions | None = None,
         address: str | None = None,
-        reply_timeout: float = 2.0,
+        reply_timeout: float | None = None,
         keepalive: float | None = 5.0,
         backoff: Callable[[], Iterable[float]] = default_backoff,
+        spawner: Spawner | None = None,
     ) -> None:
         self.options = options or ClusterOptions()
+        if reply_timeout is None:
+            reply_timeout = self.options.reply_timeout
         parsed = parse_redis_url(url) if isinstance(url, str) else url
         self.redis, self.subscriber = (
             RedisConnector(
@@ -68,6 +71,7 @@ class ClusterNode:
             clock=clock,
             options=self.options,
             keys=keys,
+            spawner=spawner,
         )
         self.heartbeat = Heartbeat(
             self.redis,
@@ -88,21 +92,26 @@ class ClusterNode:
         self.heartbeat.start()
 
     def stop(self) -> Deferred[None]:
-        self.coordinator.stop()
+        """Stop coordinating, then close both connections once the writes underway are in."""
         self.heartbeat.stop()
-        d = gatherResults([self.redis.stop(), self.completions.stop()], consumeErrors=True)
-        return d.addCallback(lambda _: None)
+
+        def close(_: object) -> Deferred[None]:
+            d = gatherResults([self.redis.stop(), self.completions.stop()], consumeErrors=True)
+            return d.addCallback(lambda _: None)
+
+        return self.coordinator.stop().addCallback(close)
 
     def when_ready(self) -> Deferred[None]:
-        """Fires once the coordinator is in cluster mode (at once if it is)."""
-        if self.coordinator.cluster_mode:
+        """Fires once the coordinator is in full cluster mode, notices included (at once if
+        it is)."""
+        if self.coordinator.mode == "cluster":
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._ready_waiters.append(d)
         return d
 
     def _state_changed(self, _: bool) -> None:
-        if self.coordinator.cluster_mode:
+        if self.coordinator.mode == "cluster":
             waiters, self._ready_waiters = self._ready_waiters, []
             for d in waiters:
                 d.callback(None)

@@ -2,14 +2,15 @@
 
 Scripts run with EVALSHA; a ``NOSCRIPT`` reply (Redis restarted, failed over, or someone
 ran ``SCRIPT FLUSH``) is answered by one EVAL of the source, which also reloads it.
-Every key a script touches is passed in KEYS and shares the call's hash tag.
+Every key a script touches is passed in KEYS and shares the call's hash tag (its bucket).
 
 Replies (Lua tables arrive as lists):
 
-* decide -> ``[b"cache", entry]`` | ``[b"stale", entry]`` | ``[b"stale_lead", entry, token]``
-  | ``[b"follow", holder_token, lease_pttl_ms]`` | ``[b"lead", token]``
+* decide -> ``[b"cache", entry]`` | ``[b"stale", entry]``
+  | ``[b"stale_lead", entry, token, fence]`` | ``[b"follow", holder_token, lease_pttl_ms]``
+  | ``[b"lead", token, fence]``
 * poll -> ``[b"result", envelope]`` or any decide reply
-* complete -> 1 if the lease was still ours and got released, else 0
+* complete -> 1 if the lease was still ours (cache written, lease released), else 0
 * renew -> 1 if the lease was still ours and got extended, else 0
 """
 
@@ -37,11 +38,19 @@ class Script:
         object.__setattr__(self, "sha", digest)
 
 
-# decide(lease, cache, want_cache, stale_ms, token, lease_ms). The cache is consulted only
-# for cache-mode methods. A stale entry is always served at once; the caller that also wins
-# the lease refreshes it in the background, so one refresh runs per stale period.
+# decide(lease, cache, fence, want_cache, stale_ms, token, lease_ms, fence_ms). The cache is
+# consulted only for cache-mode methods. A stale entry is always served at once; the caller
+# that also wins the lease refreshes it in the background, so one refresh runs per stale
+# period. Every lease granted takes the next fencing number of the key (INCR): it orders the
+# leaderships of one key and travels in the leader's envelopes.
 _DECIDE_FN = """
-local function decide(lease, cache, want_cache, stale_ms, token, lease_ms)
+local function grant(lease, fence, token, lease_ms, fence_ms)
+  redis.call('SET', lease, token, 'PX', lease_ms)
+  local number = redis.call('INCR', fence)
+  redis.call('PEXPIRE', fence, fence_ms)
+  return number
+end
+local function decide(lease, cache, fence, want_cache, stale_ms, token, lease_ms, fence_ms)
   if want_cache == '1' then
     local entry = redis.call('GET', cache)
     if entry then
@@ -49,8 +58,8 @@ local function decide(lease, cache, want_cache, stale_ms, token, lease_ms)
       if left < 0 or left > tonumber(stale_ms) then
         return {'cache', entry}
       end
-      if redis.call('SET', lease, token, 'NX', 'PX', lease_ms) then
-        return {'stale_lead', entry, token}
+      if redis.call('EXISTS', lease) == 0 then
+        return {'stale_lead', entry, token, grant(lease, fence, token, lease_ms, fence_ms)}
       end
       return {'stale', entry}
     end
@@ -59,48 +68,49 @@ local function decide(lease, cache, want_cache, stale_ms, token, lease_ms)
   if holder then
     return {'follow', holder, redis.call('PTTL', lease)}
   end
-  redis.call('SET', lease, token, 'PX', lease_ms)
-  return {'lead', token}
+  return {'lead', token, grant(lease, fence, token, lease_ms, fence_ms)}
 end
 """
 
-# KEYS: lease, cache. ARGV: want_cache, stale_ms, new_token, lease_ms.
-DECIDE = Script("decide", _DECIDE_FN + "return decide(KEYS[1], KEYS[2], unpack(ARGV))\n")
+# KEYS: lease, cache, fence. ARGV: want_cache, stale_ms, new_token, lease_ms, fence_ms.
+DECIDE = Script("decide", _DECIDE_FN + "return decide(KEYS[1], KEYS[2], KEYS[3], unpack(ARGV))\n")
 
-# KEYS: lease, cache, result:<followed token>. ARGV as decide. A follower whose wait ran
-# out checks for its leader's result and, only if there is none, decides again (it may
+# KEYS: lease, cache, fence, result:<followed token>. ARGV as decide. A follower whose wait
+# ran out checks for its leader's result and, only if there is none, decides again (it may
 # take the lease over) - in the same round trip.
 POLL = Script(
     "poll",
     _DECIDE_FN
     + """
-local r = redis.call('GET', KEYS[3])
+local r = redis.call('GET', KEYS[4])
 if r then return {'result', r} end
-return decide(KEYS[1], KEYS[2], unpack(ARGV))
+return decide(KEYS[1], KEYS[2], KEYS[3], unpack(ARGV))
 """,
 )
 
-# KEYS: lease, result:<token>, cache. ARGV: token, envelope, handoff_ms, cache_ms (0: do
-# not cache), done channel, inline ('1': the message carries the envelope).
-# The result is written before the lease goes, so a node that still saw the lease (and
-# follows this token) always finds the result; the lease is deleted only if it is still
-# ours, since an expired lease may already belong to a node that took over.
+# KEYS: lease, result:<token>, cache, done channel. ARGV: token, envelope, handoff_ms,
+# cache_ms (0: do not cache), call key, inline ('1': the notice carries the envelope).
+# The result is written first, so a node that still saw the lease (and follows this token)
+# always finds it. The cache entry is written, and the lease released, only while the lease
+# is still ours - checked here, atomically: a leader that lost its lease (paused past it,
+# taken over) still hands its result to its own followers but can never overwrite what a
+# newer leader cached. The notice is "<token> <byte length of key> <key>[<envelope>]".
 COMPLETE = Script(
     "complete",
     """
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-if tonumber(ARGV[4]) > 0 then
-  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[4])
-end
-local released = 0
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local ours = redis.call('GET', KEYS[1]) == ARGV[1]
+if ours then
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[4])
+  end
   redis.call('DEL', KEYS[1])
-  released = 1
 end
-local message = ARGV[1]
-if ARGV[6] == '1' then message = message .. '\\n' .. ARGV[2] end
-redis.call('PUBLISH', ARGV[5], message)
-return released
+local notice = ARGV[1] .. ' ' .. #ARGV[5] .. ' ' .. ARGV[5]
+if ARGV[6] == '1' then notice = notice .. ARGV[2] end
+redis.call('PUBLISH', KEYS[4], notice)
+if ours then return 1 end
+return 0
 """,
 )
 

@@ -6,7 +6,9 @@ protocol itself and this module is where the wire format of a step lives.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -21,6 +23,7 @@ from gateway.cluster.lease import LeaseRenewer
 from gateway.cluster.options import ClusterOptions
 from gateway.cluster.scripts import COMPLETE, DECIDE, DROP, POLL, ScriptRunner
 from gateway.contracts import MethodPolicy
+from gateway.reactors import as_clock
 
 log = Logger(namespace="gateway.cluster")
 
@@ -28,13 +31,25 @@ log = Logger(namespace="gateway.cluster")
 class RedisSteps:
     """``decide``, ``poll``, ``result``, ``complete`` and lease renewal for call keys."""
 
-    def __init__(self, redis: RedisCommands, options: ClusterOptions, keys: KeySchema) -> None:
+    def __init__(
+        self,
+        redis: RedisCommands,
+        options: ClusterOptions,
+        keys: KeySchema,
+        node_id: str,
+        clock: IReactorTime,
+    ) -> None:
         self._redis = redis
         self._options = options
         self._keys = keys
+        self._node_id = node_id
+        self._reactor = clock
+        self._clock = as_clock(clock)
         self._scripts = ScriptRunner(redis)
         self.lease_ms = max(1, int(options.lease_ttl * 1000))
         self._handoff_ms = max(1, int(options.handoff_ttl * 1000))
+        # The fencing counter outlives any lease plus the results read after it.
+        self._fence_ms = self.lease_ms + self._handoff_ms
 
     @property
     def script_reloads(self) -> int:
@@ -45,12 +60,17 @@ class RedisSteps:
 
     async def decide(self, key: str, policy: MethodPolicy) -> Decision:
         """cache | stale | stale_lead | follow | lead (see scripts.DECIDE)."""
-        keys = [self._keys.lease(key), self._keys.cache(key)]
+        keys = [self._keys.lease(key), self._keys.cache(key), self._keys.fence(key)]
         return parse_decision(await self._scripts.run(DECIDE, keys, self._decide_args(policy)))
 
     async def poll(self, key: str, policy: MethodPolicy, following: str) -> Decision:
         """The followed leader's result if it is there (kind ``result``), else ``decide``."""
-        keys = [self._keys.lease(key), self._keys.cache(key), self._keys.result(key, following)]
+        keys = [
+            self._keys.lease(key),
+            self._keys.cache(key),
+            self._keys.fence(key),
+            self._keys.result(key, following),
+        ]
         return parse_decision(await self._scripts.run(POLL, keys, self._decide_args(policy)))
 
     async def result(self, key: str, token: str) -> bytes | None:
@@ -64,32 +84,57 @@ class RedisSteps:
 
     def complete(
         self, key: str, policy: MethodPolicy, shared: env.Envelope, cacheable: bool
-    ) -> Deferred[None]:
+    ) -> Deferred[bool | None]:
         """Store, cache (if ``cacheable``), announce, release; never fails.
 
-        A leader answers its own callers whether or not this reached Redis; its followers
-        then find no result and poll, take over or give up on their own.
+        Fires with True if the lease was still ours (cache written if asked, lease released),
+        False if we had been deposed (only the result for our own followers was written),
+        None if Redis could not be reached. A leader answers its own callers in every case;
+        its followers then find no result and poll, take over or give up on their own.
         """
-        data = env.encode(shared, key, self._options.hmac_secret)
         cache_ms = int((policy.ttl + policy.stale_ttl) * 1000) if cacheable else 0
+        now_ms = int(self._clock.seconds() * 1000)
+        expires_ms = now_ms + max(self._handoff_ms, cache_ms)
+        data = env.encode(
+            dataclasses.replace(shared, expires_ms=expires_ms), key, self._options.hmac_secret
+        )
         inline = "1" if len(data) <= self._options.inline_bytes else "0"
-        keys = [self._keys.lease(key), self._keys.result(key, shared.token), self._keys.cache(key)]
-        done = self._keys.done(key)
-        args: list[Arg] = [shared.token, data, self._handoff_ms, cache_ms, done, inline]
+        keys = [
+            self._keys.lease(key),
+            self._keys.result(key, shared.token),
+            self._keys.cache(key),
+            self._keys.done(key),
+        ]
+        args: list[Arg] = [shared.token, data, self._handoff_ms, cache_ms, key, inline]
 
         def failed(reason: Failure) -> None:
             log.debug("result not written for {key}: {r}", key=key, r=reason.getErrorMessage())
 
-        return self._scripts.run(COMPLETE, keys, args).addCallbacks(lambda _: None, failed)
+        return self._scripts.run(COMPLETE, keys, args).addCallbacks(lambda r: r == 1, failed)
 
-    def renewer(self, key: str, token: str, clock: IReactorTime) -> LeaseRenewer:
+    def renewer(
+        self, key: str, token: str, on_deposed: Callable[[], None] | None = None
+    ) -> LeaseRenewer:
         """A started renewer extending ``token``'s lease every ``lease_ttl / 3``."""
         interval = max(0.01, self._options.lease_ttl / 3)
         lease = self._keys.lease(key)
-        return LeaseRenewer(self._scripts, clock, lease, token, self.lease_ms, interval).start()
+        renewer = LeaseRenewer(
+            self._scripts, self._reactor, lease, token, self.lease_ms, interval, on_deposed
+        )
+        return renewer.start()
+
+    def new_token(self) -> str:
+        """A lease token: ``<node_id>/<random>``, so the leader of a lease can be read off it."""
+        return f"{self._node_id}/{uuid.uuid4().hex[:16]}"
 
     def _decide_args(self, policy: MethodPolicy) -> list[Arg]:
         want_cache = policy.mode == "cache" and policy.ttl > 0
         stale_ms = int(policy.stale_ttl * 1000)
         # A fresh token per decision: it only becomes a lease if this call gets to lead.
-        return ["1" if want_cache else "0", stale_ms, uuid.uuid4().hex, self.lease_ms]
+        return [
+            "1" if want_cache else "0",
+            stale_ms,
+            self.new_token(),
+            self.lease_ms,
+            self._fence_ms,
+        ]

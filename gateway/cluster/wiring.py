@@ -1,7 +1,8 @@
 """``gateway serve``'s view of the cluster: build a :class:`ClusterNode` from the config.
 
-``gateway.app`` calls ``RedisCluster(config, reactor, stats, fallback=local)`` and uses
-``.coordinator``, ``.mode()`` (``"cluster"`` or ``"local"`` for /healthz and metrics),
+``gateway.app`` calls ``RedisCluster(config, reactor, stats, fallback=local, spawner=flights)``
+and uses ``.coordinator``, ``.mode()`` (``"cluster"``, ``"cluster-polling"`` or ``"local"``
+for /healthz and metrics),
 ``.start()`` and ``.stop()``.
 """
 
@@ -15,7 +16,7 @@ from gateway.cluster.coordinator import ClusterCoordinator
 from gateway.cluster.node import ClusterNode
 from gateway.cluster.options import ClusterOptions
 from gateway.config import GatewayConfig
-from gateway.contracts import Coordinator
+from gateway.contracts import Coordinator, Spawner
 from gateway.stats import NodeStats
 
 
@@ -23,7 +24,13 @@ class RedisCluster:
     """A node's Redis side, configured from ``config.redis`` (which must be set)."""
 
     def __init__(
-        self, config: GatewayConfig, reactor: Any, stats: NodeStats, *, fallback: Coordinator
+        self,
+        config: GatewayConfig,
+        reactor: Any,
+        stats: NodeStats,
+        *,
+        fallback: Coordinator,
+        spawner: Spawner | None = None,
     ) -> None:
         redis = config.redis
         if redis is None:
@@ -35,6 +42,7 @@ class RedisCluster:
             handoff_ttl=redis.handoff_ttl,
             hmac_secret=secret,
             max_shared_bytes=redis.max_shared_bytes,
+            reply_timeout=redis.reply_timeout,
         )
         self.node = ClusterNode(
             redis.url,
@@ -43,6 +51,7 @@ class RedisCluster:
             fallback=fallback,
             clock=reactor,
             options=options,
+            spawner=spawner,
         )
 
     @property
@@ -50,7 +59,7 @@ class RedisCluster:
         return self.node.coordinator
 
     def mode(self) -> str:
-        return "cluster" if self.node.coordinator.cluster_mode else "local"
+        return self.node.coordinator.mode
 
     def set_address(self, address: str) -> None:
         """The address shown by ``gateway status`` (known once the listener is bound)."""

@@ -63,7 +63,7 @@ class _Call(Generic[K, T]):
         # Deferred.cancel() errbacks `waiter` with CancelledError after this returns, so
         # only the bookkeeping happens here; the other waiters are untouched.
         self.waiters.pop(waiter, None)
-        if self.waiters or self.done:
+        if self.waiters or self.done or self.owner.detached:
             return
         # The last interested caller left: unregister first so a caller arriving during the
         # cancellation below starts a new call, then cancel the shared one.
@@ -92,10 +92,16 @@ class UnhashableKey(TypeError):
 class Coalescer(Generic[K, T]):
     """Coalesces concurrent calls by key: at most one call of ``fn`` per key is in flight.
 
+    By default the shared call is cancelled (and forgotten) once every caller has cancelled.
+    With ``detached=True`` callers leaving never touch it: it runs to its end and stays
+    joinable until then, so a caller arriving after all the others left still joins it
+    instead of starting a second one (for calls with effects, such as paging someone).
+
     Not thread-safe; use it from the reactor thread like any Deferred.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, detached: bool = False) -> None:
+        self.detached = detached
         self._calls: dict[K, _Call[K, T]] = {}
         self.calls = 0  # call()/call_shared() invocations
         self.coalesced = 0  # of those, how many joined a call already in flight
@@ -111,8 +117,8 @@ class Coalescer(Generic[K, T]):
         """Call ``fn(*args, **kwargs)`` unless a call for ``key`` is in flight; join it if so.
 
         ``fn`` may return a value, a Deferred or raise (as with ``maybeDeferred``). The caller
-        always gets a Deferred of its own; cancelling it cancels only this caller, and the
-        shared call is cancelled once every caller has cancelled.
+        always gets a Deferred of its own; cancelling it cancels only this caller, and (unless
+        ``detached``) the shared call is cancelled once every caller has cancelled.
         """
         return self._join(key, fn, *args, **kwargs)[0]
 

@@ -4,20 +4,26 @@ Retries happen only for ``idempotent`` methods and only on connection-level fail
 (:class:`BackendUnavailable`): a timeout may mean the backend did the work, so it is never
 retried. Hedging (``hedge_after``) also needs ``idempotent``: a second replica is asked when
 the first has not answered after ``hedge_after`` seconds, and the first answer wins.
+
+The method's ``timeout`` bounds the whole call, retries, backoff and hedges included: each
+attempt gets what is left of it. (Followers on other nodes wait ``timeout + lease_ttl`` for a
+leader; a leader retrying past ``timeout`` would outlast them.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.contracts import MethodPolicy
-from gateway.errors import BackendUnavailable, GatewayError
+from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError
 from gateway.primitives import AllAttemptsFailed, RetryingCall, exponential_backoff, first_success
 from gateway.proxy.upstream import UpstreamPool
+from gateway.reactors import as_clock
 from gateway.thrift import MessageHeader, ProtocolKind
 
 RETRY_ATTEMPTS = 3
@@ -38,6 +44,7 @@ class Backend:
         self.pools = pools
         self.protocol: ProtocolKind = pools[0].protocol
         self._clock = clock
+        self._seconds = as_clock(clock).seconds
         self._hedge_after = hedge_after
         self._rr = 0
         self._retry_backoff = retry_backoff or (lambda: exponential_backoff(0.02, 2.0, 0.5))
@@ -70,18 +77,25 @@ class Backend:
             return self._pool().call(message, timeout=policy.timeout, oneway=True, header=header)
         if not policy.idempotent:
             return self._pool().call(message, timeout=policy.timeout, header=header)
+        deadline = self._seconds() + policy.timeout
+
+        def attempt_on(pool: UpstreamPool) -> Deferred[bytes]:
+            left = deadline - self._seconds()
+            if left <= 0:
+                return fail(BackendTimeout(f"gateway: backend timeout after {policy.timeout:g}s"))
+            return pool.call(message, timeout=left, header=header)
+
         if self._hedge_after is not None and len(self.pools) > 1:
-            attempts = [
-                (lambda p=pool: p.call(message, timeout=policy.timeout, header=header))
-                for pool in (self._pool(i) for i in range(len(self.pools)))
-            ]
-            d = first_success(attempts, stagger=self._hedge_after, clock=self._clock)
+            attempts = [partial(attempt_on, self._pool(i)) for i in range(len(self.pools))]
+            d: Deferred[bytes] = first_success(
+                attempts, stagger=self._hedge_after, clock=self._clock
+            )
             return d.addErrback(_unwrap_all_failed)
         offsets = iter(range(RETRY_ATTEMPTS))
 
         def attempt() -> Deferred[bytes]:
             # Each retry moves to the next replica, so one dead replica costs one attempt.
-            return self._pool(next(offsets, 0)).call(message, timeout=policy.timeout, header=header)
+            return attempt_on(self._pool(next(offsets, 0)))
 
         retrying: RetryingCall[bytes] = RetryingCall(self._clock, attempt)
         return retrying.start(

@@ -1,14 +1,16 @@
 """One client call, from decoded message to the reply bytes for that client.
 
-Path of a call: route -> (passthrough | local join in the Coalescer -> Coordinator decides:
-cache / follow another node / call the backend) -> reply re-encoded in the caller's own
-protocol with the caller's own seqid.
+Path of a call: route -> (passthrough | call identity -> the node's flight table: join the
+flight in progress for that key, or start one in which the coordinator decides: cache /
+follow another node / call the backend) -> reply re-encoded in the caller's own protocol with
+the caller's own seqid.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from functools import partial
 from typing import Protocol
 
 from twisted.internet import defer
@@ -18,7 +20,7 @@ from twisted.python.failure import Failure
 
 from gateway.contracts import BackendReply, Coordinator, MethodPolicy, Outcome, Source
 from gateway.errors import INTERNAL_ERROR, INVALID_MESSAGE_TYPE, PROTOCOL_ERROR, GatewayError
-from gateway.primitives import Coalescer
+from gateway.flights import FlightTable
 from gateway.proxy.router import Route, Router
 from gateway.reactors import as_clock
 from gateway.stats import NodeStats
@@ -29,7 +31,6 @@ from gateway.thrift import (
     MessageType,
     ProtocolKind,
     application_exception,
-    call_key,
     read_header,
     reply_kind,
     transcode,
@@ -73,6 +74,7 @@ class CallHandler:
         self,
         router: Router,
         backends: Mapping[str, BackendLike],
+        flights: FlightTable,
         coordinator: Coordinator,
         stats: NodeStats,
         clock: IReactorTime,
@@ -81,12 +83,12 @@ class CallHandler:
     ) -> None:
         self._router = router
         self._backends = backends
+        self._flights = flights
         self._coordinator = coordinator
         self._stats = stats
         self._clock = as_clock(clock)
         self._limits = limits
         self._metrics = metrics
-        self.coalescer: Coalescer[str, Outcome] = Coalescer()
 
     def handle(
         self, message: bytes, protocol: ProtocolKind, header: MessageHeader | None = None
@@ -112,14 +114,8 @@ class CallHandler:
             backend = self._backends[route.backend]
             same_protocol = protocol is backend.protocol
             if header.type is _CALL and route.policy.mode != "passthrough":
-                key: str | None = call_key(  # walks the body: malformed args stop here
-                    message,
-                    protocol,
-                    scope=route.backend,
-                    exclude_fields=route.policy.exclude_fields,
-                    limits=self._limits,
-                    header=header,
-                )
+                # Walks the body: malformed arguments stop here.
+                key: str | None = route.identify(message, protocol, header, self._limits).key
                 eager: tuple[bytes, MessageHeader | None] | None = None
             else:
                 key = None
@@ -150,7 +146,7 @@ class CallHandler:
 
         def call_backend() -> Deferred[BackendReply]:
             # Re-encoded only here: a call that joins another or is answered from a cache
-            # never pays for it (call_key above already checked the body).
+            # never pays for it (identify() above already checked the body).
             upstream, upstream_header = eager or self._upstream(
                 message, protocol, header, backend_protocol, route
             )
@@ -163,7 +159,8 @@ class CallHandler:
         if key is None:
             d = call_backend().addCallback(_from_backend)
         else:
-            d = self.coalescer.call_shared(key, self._execute, key, route.policy, call_backend)
+            start = partial(self._coordinator.execute, key, route.policy, call_backend)
+            d = self._flights.join(key, start)
 
         def done(result: tuple[Outcome, bool] | Failure) -> bytes | Failure | None:
             self._stats.in_flight -= 1
@@ -214,26 +211,6 @@ class CallHandler:
             limits=self._limits, header=header,
         )  # fmt: skip
         return upstream, None
-
-    def _execute(
-        self, key: str, policy: MethodPolicy, call_backend: Callable[[], Deferred[BackendReply]]
-    ) -> Deferred[Outcome]:
-        # Detached: when every local caller has gone, the Coalescer cancels *this* Deferred,
-        # but the backend call (and, in a cluster, the result other nodes wait for) goes on.
-        inner = self._coordinator.execute(key, policy, call_backend)
-        outer: Deferred[Outcome] = Deferred()
-
-        def relay(result: Outcome | Failure) -> None:
-            if outer.called:
-                return None  # every caller has gone; the outcome is not ours to deliver
-            if isinstance(result, Failure):
-                outer.errback(result)
-            else:
-                outer.callback(result)
-            return None
-
-        inner.addBoth(relay)
-        return outer
 
     def _count(self, source: Source, shared: bool) -> None:
         if shared:

@@ -1,8 +1,9 @@
 """Single-node coordination: an in-memory result cache in front of the backend.
 
 Used when no Redis is configured, and by the cluster coordinator as its fallback while Redis
-is unreachable. In-flight dedupe is not done here: the proxy's Coalescer already joined every
-identical call on this node before ``execute`` is reached.
+is unreachable. In-flight dedupe is not done here: the node's flight table (gateway.flights)
+already joined every identical call on this node before ``execute`` is reached, and keeps
+the flight until its backend call has finished.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.contracts import BackendCall, BackendReply, MethodPolicy, Outcome, Source
+from gateway.contracts import (
+    BackendCall,
+    BackendReply,
+    MethodPolicy,
+    NoSpawner,
+    Outcome,
+    Source,
+    Spawner,
+)
 from gateway.primitives import Coalescer
 from gateway.reactors import as_clock
 
@@ -29,9 +38,12 @@ class _Entry:
 class LocalCoordinator:
     """Implements :class:`gateway.contracts.Coordinator` with a bounded LRU cache."""
 
-    def __init__(self, clock: IReactorTime, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, clock: IReactorTime, max_entries: int = 10_000, spawner: Spawner | None = None
+    ) -> None:
         self._clock = as_clock(clock)
         self._max_entries = max_entries
+        self._spawner = spawner or NoSpawner()
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         # Background refreshes of stale entries: at most one per key at a time.
         self._refreshes: Coalescer[str, Outcome] = Coalescer()
@@ -54,6 +66,7 @@ class LocalCoordinator:
                     if key not in self._refreshes:
                         refresh = self._refreshes.call(key, self._call, key, policy, call_backend)
                         refresh.addErrback(lambda _: None)  # a failed refresh keeps the stale entry
+                        self._spawner.spawn(key, refresh)  # the drain waits for it
                     return defer.succeed(Outcome(entry.reply, Source.STALE))
                 del self._cache[key]
         return self._call(key, policy, call_backend)

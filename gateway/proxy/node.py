@@ -1,7 +1,8 @@
 """A gateway node: backends, handler, client listener and admin endpoint, started and drained.
 
 The coordinator is handed in (local-only or Redis-backed), so this module never imports the
-cluster layer; ``gateway.app`` chooses and wires it.
+cluster layer; ``gateway.app`` chooses and wires it, together with the node's flight table
+(which the coordinators register their background work with).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from twisted.internet.defer import Deferred
 
 from gateway.config import GatewayConfig
 from gateway.contracts import Coordinator
+from gateway.flights import FlightTable
 from gateway.primitives import DeferredPool
 from gateway.proxy.admin import admin_site
 from gateway.proxy.backend import Backend
@@ -29,6 +31,8 @@ from gateway.stats import NodeStats
 from gateway.thrift import Limits, ProtocolKind, TransportKind
 
 log = logging.getLogger("gateway.node")
+
+_ANSWER_GRACE = 0.5  # seconds after the drain deadline to write the abandoned calls' replies
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class GatewayNode:
         coordinator: Coordinator,
         stats: NodeStats | None = None,
         mode: Callable[[], str] = lambda: "disabled",
+        flights: FlightTable | None = None,
     ) -> None:
         self.config = config
         self.stats = stats or NodeStats()
@@ -91,9 +96,11 @@ class GatewayNode:
         )
         self.backends = build_backends(config, reactor, self.limits)
         self.metrics = Metrics(self.stats, config.node_id, mode)
+        self.flights = flights or FlightTable(reactor)
         self.handler = CallHandler(
             Router(config),
             self.backends,
+            self.flights,
             coordinator,
             self.stats,
             reactor,
@@ -145,29 +152,41 @@ class GatewayNode:
         return port
 
     def stop(self, drain_timeout: float) -> Deferred[DrainSummary]:
-        """Stop accepting, wait up to ``drain_timeout`` for in-flight calls, then close."""
+        """Stop accepting; wait up to ``drain_timeout`` for client calls and flights; close.
+
+        Flights include those whose callers all hung up (their backend call still answers
+        other nodes' followers and fills the cache) and background refreshes. What is still
+        running at the deadline is abandoned: its callers are answered with "shutting down",
+        and a cluster leader publishes "abandoned" so its followers on other nodes take over
+        at once instead of waiting out its lease.
+        """
+        return Deferred.fromCoroutine(self._stop(drain_timeout))
+
+    async def _stop(self, drain_timeout: float) -> DrainSummary:
         if self.port is not None:
             self.port.stopListening()
             self.port = None
-        drained = self.calls.notify_when_empty(timeout=drain_timeout)
-
-        def finish(result: object) -> DrainSummary:
-            ok = result is None
-            abandoned = len(self.calls)
-            if not ok:
-                log.warning(
-                    "drain timed out after %gs with %d call(s) in flight", drain_timeout, abandoned
-                )
-            for backend in self.backends.values():
-                backend.stop()
-            if self.admin_port is not None:
-                self.admin_port.stopListening()
-                self.admin_port = None
-            return DrainSummary(ok, abandoned, self.stats)
-
-        def timed_out(reason: Any) -> object:
-            reason.trap(defer.TimeoutError)
-            return False
-
-        drained.addErrback(timed_out)
-        return drained.addCallback(finish)
+        flights = self.flights.drain(drain_timeout)
+        # Client calls that waited on an abandoned flight are answered right after it; the
+        # grace lets those replies (and passthrough calls) be written before we close.
+        calls = self.calls.notify_when_empty(timeout=drain_timeout + _ANSWER_GRACE)
+        abandoned_flights = await flights
+        try:
+            await calls
+            calls_left = 0
+        except defer.TimeoutError:
+            calls_left = len(self.calls)
+        abandoned = abandoned_flights + calls_left
+        if abandoned:
+            log.warning(
+                "drain timed out after %gs: %d flight(s) abandoned, %d client call(s) unanswered",
+                drain_timeout,
+                abandoned_flights,
+                calls_left,
+            )
+        for backend in self.backends.values():
+            backend.stop()
+        if self.admin_port is not None:
+            self.admin_port.stopListening()
+            self.admin_port = None
+        return DrainSummary(abandoned == 0, abandoned, self.stats)

@@ -1,4 +1,10 @@
-"""Routing: which backend serves a call, under which upstream name, with which policy."""
+"""Routing: which backend serves a call, under which upstream name, with which policy.
+
+The route is also where a call's identity comes from (:meth:`Route.identify`): the backend,
+the name the message is sent upstream under, and the arguments the method's policy keys on.
+The upstream message is built from the same route, so the key always describes exactly what
+the backend receives.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,28 @@ from dataclasses import dataclass
 from gateway.config import GatewayConfig
 from gateway.contracts import MethodPolicy
 from gateway.errors import UnknownRoute
+from gateway.thrift import CallIdentity, Limits, MessageHeader, ProtocolKind, call_identity
 
 
 @dataclass(frozen=True)
 class Route:
-    backend: str  # backend name (also the call key scope)
-    upstream_name: str  # message name sent to the backend
+    backend: str  # backend name
+    upstream_name: str  # message name sent to the backend, exactly
     policy: MethodPolicy
+
+    def identify(
+        self, message: bytes, protocol: ProtocolKind, header: MessageHeader, limits: Limits
+    ) -> CallIdentity:
+        """The identity of ``message`` on this route (walks and validates its arguments)."""
+        return call_identity(
+            message,
+            protocol,
+            backend=self.backend,
+            upstream_name=self.upstream_name,
+            exclude_fields=self.policy.exclude_fields,
+            limits=limits,
+            header=header,
+        )
 
 
 class Router:

@@ -8,13 +8,13 @@ Modules, one concept each:
 * ``walk``: the generic, limited value walker behind skipping, call keys and transcoding;
 * ``detect``: recognising a connection's transport and protocol from its first bytes;
 * ``framing``: splitting streams into messages (:class:`MessageReader`) and framing;
-* ``callkey``: canonical form of call arguments and the call key;
+* ``callkey``: canonical form of call arguments, the call identity and its key;
 * ``transcode``: re-encoding messages between protocols;
 * ``appexc``: TApplicationException messages and :func:`reply_kind`.
 """
 
 from gateway.thrift.appexc import application_exception, parse_application_exception, reply_kind
-from gateway.thrift.callkey import call_key, canonical_args
+from gateway.thrift.callkey import CallIdentity, call_identity, canonical_args, key_parts
 from gateway.thrift.detect import MAX_DETECT_PREFIX, detect
 from gateway.thrift.framing import MessageReader, encode, frame
 from gateway.thrift.kinds import (
@@ -35,6 +35,7 @@ from gateway.thrift.walk import validate_body
 __all__ = [
     "DEFAULT_LIMITS",
     "MAX_DETECT_PREFIX",
+    "CallIdentity",
     "FrameTooLarge",
     "Limits",
     "MalformedMessage",
@@ -46,11 +47,12 @@ __all__ = [
     "TransportKind",
     "WireError",
     "application_exception",
-    "call_key",
+    "call_identity",
     "canonical_args",
     "detect",
     "encode",
     "frame",
+    "key_parts",
     "parse_application_exception",
     "read_header",
     "replace_header",

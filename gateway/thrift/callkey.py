@@ -1,4 +1,4 @@
-"""Call keys: a hash of the canonical form of a call's arguments.
+"""Call identity and call keys: a hash of exactly what the backend receives of a call.
 
 Canonical form (big-endian, every value self-delimiting, so concatenations sort unambiguously):
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import struct
+from dataclasses import dataclass
 from uuid import UUID
 
 from gateway.thrift.kinds import DEFAULT_LIMITS, Limits, ProtocolKind
@@ -179,7 +180,7 @@ def canonical_args(
 ) -> bytes:
     """The canonical form of the message body struct (top-level ``exclude_fields`` left out).
 
-    ``header``, if given, must be ``read_header(message, protocol)`` (see :func:`call_key`).
+    ``header``, if given, must be ``read_header(message, protocol)`` (see :func:`call_identity`).
     """
     if header is None:
         header = read_header(message, protocol)
@@ -188,34 +189,64 @@ def canonical_args(
     return bytes(sink.out)
 
 
-def call_key(
+@dataclass(frozen=True, slots=True)
+class CallIdentity:
+    """What the backend receives of a call, and therefore the only input of its call key.
+
+    ``backend`` is the backend's name, ``upstream_name`` the message name exactly as it is
+    sent upstream (``"Supervisor:alertSupervisor"`` for a multiplexed backend, the bare name
+    otherwise), ``args`` the canonical form of the arguments with the method's excluded
+    fields left out. Two calls share a key only if all three are equal: the backend could not
+    tell them apart. The seqid, the client's protocol and transport, and field order never
+    matter.
+    """
+
+    backend: str
+    upstream_name: str
+    args: bytes
+
+    @property
+    def key(self) -> str:
+        """``"<backend>.<upstream_name>:<32 hex>"``, the name of this call in every table."""
+        digest = hashlib.sha256()
+        for part in (self.backend.encode("utf-8"), self.upstream_name.encode("utf-8")):
+            # Length-prefixed so ("a.b", "c") and ("a", "b.c") cannot collide.
+            digest.update(_U32.pack(len(part)))
+            digest.update(part)
+        digest.update(self.args)
+        return f"{self.backend}.{self.upstream_name}:{digest.hexdigest()[:32]}"
+
+
+def key_parts(key: str) -> tuple[str, str]:
+    """``(backend, upstream_name)`` of a key made by :attr:`CallIdentity.key`.
+
+    Backend names never contain a dot (the config refuses them), upstream names may contain
+    anything; a string that is not such a key gives ``("", key)``.
+    """
+    named, sep, digest = key.rpartition(":")
+    backend, dot, upstream = named.partition(".")
+    if not sep or not dot or len(digest) != 32:
+        return "", key
+    return backend, upstream
+
+
+def call_identity(
     message: bytes,
     protocol: ProtocolKind,
     *,
-    scope: str,
+    backend: str,
+    upstream_name: str,
     exclude_fields: frozenset[int] = frozenset(),
     limits: Limits = DEFAULT_LIMITS,
     header: MessageHeader | None = None,
-) -> str:
-    """``f"{scope}.{method}:{32 hex}"``: equal for calls the backend cannot tell apart.
+) -> CallIdentity:
+    """The identity of ``message`` sent to ``backend`` as ``upstream_name``.
 
-    The hash (sha256) covers the scope, the bare method name and the canonical args; the
-    seqid, the multiplexed service prefix, the message type, the protocol and the field
-    order never matter. :class:`MalformedMessage` (with the header) if the body is bad.
-
-    ``header``, if given, must be ``read_header(message, protocol)``: the proxy parsed it
-    already and passes it so the call's header is decoded once, not once per wire function.
+    Walks (and so validates) the body: :class:`MalformedMessage` carrying the header if the
+    arguments are bad. ``header``, if given, must be ``read_header(message, protocol)``: the
+    proxy parsed it already and passes it so a call's header is decoded once.
     """
-    if header is None:
-        header = read_header(message, protocol)
     args = canonical_args(
         message, protocol, exclude_fields=exclude_fields, limits=limits, header=header
     )
-    method = header.method
-    digest = hashlib.sha256()
-    for part in (scope.encode("utf-8"), method.encode("utf-8")):
-        # Length-prefixed so ("a.b", "c") and ("a", "b.c") cannot collide.
-        digest.update(_U32.pack(len(part)))
-        digest.update(part)
-    digest.update(args)
-    return f"{scope}.{method}:{digest.hexdigest()[:32]}"
+    return CallIdentity(backend, upstream_name, args)

@@ -40,7 +40,7 @@ class MessageReader:
     and for sign (:class:`MalformedMessage`) as soon as its 4 bytes arrive, before the frame
     is buffered. Of a whole frame only the header is decoded (a frame that has none is
     :class:`MalformedMessage`); the body is validated lazily by whoever decodes it
-    (:func:`call_key`, :func:`transcode`, ...), which costs nothing for calls passed through.
+    (:func:`call_identity`, :func:`transcode`, ...), which costs nothing for calls passed through.
 
     *Buffered*: a message ends where its body struct ends, so the message is skipped
     generically (with the depth/collection/string limits). When the bytes run out the reader
