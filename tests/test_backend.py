@@ -139,6 +139,28 @@ def test_timeout_is_never_retried() -> None:
     assert isinstance(out[0], Failure) and out[0].check(BackendTimeout)
 
 
+def test_retries_share_one_timeout_budget() -> None:
+    """Each retry gets only what is left of the method's timeout, so retries never outlast
+    it (followers on other nodes wait timeout + lease_ttl for a leader)."""
+    pools = [FakePool("r0"), FakePool("r1")]
+    clock = Clock()
+    backend = Backend(
+        "b", cast(list[UpstreamPool], pools), clock, retry_backoff=lambda: iter([1.0] * 10)
+    )
+    out: list[Any] = []
+    backend.call(b"m", IDEMPOTENT).addBoth(out.append)
+    clock.advance(3.0)
+    [(first, d)] = outstanding(pools)
+    d.errback(BackendUnavailable("down"))
+    clock.advance(1.0)  # the backoff
+    [(second, d)] = outstanding(pools)
+    assert second is not first and second.calls[-1][1] == 1.0  # 5 s - 3 s - 1 s
+    d.errback(BackendUnavailable("down again"))
+    clock.advance(1.0)
+    assert isinstance(out[0], Failure) and out[0].check(BackendTimeout)
+    assert sum(len(p.calls) for p in pools) == 2
+
+
 def test_hedged_call_asks_second_replica_and_first_success_wins() -> None:
     """hedge_after: an idempotent call unanswered for that long also goes to a second replica;
     the first answer wins and the other attempt is cancelled."""

@@ -30,7 +30,9 @@ from gateway.errors import (
     GatewayError,
     Overloaded,
     RemoteCallFailed,
+    ShuttingDown,
 )
+from gateway.flights import FlightTable
 from gateway.localredis import RedisServer, free_port
 from gateway.stats import NodeStats
 
@@ -288,6 +290,85 @@ async def test_followers_take_over_when_the_leader_dies(cluster: Cluster) -> Non
     assert live.calls == 1
     assert {o.reply.message for o in outcomes} == {b"reply-1"}
     assert b.coordinator.counters.takeovers + c.coordinator.counters.takeovers == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_follower_deadline_starts_afresh_with_each_leader(cluster: Cluster) -> None:
+    """A follower gives every leader it follows the full timeout + lease_ttl: when a takeover
+    leader needs nearly the whole timeout, the other follower waits for it instead of
+    calling the backend itself."""
+    options = ClusterOptions(lease_ttl=0.4, handoff_ttl=5.0, reply_timeout=0.1)
+    policy = MethodPolicy(mode="coalesce", timeout=1.0)
+    a, b, c = await cluster.nodes_named("a", "b", "c", options=options)
+    dead = Backend(delay=None)
+    leader = execute(a, dead, policy)
+    leader.addErrback(lambda f: None)  # cancelled at the end
+    await wait_until(lambda: dead.calls == 1)
+    live = Backend(delay=0.9)
+    followers = gatherResults([execute(b, live, policy), execute(c, live, policy)])
+    await sleep(0.35)  # the leader renews its lease once or twice more, then dies
+    await a.stop()
+    outcomes = await followers
+    leader.cancel()
+    assert live.calls == 1
+    assert {o.reply.message for o in outcomes} == {b"reply-1"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_pubsub_blip_makes_followers_poll_instead_of_calling(cluster: Cluster) -> None:
+    """When only the subscriptions drop (the command connections stay up), a follower polls
+    for its leader's result instead of calling the backend."""
+    a, b = await cluster.nodes_named("a", "b")
+    backend = Backend(delay=0.6)
+    lead = execute(a, backend)
+    await wait_until(lambda: backend.calls == 1)
+    follow = execute(b, backend)
+    await sleep(0.1)
+    with client(cluster.server) as r:
+        assert r.client_kill_filter(_type="pubsub") >= 2
+    await lead
+    outcome = await follow
+    assert (backend.calls, outcome.source, outcome.reply.message) == (1, Source.REMOTE, b"reply-1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_leader_that_lost_its_lease_caches_nothing(cluster: Cluster) -> None:
+    """A leader whose lease another node took while it called the backend learns it is
+    deposed: it still answers its own callers, but writes no cache entry and leaves the
+    newer leader's lease alone."""
+    (a,) = await cluster.nodes_named("a")
+    backend = Backend(delay=0.4)
+    lead = execute(a, backend, CACHE)
+    await wait_until(lambda: backend.calls == 1)
+    keys = KeySchema()
+    with client(cluster.server) as r:
+        r.set(keys.lease(KEY), "other/token", px=5000)  # a takeover elsewhere
+        outcome = await lead
+        assert (outcome.source, outcome.reply.message) == (Source.BACKEND, b"reply-1")
+        assert r.get(keys.lease(KEY)) == b"other/token"
+        assert r.exists(keys.cache(KEY)) == 0
+    assert a.coordinator.counters.deposed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_abandoned_lead_lets_followers_take_over_at_once(cluster: Cluster) -> None:
+    """A drain that runs out of time abandons the node's lead, which publishes "abandoned":
+    a follower on another node takes over at once instead of waiting out the 5 s lease."""
+    options = ClusterOptions(lease_ttl=5.0, handoff_ttl=30.0)
+    a, b = await cluster.nodes_named("a", "b", options=options)
+    flights = FlightTable(reactor)
+    stuck = Backend(delay=None)
+    caller = flights.join(KEY, lambda: a.coordinator.execute(KEY, COALESCE, stuck))
+    caller.addErrback(lambda f: f.trap(ShuttingDown))
+    await wait_until(lambda: stuck.calls == 1)
+    live = Backend(delay=0.05)
+    follow = execute(b, live)
+    await sleep(0.1)
+    started = time.monotonic()
+    assert await flights.drain(0.01) == 1
+    outcome = await follow
+    assert time.monotonic() - started < 1.0
+    assert (live.calls, outcome.source, outcome.reply.message) == (1, Source.BACKEND, b"reply-1")
 
 
 @pytest_twisted.ensureDeferred

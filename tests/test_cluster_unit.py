@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -13,6 +15,7 @@ from gateway.cluster.decision import Decision, UnexpectedReply, parse_decision
 from gateway.cluster.envelope import (
     Envelope,
     EnvelopeError,
+    EnvelopeExpired,
     EnvelopeRejected,
     decode,
     encode,
@@ -152,6 +155,25 @@ def test_unsigned_envelope_is_rejected_when_a_secret_is_set() -> None:
     """A node with a secret refuses unsigned envelopes."""
     with pytest.raises(EnvelopeRejected):
         decode(encode(Envelope.ok(TOKEN, REPLY), KEY), KEY, SECRET)
+
+
+def test_signed_envelope_past_its_expiry_is_refused() -> None:
+    """A correctly signed but expired envelope (an old entry written back) is refused once
+    max_clock_skew has passed too; before that, and without a secret, it is accepted."""
+    env = dataclasses.replace(Envelope.ok(TOKEN, REPLY, fence=3), expires_ms=1_000_000)
+    signed = encode(env, KEY, SECRET)
+    assert decode(signed, KEY, SECRET, now_ms=1_005_000, max_skew_ms=10_000).fence == 3
+    with pytest.raises(EnvelopeExpired):
+        decode(signed, KEY, SECRET, now_ms=1_010_001, max_skew_ms=10_000)
+    assert decode(encode(env, KEY), KEY, now_ms=9_999_999).expires_ms == 1_000_000
+
+
+def test_expiry_and_fence_are_signed() -> None:
+    """Editing the expiry (or fence) of a signed envelope breaks its signature."""
+    env = dataclasses.replace(Envelope.ok(TOKEN, REPLY, fence=3), expires_ms=1_000_000)
+    forged = encode(env, KEY, SECRET).replace(b'"x":1000000', b'"x":9000000')
+    with pytest.raises(EnvelopeRejected):
+        decode(forged, KEY, SECRET, now_ms=2_000_000)
 
 
 def test_wrong_secret_is_rejected() -> None:

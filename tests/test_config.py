@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -110,14 +111,40 @@ def test_flags_override_file_values() -> None:
         ({"routes": {"S": "nope"}}, {"listen": "h:1", "backend": "h:2"}, "routes.S"),
         ({"gateway": {"colour": 1}}, {"listen": "h:1", "backend": "h:2"}, "unknown key(s) colour"),
         ({"redis": {"url": "http://x"}}, {"listen": "h:1", "backend": "h:2"}, "redis.url"),
+        (
+            {"redis": {"url": "redis://h", "lease_ttl": 1, "reply_timeout": 0.5}},
+            {"listen": "h:1", "backend": "h:2"},
+            "redis.reply_timeout: 0.5s is more than redis.lease_ttl / 3",
+        ),
+        (
+            {"redis": {"url": "redis://h", "lease_ttl": 5, "handoff_ttl": 5.5}},
+            {"listen": "h:1", "backend": "h:2"},
+            "redis.handoff_ttl: 5.5s is less than redis.lease_ttl + redis.reply_timeout",
+        ),
+        (
+            {"backends": {"a.b": {"address": "h:2"}}},
+            {"listen": "h:1"},
+            "backends.a.b: backend names may only use",
+        ),
+        ({"gateway": {"node_id": "a/b"}}, {"listen": "h:1", "backend": "h:2"}, "gateway.node_id"),
     ],
 )
 def test_bad_config_names_the_key(
     raw: dict[str, object], flags: dict[str, str | None], needle: str
 ) -> None:
     """Each invalid setting raises ConfigError whose message names the offending key."""
-    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
         build_config(raw, flags)
+
+
+def test_reply_timeout_follows_a_short_lease_by_default() -> None:
+    """Without an explicit reply_timeout, a short lease_ttl gets one that fits its renewals."""
+    cfg = build_config(
+        {"redis": {"url": "redis://h", "lease_ttl": 0.6}}, {"listen": "h:1", "backend": "h:2"}
+    )
+    assert cfg.redis is not None and cfg.redis.reply_timeout == pytest.approx(0.2)
+    default = build_config({"redis": {"url": "redis://h"}}, {"listen": "h:1", "backend": "h:2"})
+    assert default.redis is not None and default.redis.reply_timeout == 1.0
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
