@@ -133,6 +133,10 @@ def node_missing() -> str | None:
     return None
 
 
+class NpmUnavailable(RuntimeError):
+    """The npm registry could not provide the ``thrift`` package (offline, say)."""
+
+
 def install_node_thrift() -> Path:
     """A node_modules directory with the npm ``thrift`` package, installed once into the cache."""
     prefix = cache_dir() / f"npm-{NPM_THRIFT.replace('@', '-')}"
@@ -142,13 +146,17 @@ def install_node_thrift() -> Path:
     partial = cache_dir() / f"npm-partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    subprocess.run(
+    done = subprocess.run(
         ["npm", "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(partial),
          NPM_THRIFT],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=300,
+        check=False,
     )  # fmt: skip
+    if done.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise NpmUnavailable(f"npm install {NPM_THRIFT} failed: {done.stderr.strip()[-300:]}")
     if not (modules / "thrift" / "package.json").exists():
         shutil.rmtree(prefix, ignore_errors=True)
         partial.replace(prefix)
