@@ -28,8 +28,8 @@ import pytest
 from interop_support import (
     DRIVERS,
     HEADER_DIALECTS,
-    NpmUnavailable,
     STOCK_DIALECTS,
+    NpmUnavailable,
     build_cpp_client,
     calls,
     cpp_missing,
