@@ -147,7 +147,8 @@ def test_call_key_does_not_depend_on_the_dialect(protocol: ProtocolKind) -> None
 @pytest.mark.parametrize("protocol", [BINARY, COMPACT])
 @pytest.mark.parametrize("compress", [False, True])
 def test_reply_frame_is_read_by_the_stock_client(protocol: ProtocolKind, compress: bool) -> None:
-    """A reply frame echoes seqid, flags, protocol and transforms, and no request headers."""
+    """A reply frame echoes seqid, flags and protocol, neither the request's transforms nor its
+    headers."""
     request = HeaderInfo(
         seqid=-5,
         flags=0x0001,
@@ -166,7 +167,16 @@ def test_reply_frame_is_read_by_the_stock_client(protocol: ProtocolKind, compres
     assert got["headers"] == {}
     assert got["body"] == [(0, 11, (11, b"ok"))]
     _, info = parse_frame(wire[4:])
-    assert info == HeaderInfo(-5, 0x0001, protocol, request.transforms)
+    assert info == HeaderInfo(-5, 0x0001, protocol)
+
+
+def test_reply_frame_applies_the_transforms_given() -> None:
+    """A reply compressed on request (zlib) is inflated by the stock client."""
+    request = HeaderInfo(4, 0, COMPACT)
+    reply = message(COMPACT, "m", [(0, 11, b"z" * 5000)], mtype=TMessageType.REPLY, seqid=4)
+    wire = reply_frame(reply, request, transforms=[TRANSFORM_ZLIB])
+    assert len(wire) < 200
+    assert stock_read(wire, COMPACT)["body"] == [(0, 11, (11, b"z" * 5000))]
 
 
 def test_reply_carries_only_the_headers_given() -> None:

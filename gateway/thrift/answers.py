@@ -42,4 +42,4 @@ def error_answer(exc: WireError, transport: TransportKind, protocol: ProtocolKin
     )
     if frame is None:
         return encode(transport, answer)
-    return reply_frame(answer, frame, transforms=())
+    return reply_frame(answer, frame)

@@ -18,9 +18,11 @@ What a server writes back, per the reference implementations:
 * SEQID and FLAGS: the request's (Apache Thrift C++ and Python keep the values they read and
   write them into the reply; fbthrift answers on the request's own header object).
 * PROTOCOL_ID: the request's (all of them, Envoy's thrift_proxy too).
-* transforms: fbthrift replies with the request's transforms; Apache C++/Python with the
-  server's own write transforms (none unless configured), Envoy none. Any peer that sends zlib
-  reads zlib, so :func:`reply_frame` echoes them as fbthrift does.
+* transforms: Apache C++/Python reply with the server's own write transforms (none unless
+  configured), Envoy with none; fbthrift echoes the request's. :func:`reply_frame` sends none
+  by default, as Apache does: Apache Thrift C++ 0.17 (Debian's) corrupts its heap inflating a
+  zlib reply larger than its read buffer (seen in tests/test_interop.py), and every
+  implementation reads an untransformed reply whatever it sent.
 * info headers: no implementation echoes the request's; a server sends its own (Envoy: the
   upstream reply's). :func:`reply_frame` sends only the headers it is given.
 
@@ -275,19 +277,20 @@ def reply_frame(
     request: HeaderInfo,
     *,
     headers: Iterable[tuple[bytes, bytes]] = (),
-    transforms: Sequence[int] | None = None,
+    transforms: Sequence[int] = (),
 ) -> bytes:
     """The THeader frame answering ``request`` with ``message`` (a reply in its protocol).
 
-    Echoes the request's seqid, flags, protocol and (unless ``transforms`` is given)
-    transforms; carries only the info ``headers`` given, never the request's.
+    Echoes the request's seqid, flags and protocol; applies only the ``transforms`` given
+    (none by default, whatever the request used: see the module docstring) and carries only
+    the info ``headers`` given, never the request's.
     """
     return encode_frame(
         message,
         seqid=request.seqid,
         protocol=request.protocol,
         flags=request.flags,
-        transforms=request.transforms if transforms is None else transforms,
+        transforms=transforms,
         headers=headers,
     )
 
