@@ -41,6 +41,7 @@ from gateway.thrift import (
     frame,
     key_headers,
     parse_frame,
+    read_header,
     reply_frame,
 )
 from gateway.thrift.theader import HEADER_MAGIC, TRANSFORM_ZLIB
@@ -449,6 +450,13 @@ def test_unreadable_inner_message_is_answered_with_the_frame_seqid() -> None:
     got = _answer(exc)
     assert got is not None
     assert (got["name"], got["seqid"], got["frame_seqid"], got["flags"]) == ("", 77, 77, 4)
+
+
+def test_no_answer_on_a_header_connection_without_frame_fields() -> None:
+    """A decoded message header alone is not enough to answer a THeader client."""
+    exc = MalformedMessage("bad", read_header(message(BINARY, "m", [], seqid=3), BINARY))
+    assert error_answer(exc, HEADER, BINARY) is None
+    assert error_answer(exc, TransportKind.FRAMED, BINARY) is not None
 
 
 def test_oversized_frame_is_refused_before_buffering() -> None:

@@ -26,6 +26,8 @@ def error_answer(exc: WireError, transport: TransportKind, protocol: ProtocolKin
     if not isinstance(exc, MalformedMessage):
         return None
     frame = exc.frame
+    if frame is None and transport is TransportKind.HEADER:
+        return None  # no frame fields to echo: nothing a THeader client could match
     if exc.header is not None:
         name, seqid = exc.header.method, exc.header.seqid
     elif frame is not None:
