@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+from thrift.Thrift import TApplicationException
+
 from gateway.thrift.kinds import (
     DEFAULT_LIMITS,
     FrameTooLarge,
@@ -15,12 +17,18 @@ from gateway.thrift.kinds import (
 )
 from gateway.thrift.message import MessageHeader, parse_header, read_header
 from gateway.thrift.protocols import Buffer, InputBuffer, Truncated, reader
+from gateway.thrift.theader import HeaderError, HeaderInfo, parse_frame, reply_frame
 from gateway.thrift.walk import NULL_SINK, BodyErrors, walk_struct
 
 _I32 = struct.Struct(">i")
 
 # Enum members as globals on the per-message path (see gateway.thrift.message for why).
 _FRAMED = TransportKind.FRAMED
+_HEADER = TransportKind.HEADER
+
+# One message as split from a stream: its bytes (a THeader frame's payload, untransformed),
+# its header, and the THeader frame fields (None on framed and buffered connections).
+Frame = tuple[bytes, MessageHeader, HeaderInfo | None]
 
 
 def frame(message: bytes) -> bytes:
@@ -28,8 +36,17 @@ def frame(message: bytes) -> bytes:
     return _I32.pack(len(message)) + message
 
 
-def encode(transport: TransportKind, message: bytes) -> bytes:
-    """``message`` as it goes on a ``transport`` connection: framed, or as is."""
+def encode(transport: TransportKind, message: bytes, request: HeaderInfo | None = None) -> bytes:
+    """``message`` as it goes on a ``transport`` connection: framed, as is, or in a THeader
+    frame answering ``request`` (:func:`gateway.thrift.theader.reply_frame`).
+
+    ``request`` is the frame the message answers, as :meth:`MessageReader.feed_frames`
+    returned it; a THeader connection needs it (ValueError without).
+    """
+    if request is not None:
+        return reply_frame(message, request)
+    if transport is _HEADER:
+        raise ValueError("a THeader reply needs the request's HeaderInfo")
     return frame(message) if transport is _FRAMED else message
 
 
@@ -52,8 +69,18 @@ class MessageReader:
     pending message may not exceed ``max_frame_size`` (:class:`FrameTooLarge`). A bad body
     raises :class:`MalformedMessage` with ``header`` set: the stream cannot be resynchronised.
 
+    *Header* (THeader): frames are checked like framed ones, then each frame's header is
+    decoded (:func:`gateway.thrift.theader.parse_frame`, transforms undone) and the payload
+    is one message of ``protocol``, split and checked as a framed message is. Frames must
+    all carry ``protocol`` (clients keep one per connection). Bad header fields raise
+    :class:`~gateway.thrift.theader.HeaderError`; an unreadable payload header a
+    :class:`MalformedMessage`; both carry the frame fields (``frame``) when they decoded, so
+    the caller can be answered (``gateway.thrift.answers.error_answer``). Use
+    :meth:`feed_frames` to get the frame fields each reply must echo.
+
     Errors are final: the reader keeps raising the same error. Messages that were complete
-    before the error in the same :meth:`feed` are on the error's ``complete`` list.
+    before the error in the same :meth:`feed` are on the error's ``complete`` list (and,
+    with their headers and frame fields, on ``frames`` when fed by :meth:`feed_frames`).
     """
 
     def __init__(
@@ -76,7 +103,7 @@ class MessageReader:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The messages completed by ``data``, in order (possibly none)."""
-        return self._feed(data, [], [])
+        return self._feed(data, [], [], [])
 
     def feed_parsed(self, data: bytes) -> list[tuple[bytes, MessageHeader]]:
         """Like :meth:`feed`, each message with its header (``read_header``'s result).
@@ -85,11 +112,35 @@ class MessageReader:
         decoding it again. Errors are raised as by :meth:`feed` (``complete`` holds bytes).
         """
         headers: list[MessageHeader] = []
-        messages = self._feed(data, [], headers)
+        messages = self._feed(data, [], headers, [])
         return list(zip(messages, headers, strict=True))
 
+    def feed_frames(self, data: bytes) -> list[Frame]:
+        """Like :meth:`feed_parsed`, each message also with its THeader frame fields.
+
+        The fields are None on framed and buffered connections; on THeader connections they
+        are what the reply must echo (pass them to :func:`encode`). Errors carry the
+        messages completed before them on ``frames`` too.
+        """
+        headers: list[MessageHeader] = []
+        infos: list[HeaderInfo | None] = []
+        try:
+            messages = self._feed(data, [], headers, infos)
+        except WireError as exc:
+            if not infos:
+                infos = [None] * len(exc.complete)
+            exc.frames = list(zip(exc.complete, headers, infos, strict=True))
+            raise
+        if not infos:  # framed or buffered
+            infos = [None] * len(messages)
+        return list(zip(messages, headers, infos, strict=True))
+
     def _feed(
-        self, data: bytes, messages: list[bytes], headers: list[MessageHeader]
+        self,
+        data: bytes,
+        messages: list[bytes],
+        headers: list[MessageHeader],
+        infos: list[HeaderInfo | None],
     ) -> list[bytes]:
         if self._error is not None:
             raise self._error
@@ -104,6 +155,8 @@ class MessageReader:
         try:
             if self.transport is _FRAMED:
                 pos, need = self._split_framed(buf, messages, headers)
+            elif self.transport is _HEADER:
+                pos, need = self._split_header(buf, messages, headers, infos)
             else:
                 pos, need = self._split_buffered(buf, messages, headers)
         except WireError as exc:
@@ -139,6 +192,46 @@ class MessageReader:
             # A frame must at least carry a header.
             headers.append(read_header(message, self.protocol))
             messages.append(message)
+            pos = stop
+        return pos, pos + 4
+
+    def _split_header(
+        self,
+        buf: Buffer,
+        messages: list[bytes],
+        headers: list[MessageHeader],
+        infos: list[HeaderInfo | None],
+    ) -> tuple[int, int]:
+        """Cut whole THeader frames from ``buf`` and unwrap them; like :meth:`_split_framed`."""
+        pos = 0
+        end = len(buf)
+        limits = self.limits
+        while end - pos >= 4:
+            (length,) = _I32.unpack_from(buf, pos)
+            if length < 0:
+                raise MalformedMessage(f"negative frame length {length}")
+            if length > limits.max_frame_size:
+                raise FrameTooLarge(
+                    f"frame of {length} bytes exceeds max_frame_size {limits.max_frame_size}"
+                )
+            stop = pos + 4 + length
+            if stop > end:
+                return pos, stop
+            payload, info = parse_frame(memoryview(buf)[pos + 4 : stop], limits)
+            if info.protocol is not self.protocol:
+                raise HeaderError(
+                    f"THeader frame in {info.protocol} on a {self.protocol} connection",
+                    HeaderInfo(info.seqid, info.flags, info.protocol),
+                    TApplicationException.INVALID_PROTOCOL,
+                )
+            try:
+                header = read_header(payload, self.protocol)
+            except MalformedMessage as exc:
+                exc.frame = HeaderInfo(info.seqid, info.flags, info.protocol)
+                raise
+            headers.append(header)
+            messages.append(payload)
+            infos.append(info)
             pos = stop
         return pos, pos + 4
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gateway.thrift.message import MessageHeader
+    from gateway.thrift.theader import HeaderInfo
 
 
 class ProtocolKind(enum.StrEnum):
@@ -23,6 +24,7 @@ class TransportKind(enum.StrEnum):
 
     FRAMED = "framed"  # 4-byte big-endian length, then the message
     BUFFERED = "buffered"  # messages back to back; boundaries found by parsing
+    HEADER = "header"  # THeader frames (gateway.thrift.theader): length, magic 0x0FFF, headers
 
 
 class MessageType(enum.IntEnum):
@@ -42,17 +44,27 @@ class Limits:
     """Bounds applied to untrusted bytes; exceeding any of them is an error, never a hang.
 
     ``max_string_size`` 0 (the default) means "same as ``max_frame_size``".
+    ``max_frame_size`` also bounds a THeader payload once decompressed (zlib bombs).
     """
 
     max_frame_size: int = 16 * 1024 * 1024  # whole message, framed or not
     max_depth: int = 64  # nesting of structs and containers; the message body struct is 1
     max_collection_size: int = 1_000_000  # elements per list/set, entries per map
     max_string_size: int = 0  # bytes per string/binary value (0: max_frame_size)
+    # Bytes of a THeader frame's variable header (protocol id, transforms, info headers).
+    # 64 KiB is what Apache Thrift C++ and Envoy accept.
+    max_header_size: int = 64 * 1024
 
     def __post_init__(self) -> None:
         if self.max_string_size == 0:
             object.__setattr__(self, "max_string_size", self.max_frame_size)
-        for name in ("max_frame_size", "max_depth", "max_collection_size", "max_string_size"):
+        for name in (
+            "max_frame_size",
+            "max_depth",
+            "max_collection_size",
+            "max_string_size",
+            "max_header_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be positive")
         if self.max_depth > _MAX_SANE_DEPTH:
@@ -73,6 +85,9 @@ class WireError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.complete: list[bytes] = []
+        # The same messages as ``complete`` with their headers and THeader frame fields,
+        # filled by :meth:`MessageReader.feed_frames` only.
+        self.frames: list[tuple[bytes, MessageHeader, HeaderInfo | None]] = []
 
 
 class FrameTooLarge(WireError):
@@ -85,11 +100,19 @@ class MalformedMessage(WireError):
 
     ``header`` is set when the message header itself decoded, so the caller can answer with a
     PROTOCOL_ERROR ``TApplicationException`` carrying the caller's name and seqid.
+    ``frame`` is set when the message came in a THeader frame whose header decoded: the
+    answer then goes back in such a frame (see ``gateway.thrift.answers.error_answer``).
     """
 
-    def __init__(self, message: str, header: MessageHeader | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        header: MessageHeader | None = None,
+        frame: HeaderInfo | None = None,
+    ) -> None:
         super().__init__(message)
         self.header = header
+        self.frame = frame
 
 
 class NotThrift(WireError):
