@@ -67,7 +67,8 @@ class RedisConfig:
     max_shared_bytes: int = 1 << 20
     lease_ttl: float = 5.0
     handoff_ttl: float = 30.0
-    reply_timeout: float = 1.0  # seconds Redis has to answer one command (see parse_redis)
+    reply_timeout: float = 0.4  # seconds Redis has to answer one command (see parse_redis)
+    session_ttl: float = 1.0  # seconds a node's session outlives its last renewal
 
 
 @dataclass(frozen=True)
@@ -204,14 +205,16 @@ def parse_redis(raw: dict[str, Any]) -> RedisConfig:
             kwargs[name] = _take(table, name, str, "redis")
     if "max_shared_bytes" in table:
         kwargs["max_shared_bytes"] = _take(table, "max_shared_bytes", int, "redis")
-    for name in ("lease_ttl", "handoff_ttl", "reply_timeout"):
+    for name in ("lease_ttl", "handoff_ttl", "reply_timeout", "session_ttl"):
         if name in table:
             kwargs[name] = float(_take(table, name, (int, float), "redis"))
             _positive(kwargs[name], f"redis.{name}")
     _reject_unknown(table, "redis")
     if "reply_timeout" not in kwargs:
-        # Default 1 s, but never more than a lease renewal period allows (see below).
-        kwargs["reply_timeout"] = min(1.0, kwargs.get("lease_ttl", RedisConfig.lease_ttl) / 3)
+        # Never more than the lease and session renewal periods allow (see below).
+        lease = kwargs.get("lease_ttl", RedisConfig.lease_ttl)
+        session = kwargs.get("session_ttl", RedisConfig.session_ttl)
+        kwargs["reply_timeout"] = min(RedisConfig.reply_timeout, lease / 3, session / 2.5)
     config = RedisConfig(**kwargs)
     check_redis_timing(config)
     return config
@@ -222,17 +225,23 @@ def check_redis_timing(redis: RedisConfig) -> None:
 
     A leader renews its lease every ``lease_ttl / 3``; a renewal that gets no answer within
     ``reply_timeout`` is retried at the next tick. So ``reply_timeout <= lease_ttl / 3``
-    lets one renewal fail outright and the next still land before the lease lapses. A
+    lets one renewal fail outright and the next still land before the lease lapses; the
+    same holds for the node's session, renewed every ``session_ttl / 2.5``. A
     follower reads its leader's result at the latest one lease period (plus a Redis round
     trip) after the leader finished, so the result must live at least that long:
     ``handoff_ttl >= lease_ttl + reply_timeout``. (Method timeouts need no check here: a
     follower waits ``timeout + lease_ttl`` per leader, and a leader's whole backend call -
     retries included - is bounded by ``timeout``.)
     """
-    if redis.reply_timeout * 3 > redis.lease_ttl:
+    if redis.reply_timeout * 3 > redis.lease_ttl + 1e-9:
         raise ConfigError(
             f"redis.reply_timeout: {redis.reply_timeout:g}s is more than redis.lease_ttl / 3 "
             f"({redis.lease_ttl / 3:g}s): a slow renewal would let a live leader's lease lapse"
+        )
+    if redis.reply_timeout * 2.5 > redis.session_ttl + 1e-9:
+        raise ConfigError(
+            f"redis.reply_timeout: {redis.reply_timeout:g}s is more than redis.session_ttl / 2.5"
+            f" ({redis.session_ttl / 2.5:g}s): one slow renewal would end this node's session"
         )
     if redis.handoff_ttl < redis.lease_ttl + redis.reply_timeout:
         raise ConfigError(

@@ -372,6 +372,29 @@ async def test_abandoned_lead_lets_followers_take_over_at_once(cluster: Cluster)
 
 
 @pytest_twisted.ensureDeferred
+async def test_followers_take_over_when_the_leaders_session_ends(cluster: Cluster) -> None:
+    """When the leader's session ends (here: its key is deleted, as when it lapses), its
+    followers take the lease over at once, long before the 5 s lease would run out."""
+    options = ClusterOptions(lease_ttl=5.0, handoff_ttl=30.0)
+    a, b, c = await cluster.nodes_named("a", "b", "c", options=options)
+    dead = Backend(delay=None)
+    leader = execute(a, dead)
+    leader.addErrback(lambda f: None)  # cancelled at the end
+    await wait_until(lambda: dead.calls == 1)
+    live = Backend(delay=0.05)
+    followers = gatherResults([execute(b, live), execute(c, live)])
+    await sleep(0.1)
+    started = time.monotonic()
+    await a.session_keeper.stop()  # deletes the session key: a lapsed session
+    outcomes = await followers
+    took = time.monotonic() - started
+    leader.cancel()
+    assert took < 2.0, f"took over after {took:.2f}s: the lease, not the session, ended it"
+    assert live.calls == 1 and {o.reply.message for o in outcomes} == {b"reply-1"}
+    assert b.coordinator.counters.takeovers + c.coordinator.counters.takeovers == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_redis_outage_falls_back_then_recovers(cluster: Cluster) -> None:
     """With Redis stopped execute uses the fallback; after a restart cluster mode returns."""
     (a,) = await cluster.nodes_named("a")

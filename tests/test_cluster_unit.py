@@ -23,6 +23,7 @@ from gateway.cluster.envelope import (
 from gateway.cluster.keys import BUCKETS, KeySchema, all_buckets, bucket_of
 from gateway.cluster.lease import NoticeListener
 from gateway.cluster.options import ClusterOptions
+from gateway.cluster.session import is_dead, new_session, node_of, session_of
 from gateway.cluster.url import InvalidRedisURL, RedisURL, parse_redis_url
 from gateway.contracts import BackendReply, ReplyKind
 
@@ -313,3 +314,34 @@ def test_listener_cancel_cancels_the_waiter() -> None:
     waiter = Deferred[bytes | None]()
     NoticeListener(waiter, Clock()).cancel()
     assert waiter.called
+
+
+# -- session.is_dead --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pttl", "subscribers", "dead"),
+    [
+        (-2, 1, True),  # the key lapsed: no renewal for a whole session_ttl
+        (-2, None, True),
+        (900, 1, False),  # renewed 100 ms ago, connection open
+        (900, 0, False),  # connection closed, but renewed 100 ms ago: a pub/sub blip
+        (400, 0, True),  # connection closed and a renewal (every 400 ms) overdue: killed
+        (400, 1, False),  # overdue but still connected: slow, not dead (the TTL decides)
+        (400, None, False),  # no subscriber counts (Redis Cluster): only the TTL decides
+        (-1, 0, False),  # no expiry at all: not a session key we wrote; never "dead"
+    ],
+)
+def test_session_death_rules(pttl: int, subscribers: int | None, dead: bool) -> None:
+    """A session is dead when its key lapsed, or when its process's connection closed and
+    it missed a renewal; never for a pub/sub blip of a live node."""
+    assert is_dead(pttl, subscribers, ttl_ms=1000, renew_ms=400) is dead
+
+
+def test_tokens_name_their_session_and_node() -> None:
+    """Lease tokens are <session>/<random>, sessions <node_id>.<boot nonce>."""
+    session = new_session("gw.1")
+    assert session.startswith("gw.1.") and new_session("gw.1") != session
+    token = f"{session}/0123abcd"
+    assert (session_of(token), node_of(token)) == (session, "gw.1")
+    assert node_of("legacy-token") == ""

@@ -18,7 +18,7 @@ connection may well be up: a pub/sub-only blip must not send followers to the ba
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -60,9 +60,18 @@ class Completions:
     else. ``start()`` starts it; ``stop()`` fails the waiters and closes it.
     """
 
-    def __init__(self, conn: RedisConnector, keys: KeySchema, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        conn: RedisConnector,
+        keys: KeySchema,
+        clock: IReactorTime,
+        session: str | None = None,
+    ) -> None:
         self._conn = conn
         self._keys = keys
+        # While this process lives it stays subscribed to its session's "alive" channel, so
+        # other nodes see it die the moment its connection closes (see cluster/session.py).
+        self._alive = keys.alive(session) if session is not None else None
         self._waiters: DeferredDict[tuple[str, str], Notice] = DeferredDict(
             clock, keep_values=False
         )
@@ -113,10 +122,13 @@ class Completions:
         if not up:
             self._set_ready(False)
             return
-        d = self._conn.execute("PSUBSCRIBE", self._keys.done_pattern())
+        sent = [self._conn.execute("PSUBSCRIBE", self._keys.done_pattern())]
+        if self._alive is not None:
+            sent.append(self._conn.execute("SUBSCRIBE", self._alive))
+        d = gatherResults(sent, consumeErrors=True)
         d.addCallbacks(self._subscribed, self._subscribe_failed)
 
-    def _subscribed(self, _: Reply) -> None:
+    def _subscribed(self, _: list[Reply]) -> None:
         # The connection may have dropped (and come back) while PSUBSCRIBE was in flight;
         # only a subscription on the live connection counts.
         if self._conn.is_up:
@@ -124,7 +136,7 @@ class Completions:
 
     def _subscribe_failed(self, failure: Failure) -> None:
         # A lost connection comes back through the state callback and subscribes again.
-        log.warn("PSUBSCRIBE failed: {reason}", reason=failure.getErrorMessage())
+        log.warn("subscribing failed: {reason}", reason=failure.getErrorMessage())
 
     def _set_ready(self, ready: bool) -> None:
         if ready == self._ready:

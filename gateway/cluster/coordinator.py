@@ -41,6 +41,7 @@ from gateway.cluster.decision import Decision, UnexpectedReply
 from gateway.cluster.follower import Follower, GiveUp
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.options import ClusterCounters, ClusterOptions
+from gateway.cluster.session import SessionWatch, new_session
 from gateway.cluster.steps import RedisSteps
 from gateway.contracts import (
     BackendCall,
@@ -69,7 +70,8 @@ class ClusterCoordinator:
     ``completions``: the node's single pub/sub listener (a started ``Completions``);
     ``fallback``: local-only coordinator used while Redis is down; ``clock``: the reactor;
     ``keys``: the node's KeySchema (default: one for ``options.prefix``); ``spawner``: the
-    node's flight table, which background refreshes are registered with.
+    node's flight table, which background refreshes are registered with; ``session``: this
+    process's session id (kept alive by the node's SessionKeeper; its leases carry it).
     """
 
     def __init__(
@@ -83,9 +85,11 @@ class ClusterCoordinator:
         options: ClusterOptions | None = None,
         keys: KeySchema | None = None,
         spawner: Spawner | None = None,
+        session: str | None = None,
     ) -> None:
         self.options = options or ClusterOptions()
         self.node_id = node_id
+        self.session = session or new_session(node_id)
         self.counters = ClusterCounters()
         self._redis = redis
         self._completions = completions
@@ -94,8 +98,17 @@ class ClusterCoordinator:
         self._reactor = clock
         self._spawner = spawner or NoSpawner()
         keys = keys or KeySchema(self.options.prefix)
-        self._steps = RedisSteps(redis, self.options, keys, node_id, clock)
-        self._follower = Follower(self._steps, completions, clock, self.options, self._open)
+        self._steps = RedisSteps(redis, self.options, keys, self.session, clock)
+        self.sessions = SessionWatch(
+            redis,
+            keys,
+            clock,
+            self.options.session_ttl,
+            self.options.session_check_interval,
+        )
+        self._follower = Follower(
+            self._steps, completions, self.sessions, clock, self.options, self._open
+        )
         self._writes = DeferredPool(clock)  # complete() calls not yet answered
         self._announced: str | None = None  # last mode logged
         self._stopped = False
@@ -124,6 +137,7 @@ class ClusterCoordinator:
             "hmac_rejects": float(self.counters.hmac_rejects + self.counters.expired_rejects),
             "deposed": float(self.counters.deposed),
             "redis_mode": self.mode,
+            "session": self.session,
         }
 
     def stop(self) -> Deferred[None]:
@@ -131,6 +145,7 @@ class ClusterCoordinator:
         returned Deferred fires once the Redis writes underway (an abandoned lead's notice)
         are answered, at most ``reply_timeout`` from now."""
         self._stopped = True
+        self.sessions.stop()
         waiting = self._writes.notify_when_empty(timeout=self.options.reply_timeout)
         return waiting.addErrback(lambda _: None)
 

@@ -8,7 +8,10 @@ first one, so its followers never give up on it just because an earlier leader w
 
 While FOLLOWING, the follower waits for ``T``'s notice up to the lease's remaining time (plus
 a margin); while notices cannot arrive (the subscription is down) it polls every
-``poll_interval`` instead, over the command connection. Each wake-up ends in one of:
+``poll_interval`` instead, over the command connection. Meanwhile the node's
+:class:`~gateway.cluster.session.SessionWatch` watches ``T``'s session: a leader that died
+is noticed in well under a second, however long ``lease_ttl`` is. Each wake-up ends in one
+of:
 
 =========================================  =============================================
 what it learns                             next
@@ -19,6 +22,8 @@ what it learns                             next
 poll: ``T`` still holds the lease          FOLLOWING(T, D) - renewed, keep waiting
 poll: another leader ``T2`` holds it       FOLLOWING(T2, now + follow_limit)
 poll: the lease was free and is now ours   LEAD (``T`` died; this node takes over)
+``T``'s session ended                      poll at once, freeing ``T``'s lease: LEAD or
+                                           FOLLOWING(T2) if another follower was quicker
 poll: a cache / stale entry                that decision (the coordinator serves it)
 ``D`` passed                               SOLO (call the backend without coordination)
 a Redis command failed                     FALLBACK (the node's local coordinator)
@@ -40,6 +45,7 @@ from gateway.cluster.completions import Completions, NoticesLost
 from gateway.cluster.decision import Decision
 from gateway.cluster.lease import NoticeListener
 from gateway.cluster.options import ClusterOptions
+from gateway.cluster.session import SessionWatch, session_of
 from gateway.cluster.steps import RedisSteps
 from gateway.contracts import MethodPolicy, Outcome, Source
 from gateway.errors import RemoteCallFailed
@@ -57,12 +63,14 @@ class Follower:
         self,
         steps: RedisSteps,
         completions: Completions,
+        sessions: SessionWatch,
         clock: IReactorTime,
         options: ClusterOptions,
         opener: Opener,
     ) -> None:
         self._steps = steps
         self._completions = completions
+        self._sessions = sessions
         self._reactor = clock
         self._clock = as_clock(clock)
         self._options = options
@@ -97,6 +105,8 @@ class Follower:
     ) -> FollowEnd:
         """Wait for leader ``token`` until its outcome, a changed lease, or ``deadline``."""
         listener = NoticeListener(self._completions.wait(key, token), self._reactor)
+        leader_gone = self._sessions.watch(session_of(token))
+        leader_gone.addCallbacks(lambda _: listener.interrupt(), lambda _: None)
         try:
             # Registered first, then one GET: a notice published before we listened is not
             # lost, because the result key outlives it (handoff_ttl).
@@ -108,7 +118,9 @@ class Follower:
                 left = deadline - self._clock.seconds()
                 if left <= 0:
                     return "solo"
-                if listener.has_failed:  # notices down: poll over the command connection
+                if leader_gone.called:
+                    pass  # poll now, freeing the dead leader's lease
+                elif listener.has_failed:  # notices down: poll over the command connection
                     await self._sleep(min(left, self._options.poll_interval))
                 elif await listener.wait(min(left, lease_ms / 1000 + self._options.poll_margin)):
                     notice = listener.result
@@ -117,7 +129,7 @@ class Follower:
                     if not isinstance(notice.value, NoticesLost):
                         notice.raiseException()  # the command connection is gone: fall back
                     continue  # only the subscription went down: poll from now on
-                step = await self._steps.poll(key, policy, following=token)
+                step = await self._steps.poll(key, policy, token, leader_gone.called)
                 if step.kind == "result":
                     return self._outcome(key, token, step.entry)
                 if step.kind != "follow" or step.token != token:
@@ -125,6 +137,7 @@ class Follower:
                 lease_ms = step.lease_ms or self._steps.lease_ms  # renewed: keep following
         finally:
             listener.cancel()
+            leader_gone.cancel()
 
     async def _notice(self, key: str, token: str, notice: bytes | None) -> FollowEnd:
         if notice is None:  # too big to inline: fetch it

@@ -14,6 +14,8 @@ key                                   type        meaning
 ``<prefix>{b}:K:result:<token>``      string      envelope handed to that leader's followers
 ``<prefix>{b}:K:cache``               string      envelope served until ttl (+ stale_ttl)
 ``<prefix>{b}:done``                  channel     "leader finished" notices of the bucket
+``<prefix>session:<session>``         string      a node process's liveness (short expiry)
+``<prefix>alive:<session>``           channel     subscribed by that process while it lives
 ``<prefix>node:<node_id>``            hash        one node's counters (heartbeat)
 ``<prefix>nodes``                     zset        node ids scored by last heartbeat time
 ====================================  ==========  =========================================
@@ -82,6 +84,13 @@ class KeySchema:
         """Whether ``channel`` is one of this schema's ``done`` channels."""
         head, tail = f"{self.prefix}{{", "}:done"
         return channel.startswith(head) and channel.endswith(tail)
+
+    def session(self, session: str) -> str:
+        return f"{self.prefix}session:{session}"
+
+    def alive(self, session: str) -> str:
+        """The channel a node process stays subscribed to while it lives."""
+        return f"{self.prefix}alive:{session}"
 
     def node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"

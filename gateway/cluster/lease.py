@@ -120,6 +120,13 @@ class NoticeListener:
         wakeup.addTimeout(seconds, self._clock, onTimeoutCancel=lambda _r, _t: False)
         return wakeup
 
+    def interrupt(self) -> None:
+        """End the current waits now, as if they had timed out (they fire False)."""
+        wakeups, self._wakeups = self._wakeups, []
+        for wakeup in wakeups:
+            if not wakeup.called:
+                wakeup.callback(False)
+
     def cancel(self) -> None:
         """Unregister; the notice is no longer wanted."""
         if self._result is _PENDING:

@@ -22,6 +22,7 @@ from gateway.cluster.coordinator import ClusterCoordinator
 from gateway.cluster.heartbeat import Heartbeat
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.options import ClusterOptions
+from gateway.cluster.session import SessionKeeper, new_session
 from gateway.cluster.url import RedisURL, parse_redis_url
 from gateway.contracts import Coordinator, Spawner
 from gateway.stats import NodeStats
@@ -62,7 +63,8 @@ class ClusterNode:
             for name, subscriber in (("redis", False), ("redis pub/sub", True))
         )
         keys = KeySchema(self.options.prefix)
-        self.completions = Completions(self.subscriber, keys, clock)
+        self.session = new_session(node_id)
+        self.completions = Completions(self.subscriber, keys, clock, session=self.session)
         self.coordinator = ClusterCoordinator(
             self.redis,
             self.completions,
@@ -72,6 +74,10 @@ class ClusterNode:
             options=self.options,
             keys=keys,
             spawner=spawner,
+            session=self.session,
+        )
+        self.session_keeper = SessionKeeper(
+            self.redis, keys, self.session, clock, self.options.session_ttl
         )
         self.heartbeat = Heartbeat(
             self.redis,
@@ -89,6 +95,7 @@ class ClusterNode:
     def start(self) -> None:
         self.redis.start()
         self.completions.start()
+        self.session_keeper.start()
         self.heartbeat.start()
 
     def stop(self) -> Deferred[None]:
@@ -96,6 +103,12 @@ class ClusterNode:
         self.heartbeat.stop()
 
         def close(_: object) -> Deferred[None]:
+            # The session goes only now: until the drain (before this) finished, other nodes
+            # must see a live leader, not take its calls over.
+            ended = self.session_keeper.stop()
+            return ended.addBoth(lambda _: close_connections())
+
+        def close_connections() -> Deferred[None]:
             d = gatherResults([self.redis.stop(), self.completions.stop()], consumeErrors=True)
             return d.addCallback(lambda _: None)
 

@@ -20,12 +20,15 @@ class ClusterOptions:
     follower_wait: float | None = None  # per followed leader; None: policy.timeout + lease_ttl
     poll_margin: float = 0.02  # seconds past the lease's expiry before a follower polls
     poll_interval: float = 0.1  # seconds between a follower's polls while notices are down
-    reply_timeout: float = 1.0  # seconds Redis has to answer a command
+    reply_timeout: float = 0.4  # seconds Redis has to answer a command
+    session_ttl: float = 1.0  # seconds a node's session outlives its last renewal
+    session_check_interval: float = 0.1  # seconds between checks of followed leaders' sessions
     max_clock_skew: float = 10.0  # seconds a signed envelope is still accepted past its expiry
 
     def __post_init__(self) -> None:
-        if self.lease_ttl <= 0 or self.handoff_ttl <= 0 or self.reply_timeout <= 0:
-            raise ValueError("lease_ttl, handoff_ttl and reply_timeout must be > 0")
+        for name in ("lease_ttl", "handoff_ttl", "reply_timeout", "session_ttl"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
         if self.max_shared_bytes < 0 or self.inline_bytes < 0:
             raise ValueError("max_shared_bytes and inline_bytes must be >= 0")
 

@@ -75,16 +75,21 @@ end
 # KEYS: lease, cache, fence. ARGV: want_cache, stale_ms, new_token, lease_ms, fence_ms.
 DECIDE = Script("decide", _DECIDE_FN + "return decide(KEYS[1], KEYS[2], KEYS[3], unpack(ARGV))\n")
 
-# KEYS: lease, cache, fence, result:<followed token>. ARGV as decide. A follower whose wait
-# ran out checks for its leader's result and, only if there is none, decides again (it may
-# take the lease over) - in the same round trip.
+# KEYS: lease, cache, fence, result:<followed token>. ARGV as decide, then the followed
+# token if its session has ended ('' otherwise). A follower whose wait ran out checks for its
+# leader's result and, only if there is none, decides again - in the same round trip. A lease
+# still held by a leader whose session ended is freed first (only if it is still exactly
+# that leader's), so this follower may take it over at once instead of after lease_ttl.
 POLL = Script(
     "poll",
     _DECIDE_FN
     + """
 local r = redis.call('GET', KEYS[4])
 if r then return {'result', r} end
-return decide(KEYS[1], KEYS[2], KEYS[3], unpack(ARGV))
+if ARGV[6] ~= '' and redis.call('GET', KEYS[1]) == ARGV[6] then
+  redis.call('DEL', KEYS[1])
+end
+return decide(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """,
 )
 

@@ -36,13 +36,13 @@ class RedisSteps:
         redis: RedisCommands,
         options: ClusterOptions,
         keys: KeySchema,
-        node_id: str,
+        session: str,
         clock: IReactorTime,
     ) -> None:
         self._redis = redis
         self._options = options
         self._keys = keys
-        self._node_id = node_id
+        self._session = session
         self._reactor = clock
         self._clock = as_clock(clock)
         self._scripts = ScriptRunner(redis)
@@ -63,15 +63,22 @@ class RedisSteps:
         keys = [self._keys.lease(key), self._keys.cache(key), self._keys.fence(key)]
         return parse_decision(await self._scripts.run(DECIDE, keys, self._decide_args(policy)))
 
-    async def poll(self, key: str, policy: MethodPolicy, following: str) -> Decision:
-        """The followed leader's result if it is there (kind ``result``), else ``decide``."""
+    async def poll(
+        self, key: str, policy: MethodPolicy, following: str, leader_gone: bool = False
+    ) -> Decision:
+        """The followed leader's result if it is there (kind ``result``), else ``decide``.
+
+        ``leader_gone``: the followed leader's session ended; its lease is freed (if it still
+        holds it) so that this call may take over at once.
+        """
         keys = [
             self._keys.lease(key),
             self._keys.cache(key),
             self._keys.fence(key),
             self._keys.result(key, following),
         ]
-        return parse_decision(await self._scripts.run(POLL, keys, self._decide_args(policy)))
+        args = [*self._decide_args(policy), following if leader_gone else ""]
+        return parse_decision(await self._scripts.run(POLL, keys, args))
 
     async def result(self, key: str, token: str) -> bytes | None:
         """The envelope leader ``token`` left for its followers, if it is (still) there."""
@@ -124,8 +131,8 @@ class RedisSteps:
         return renewer.start()
 
     def new_token(self) -> str:
-        """A lease token: ``<node_id>/<random>``, so the leader of a lease can be read off it."""
-        return f"{self._node_id}/{uuid.uuid4().hex[:16]}"
+        """A lease token: ``<session>/<random>``, so a lease's holder can be read off it."""
+        return f"{self._session}/{uuid.uuid4().hex[:16]}"
 
     def _decide_args(self, policy: MethodPolicy) -> list[Arg]:
         want_cache = policy.mode == "cache" and policy.ttl > 0

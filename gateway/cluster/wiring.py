@@ -43,6 +43,7 @@ class RedisCluster:
             hmac_secret=secret,
             max_shared_bytes=redis.max_shared_bytes,
             reply_timeout=redis.reply_timeout,
+            session_ttl=redis.session_ttl,
         )
         self.node = ClusterNode(
             redis.url,
