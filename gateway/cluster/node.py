@@ -24,6 +24,7 @@ from gateway.cluster.keys import KeySchema
 from gateway.cluster.options import ClusterOptions
 from gateway.cluster.url import RedisURL, parse_redis_url
 from gateway.contracts import Coordinator
+from gateway.observe import Observations
 from gateway.stats import NodeStats
 
 
@@ -43,6 +44,7 @@ class ClusterNode:
         reply_timeout: float = 2.0,
         keepalive: float | None = 5.0,
         backoff: Callable[[], Iterable[float]] = default_backoff,
+        observations: Observations | None = None,
     ) -> None:
         self.options = options or ClusterOptions()
         parsed = parse_redis_url(url) if isinstance(url, str) else url
@@ -77,6 +79,7 @@ class ClusterNode:
             keys=keys,
             address=address,
             extra=self.coordinator.heartbeat_fields,
+            observations=observations,
         )
         self._ready_waiters: list[Deferred[None]] = []
         self.redis.add_state_callback(self._state_changed)

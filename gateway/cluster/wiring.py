@@ -16,6 +16,7 @@ from gateway.cluster.node import ClusterNode
 from gateway.cluster.options import ClusterOptions
 from gateway.config import GatewayConfig
 from gateway.contracts import Coordinator
+from gateway.observe import Observations
 from gateway.stats import NodeStats
 
 
@@ -23,7 +24,13 @@ class RedisCluster:
     """A node's Redis side, configured from ``config.redis`` (which must be set)."""
 
     def __init__(
-        self, config: GatewayConfig, reactor: Any, stats: NodeStats, *, fallback: Coordinator
+        self,
+        config: GatewayConfig,
+        reactor: Any,
+        stats: NodeStats,
+        *,
+        fallback: Coordinator,
+        observations: Observations | None = None,
     ) -> None:
         redis = config.redis
         if redis is None:
@@ -43,6 +50,7 @@ class RedisCluster:
             fallback=fallback,
             clock=reactor,
             options=options,
+            observations=observations,
         )
 
     @property
