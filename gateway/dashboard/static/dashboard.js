@@ -115,9 +115,9 @@ function drawChart(data) {
   for (let k = 0; k <= 4; k++) {
     const v = (top * k) / 4;
     parts.push(svg("line", { class: "grid", x1: L, x2: W - R, y1: y(v, top), y2: y(v, top) }));
-    parts.push(svg("text", { class: "axis", x: L - 6, y: y(v, top) + 4, "text-anchor": "end" }, fmt(v, v < 10 && v % 1 ? 1 : 0)));
+    parts.push(svg("text", { class: "axis", x: L - 6, y: y(v, top) + 4, "text-anchor": "end" }, fmt(v, v % 1 ? 1 : 0)));
     const r = (ratioTop * k) / 4;
-    parts.push(svg("text", { class: "axis", x: W - R + 6, y: y(r, ratioTop) + 4 }, fmt(r, r < 10 && r % 1 ? 1 : 0)));
+    parts.push(svg("text", { class: "axis", x: W - R + 6, y: y(r, ratioTop) + 4 }, fmt(r, r % 1 ? 1 : 0)));
   }
   for (const back of [span - 1, Math.round((span - 1) / 2), 0]) {
     const label = back === span - 1 ? "now" : `-${span - 1 - back}s`;
