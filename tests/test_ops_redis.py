@@ -178,6 +178,18 @@ async def test_status_reports_history_hot_keys_and_error_kinds(
     assert report["totals"]["errors_by_kind"] == {"overloaded": 1}
     assert report["in_flight"] == []
     assert report["redis_mode"] == "standalone" and report["redis"]["version"]
+    text = subprocess.run(
+        gateway_cli("status", "--redis", redis_server.url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    nodes, in_flight, hot, history = text.split("\n\n")
+    assert in_flight.strip() == "IN FLIGHT: none"
+    assert hot.splitlines()[2].split() == ["7", "poetry.getPoem", "bbbbbbbbbbbb", "spring"]
+    row = history.splitlines()[2].split()
+    assert (row[0], row[2:5]) == ("n1", ["40", "4", "10.00"])  # node, calls, backend, ratio
 
 
 def seed_flight(
