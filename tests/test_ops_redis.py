@@ -185,7 +185,7 @@ async def test_status_reports_history_hot_keys_and_error_kinds(
         timeout=30,
         check=True,
     ).stdout
-    nodes, in_flight, hot, history = text.split("\n\n")
+    _nodes, in_flight, hot, history = text.split("\n\n")
     assert in_flight.strip() == "IN FLIGHT: none"
     assert hot.splitlines()[2].split() == ["7", "poetry.getPoem", "bbbbbbbbbbbb", "spring"]
     row = history.splitlines()[2].split()
