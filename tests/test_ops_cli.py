@@ -6,13 +6,14 @@ import http.server
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gateway import __version__
-from gateway.cli import build_parser
+from gateway.cli import build_parser, main
 from gateway.config import ConfigError, advertised_address, build_config
 from gateway.health import probe
 from gateway.localredis import free_port
@@ -21,17 +22,36 @@ from gateway.testing import REPO_ROOT, gateway_cli
 FLAGS: dict[str, str | None] = {"listen": "0.0.0.0:9090", "backend": "127.0.0.1:1"}
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(gateway_cli(*args), capture_output=True, text=True, timeout=60)
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., Done]:
+    """``gateway <args>`` in this process (every command here returns before any reactor
+    starts): exit code and output."""
+
+    def run_gateway(*args: str) -> Done:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --version, bad flags
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return Done(code, out.out, out.err)
+
+    return run_gateway
 
 
 def test_version() -> None:
-    """`gateway --version` prints the package version and exits 0."""
-    done = run("--version")
+    """`gateway --version` (a real process) prints the package version and exits 0."""
+    done = subprocess.run(gateway_cli("--version"), capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (0, f"gateway {__version__}")
 
 
-def test_check_config_accepts_the_shipped_config() -> None:
+def test_check_config_accepts_the_shipped_config(run: Callable[..., Done]) -> None:
     """check-config on deploy/gateway.toml with the flags compose gives a node: exit 0 and
     one summary line."""
     done = run(
@@ -43,7 +63,9 @@ def test_check_config_accepts_the_shipped_config() -> None:
     assert "2 backend(s), 4 method policies, redis configured" in done.stdout
 
 
-def test_check_config_fails_with_the_same_line_as_serve(tmp_path: Path) -> None:
+def test_check_config_fails_with_the_same_line_as_serve(
+    tmp_path: Path, run: Callable[..., Done]
+) -> None:
     """A bad file exits 2 with exactly the one error line `gateway serve` prints for it."""
     bad = tmp_path / "bad.toml"
     bad.write_text('[gateway]\nlisten = "127.0.0.1:0"\n[backends.x]\naddress = "h:1"\n'
@@ -107,7 +129,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def http_port() -> Iterator[int]:
     server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server.server_address[1]
@@ -129,7 +151,7 @@ def test_health_probe(http_port: int) -> None:
     assert probe("ftp://x", 2.0) == "expected http://, https:// or tcp://, got 'ftp://x'"
 
 
-def test_health_command_exit_codes(http_port: int) -> None:
+def test_health_command_exit_codes(http_port: int, run: Callable[..., Done]) -> None:
     """`gateway health URL` exits 0 when healthy, else 1 with one line on stderr."""
     assert run("health", f"http://127.0.0.1:{http_port}/healthz").returncode == 0
     failed = run("health", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5")

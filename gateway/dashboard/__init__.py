@@ -17,15 +17,9 @@ import redis
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor as global_reactor
-    from twisted.internet.error import CannotListenError
-    from twisted.web.server import Site
-
     from gateway.cluster.status import collect, open_client
     from gateway.cluster.url import InvalidRedisURL
     from gateway.config import ConfigError, parse_address
-    from gateway.dashboard.site import dashboard_resource
-    from gateway.reactors import as_reactor
 
     try:
         listen = parse_address(args.listen, "--listen", allow_zero=True)
@@ -33,6 +27,14 @@ def run_dashboard(args: argparse.Namespace) -> int:
     except (InvalidRedisURL, ValueError, ConfigError) as exc:
         print(f"gateway dashboard: {exc}", file=sys.stderr)
         return 2
+
+    # Only now: bad arguments are answered without loading Twisted's reactor.
+    from twisted.internet import reactor as global_reactor
+    from twisted.internet.error import CannotListenError
+    from twisted.web.server import Site
+
+    from gateway.dashboard.site import dashboard_resource
+    from gateway.reactors import as_reactor
 
     def read() -> dict[str, Any]:
         return collect(client, args.prefix, hot_minutes=args.hot_minutes, history=args.history)
