@@ -91,6 +91,7 @@ class Heartbeat:
         self._hot_members = hot_members
         self._sent: dict[str, float] | None = None  # counters as of the last history entry
         self._sent_at: float | None = None
+        self._first_beat = True
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
 
@@ -144,8 +145,14 @@ class Heartbeat:
         hset: list[Arg] = ["HSET", node_key]
         for name, value in fields.items():
             hset += [name, value]
-        # Sent back to back without waiting: one network round trip for the four commands.
-        sent: list[Deferred[Any]] = [
+        # Sent back to back without waiting: one network round trip for all the commands.
+        sent: list[Deferred[Any]] = []
+        if self._first_beat:
+            # A node restarted under the same id must not inherit fields its new counters
+            # never overwrite (error kinds it has not seen since).
+            self._first_beat = False
+            sent.append(self._redis.execute("DEL", node_key))
+        sent += [
             self._redis.execute(*hset),
             self._redis.execute("PEXPIRE", node_key, self._expire_ms),
             self._redis.execute("ZADD", nodes_key, _text(now), self._node_id),
