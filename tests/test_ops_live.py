@@ -154,8 +154,9 @@ def test_dashboard_renders_live_cluster_in_chromium(live: Live, tmp_path: Path) 
 
 
 def test_dashboard_api_is_the_status_report(live: Live) -> None:
-    """/api/status holds what `gateway status --json` prints: nodes, in_flight, hot_keys and
-    history (every node's recent counter deltas, read back from its Redis stream)."""
+    """/api/status holds what `gateway status --json` prints: nodes (at the addresses they
+    advertise), in_flight, hot_keys and history (every node's recent counter deltas, read
+    back from its Redis stream)."""
     deadline = time.monotonic() + 10
     while True:
         report = get_json(live.dashboard_url + "api/status")
@@ -165,6 +166,9 @@ def test_dashboard_api_is_the_status_report(live: Live) -> None:
         assert time.monotonic() < deadline, history
         time.sleep(0.3)
     assert report["redis_mode"] == "standalone"
+    # What each node advertises: its concrete listen host and real (OS-chosen) port.
+    addresses = {n["node_id"]: n["address"] for n in report["nodes"]}
+    assert addresses == {node.node_id: node.address for node in live.cluster.nodes}
     assert isinstance(report["in_flight"], list) and isinstance(report["hot_keys"], list)
     status = subprocess.run(
         [*gateway_cli("status", "--redis", live.cluster.redis_url, "--json")],
