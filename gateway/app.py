@@ -11,10 +11,11 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, advertised_address, load_config
 from gateway.contracts import Coordinator
 from gateway.flights import FlightTable
 from gateway.logs import setup_logging
+from gateway.observe import Observations
 from gateway.proxy.local import LocalCoordinator
 from gateway.proxy.node import DrainSummary, GatewayNode
 from gateway.reactors import as_reactor
@@ -62,27 +63,49 @@ class LocalOnly:
 
 
 def build_cluster(
-    config: GatewayConfig, reactor: Any, stats: NodeStats, flights: FlightTable
+    config: GatewayConfig,
+    reactor: Any,
+    stats: NodeStats,
+    flights: FlightTable,
+    observations: Observations,
 ) -> ClusterSide:
     local = LocalCoordinator(reactor, max_entries=config.cache_max_entries, spawner=flights)
     if config.redis is None:
         return LocalOnly(local)
     from gateway.cluster.wiring import RedisCluster
 
-    return RedisCluster(config, reactor, stats, fallback=local, spawner=flights)
+    return RedisCluster(
+        config, reactor, stats, fallback=local, spawner=flights, observations=observations
+    )
+
+
+def load_from_args(args: argparse.Namespace) -> GatewayConfig:
+    """The config of ``serve`` / ``check-config``: the file (may be None) plus the flags."""
+    overrides = {
+        name: getattr(args, name)
+        for name in ("listen", "backend", "node_id", "admin", "advertise", "redis", "log_format")
+    }
+    return load_config(args.config, overrides)
+
+
+def run_check_config(args: argparse.Namespace) -> int:
+    """``gateway check-config FILE``: 0 and a one-line summary, or 2 and serve's error line."""
+    try:
+        config = load_from_args(args)
+    except ConfigError as exc:
+        print(f"gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    redis = "redis configured" if config.redis else "no redis"
+    print(
+        f"gateway: config OK: {args.config}: {len(config.backends)} backend(s), "
+        f"{len(config.methods)} method policies, {redis}"
+    )
+    return 0
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    overrides = {
-        "listen": args.listen,
-        "backend": args.backend,
-        "node_id": args.node_id,
-        "admin": args.admin,
-        "redis": args.redis,
-        "log_format": args.log_format,
-    }
     try:
-        config = load_config(args.config, overrides)
+        config = load_from_args(args)
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2
@@ -95,9 +118,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
     stats = NodeStats()
     flights = FlightTable(global_reactor)  # the node's one table of calls in flight
-    cluster = build_cluster(config, reactor, stats, flights)
+    observations = Observations()
+    cluster = build_cluster(config, reactor, stats, flights, observations)
     node = GatewayNode(
-        config, reactor, cluster.coordinator, stats, mode=cluster.mode, flights=flights
+        config,
+        reactor,
+        cluster.coordinator,
+        stats,
+        mode=cluster.mode,
+        flights=flights,
+        observations=observations,
     )
     try:
         node.start()
@@ -107,7 +137,7 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    cluster.set_address(f"{config.listen.host}:{node.listen_port}")
+    cluster.set_address(advertised_address(config, node.listen_port))
     cluster.start()
     backends = ", ".join(
         f"{b.name}={','.join(p.address for p in b.pools)}" for b in node.backends.values()

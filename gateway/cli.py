@@ -10,7 +10,29 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from gateway import __version__
 from gateway.cluster.keys import DEFAULT_PREFIX  # tiny and import-free, unlike the runtimes
+
+
+def _node_flags(parser: argparse.ArgumentParser, config_required: bool) -> None:
+    """The flags of ``serve``, which ``check-config`` accepts too (they override the file)."""
+    if config_required:
+        parser.add_argument("config", metavar="FILE", help="TOML config file")
+    else:
+        parser.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="client-facing address")
+    parser.add_argument("--backend", metavar="HOST:PORT", help="default backend address")
+    parser.add_argument("--node-id", metavar="ID", help="node name in Redis keys and metrics")
+    parser.add_argument("--admin", metavar="HOST:PORT", help="serve /metrics and /healthz here")
+    parser.add_argument(
+        "--advertise",
+        metavar="HOST[:PORT]",
+        help="address other machines reach this node at (default: listen, 0.0.0.0 -> hostname)",
+    )
+    parser.add_argument(
+        "--redis", metavar="URL", help="redis://[:password@]host:port/db or rediss://"
+    )
+    parser.add_argument("--log-format", choices=["text", "json"], help="log line format")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,24 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gateway",
         description="Thrift coalescing gateway: identical in-flight calls reach the backend once.",
     )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = sub.add_parser("serve", help="run a gateway node")
-    serve.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
-    serve.add_argument("--listen", metavar="HOST:PORT", help="client-facing address")
-    serve.add_argument("--backend", metavar="HOST:PORT", help="default backend address")
-    serve.add_argument("--node-id", metavar="ID", help="node name in Redis keys and metrics")
-    serve.add_argument("--admin", metavar="HOST:PORT", help="serve /metrics and /healthz here")
-    serve.add_argument(
-        "--redis", metavar="URL", help="redis://[:password@]host:port/db or rediss://"
+    _node_flags(sub.add_parser("serve", help="run a gateway node"), config_required=False)
+    _node_flags(
+        sub.add_parser(
+            "check-config", help="validate a config file (and flags) as serve would, then exit"
+        ),
+        config_required=True,
     )
-    serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
 
     status = sub.add_parser("status", help="show the cluster's nodes and counters from Redis")
-    status.add_argument("--redis", metavar="URL", required=True)
-    status.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix (default %(default)s)")
+    _redis_view_flags(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+
+    dashboard = sub.add_parser("dashboard", help="serve the live web dashboard of a cluster")
+    _redis_view_flags(dashboard)
+    dashboard.add_argument(
+        "--listen", metavar="HOST:PORT", default="127.0.0.1:8080", help="(default %(default)s)"
+    )
+    dashboard.set_defaults(history=120)  # the chart's two minutes at one beat a second
+
+    health = sub.add_parser("health", help="exit 0 if a URL answers 200 (or a TCP port accepts)")
+    health.add_argument("target", metavar="URL", help="http://HOST:PORT/healthz or tcp://HOST:PORT")
+    health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
 
     backend = sub.add_parser("example-backend", help="run an example Thrift backend")
     backend.add_argument("--listen", metavar="HOST:PORT", required=True)
@@ -64,16 +94,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redis_view_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis", metavar="URL", required=True)
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix (default %(default)s)")
+    parser.add_argument(
+        "--hot-minutes", type=int, default=5, metavar="N", help="hot keys of the last N minutes"
+    )
+    parser.add_argument(
+        "--history", type=int, default=60, metavar="N", help="history entries per node"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         from gateway.app import run_serve
 
         return run_serve(args)
+    if args.command == "check-config":
+        from gateway.app import run_check_config
+
+        return run_check_config(args)
     if args.command == "status":
         from gateway.cluster.status import run_status
 
         return run_status(args)
+    if args.command == "dashboard":
+        from gateway.dashboard import run_dashboard
+
+        return run_dashboard(args)
+    if args.command == "health":
+        from gateway.health import run_health
+
+        return run_health(args)
     if args.command == "example-backend":
         from gateway.examples.backend import run_backend
 

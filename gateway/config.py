@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.contracts import MethodPolicy
+from gateway.observe import PREVIEW_LIMIT
 
 MODES = ("coalesce", "cache", "passthrough")
 TRANSPORTS = ("framed", "buffered")
@@ -57,6 +58,7 @@ class BackendConfig:
 class MethodConfig:
     policy: MethodPolicy
     backend: str | None = None  # route this method to a named backend
+    preview: int = 0  # characters of its arguments shown with its hot keys (0: none)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class GatewayConfig:
     default_backend: str | None
     node_id: str = field(default_factory=socket.gethostname)
     admin: Address | None = None
+    advertise: str | None = None  # "HOST" or "HOST:PORT" others reach this node at
     log_format: str = "text"
     drain_timeout: float = 10.0
     max_frame_size: int = 16 * 1024 * 1024
@@ -101,6 +104,35 @@ def parse_address(text: str, key: str, allow_zero: bool = False) -> Address:
     if not sep or not host or not port_text.isdigit() or not lowest <= int(port_text) < 65536:
         raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
     return Address(host, int(port_text))
+
+
+def parse_advertise(text: str) -> str:
+    """``HOST`` or ``HOST:PORT`` (``[v6]`` or ``[v6]:PORT``), checked, returned as given."""
+    if (text.startswith("[") and text.endswith("]")) or ":" not in text:
+        host = text.strip("[]")
+        if not host or any(c.isspace() for c in host):
+            raise ConfigError(f"gateway.advertise: expected HOST or HOST:PORT, got {text!r}")
+        return text
+    parse_address(text, "gateway.advertise")
+    return text
+
+
+def advertised_address(config: GatewayConfig, port: int) -> str:
+    """The ``HOST:PORT`` this node tells the cluster (``gateway status``, dashboards).
+
+    ``advertise`` as configured; a bare host gets the real listen ``port``. Without it, the
+    listen address with a wildcard host (0.0.0.0, ::) replaced by this machine's host name.
+    """
+    if config.advertise is not None:
+        if config.advertise.startswith("[") and config.advertise.endswith("]"):
+            return f"{config.advertise}:{port}"
+        return config.advertise if ":" in config.advertise else f"{config.advertise}:{port}"
+    host = config.listen.host
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -145,11 +177,19 @@ def parse_policy(raw: dict[str, Any], where: str, base: MethodPolicy) -> MethodC
             raise ConfigError(f"{where}.exclude_fields: expected a list of field ids")
         kwargs["exclude_fields"] = frozenset(ids)
     backend = _take(table, "backend", str, where) if "backend" in table else None
+    preview = 0
+    if "preview" in table:
+        preview = _take(table, "preview", int, where)
+        if not 0 <= preview <= PREVIEW_LIMIT:
+            raise ConfigError(f"{where}.preview: expected 0..{PREVIEW_LIMIT}, got {preview!r}")
+        if where == "methods.*":
+            # Arguments may hold personal data: showing them is a per-method decision.
+            raise ConfigError("methods.*.preview: set preview per method, not for all")
     _reject_unknown(table, where)
     policy = replace(base, **kwargs)
     if policy.mode == "cache" and policy.ttl <= 0:
         raise ConfigError(f"{where}: mode = 'cache' needs ttl > 0")
-    return MethodConfig(policy=policy, backend=backend)
+    return MethodConfig(policy=policy, backend=backend, preview=preview)
 
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -254,7 +294,7 @@ def check_redis_timing(redis: RedisConfig) -> None:
 def load_config(path: str | None, overrides: dict[str, str | None]) -> GatewayConfig:
     """Read ``path`` (may be None) and apply command-line ``overrides`` (None = not given).
 
-    Override keys: listen, backend, node_id, admin, redis, log_format.
+    Override keys: listen, backend, node_id, admin, advertise, redis, log_format.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -275,7 +315,7 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
         existing = dict(backends_raw.get("default", {}))
         existing["address"] = overrides["backend"]
         backends_raw["default"] = existing
-    for key in ("listen", "node_id", "admin", "log_format"):
+    for key in ("listen", "node_id", "admin", "advertise", "log_format"):
         if overrides.get(key):
             gw[key] = overrides[key]
     redis_raw = dict(raw.pop("redis", {}))
@@ -294,6 +334,8 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
         kwargs["admin"] = parse_address(
             _take(gw, "admin", str, "gateway"), "admin", allow_zero=True
         )
+    if "advertise" in gw:
+        kwargs["advertise"] = parse_advertise(_take(gw, "advertise", str, "gateway"))
     if "node_id" in gw:
         kwargs["node_id"] = _take(gw, "node_id", str, "gateway")
         node_id = kwargs["node_id"]

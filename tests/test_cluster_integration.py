@@ -670,14 +670,15 @@ def status_cli(*args: str) -> list[str]:
 
 @pytest_twisted.ensureDeferred
 async def test_status_table_shows_nodes_and_totals(cluster: Cluster) -> None:
-    """Without --json ``gateway status`` prints a table row per node and a TOTAL row."""
+    """Without --json ``gateway status`` prints a table row per node and a TOTAL row first
+    (the in-flight, hot-key and history sections follow, each after a blank line)."""
     (a,) = await cluster.nodes_named("a")
     cluster.stats["a"].calls, cluster.stats["a"].backend_calls = 9, 3
     await a.heartbeat.beat()
     out = subprocess.run(
         status_cli("--redis", cluster.server.url), capture_output=True, text=True, check=True
     )
-    header, row, total = out.stdout.splitlines()
+    header, row, total = out.stdout.split("\n\n")[0].splitlines()
     assert header.split()[:4] == ["NODE", "STATE", "SEEN", "CALLS"]
     assert row.split()[:2] == ["a", "alive"] and "3.00" in row.split()
     assert total.split()[:2] == ["TOTAL", "1/1"]

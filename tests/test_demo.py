@@ -157,7 +157,9 @@ def test_sigint_with_keep_running_tears_everything_down() -> None:
                                      "--rounds", "1", "--json", "--keep-running"))  # fmt: skip
     try:
         demo.wait_for_line(HINT, timeout=60, stream="stderr")
-        pids = json.loads(demo.stdout_lines[-1])["pids"]
+        # stdout and stderr are read by separate threads: the summary printed before the
+        # hint may still be on its way.
+        pids = json.loads(demo.wait_for_line(r'^\{.*"pids"', timeout=10).string)["pids"]
         assert all(alive(pid) for name, pid in pids.items() if name != "herd")
         os.kill(demo.pid, signal.SIGINT)
         assert demo.proc.wait(timeout=30) == 0

@@ -9,5 +9,7 @@ Redis client. Wiring for a node lives in node.py::
 
 Modules: keys (Redis names), url (Redis URLs), connection (self-healing connection),
 scripts (Lua), envelope (shared result bytes), completions (pub/sub notices), decision,
-lease (renewer, listener), coordinator (ClusterCoordinator), heartbeat, status, options.
+lease (renewer, listener), coordinator (ClusterCoordinator), heartbeat, status (with
+insight: its readers, sections: its text, opskeys: the names of history, hot-key and
+in-flight keys), options.
 """

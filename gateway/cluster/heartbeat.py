@@ -1,10 +1,17 @@
 """Publishes this node's counters to Redis every second, for ``gateway status`` and dashboards.
 
 Each beat writes ``<prefix>node:<node_id>`` (a hash: the NodeStats snapshot plus
-``last_seen``, ``node_id``, ``address`` and the coordinator's extra fields such as
-``hmac_rejects`` and ``redis_mode``), gives it a ``expire`` second PEXPIRE so a dead node's
-hash disappears by itself, and scores the node in the ``<prefix>nodes`` sorted set with
-``last_seen`` (entries older than ``history`` are trimmed there).
+``last_seen``, ``node_id``, ``address``, the coordinator's extra fields such as
+``hmac_rejects`` and ``redis_mode``, and ``error.<kind>`` counts), gives it a ``expire``
+second PEXPIRE so a dead node's hash disappears by itself, and scores the node in the
+``<prefix>nodes`` sorted set with ``last_seen`` (entries older than ``history`` are trimmed
+there).
+
+With :class:`~gateway.observe.Observations` it also appends the counter deltas since the
+previous beat to the node's history stream (XADD MAXLEN ~ ``history_entries``) and adds the
+hot keys recorded since then to the current minute's sorted set (one ZINCRBY per key per
+beat, however many calls; the set is trimmed to its ``hot_members`` hottest). Every command
+names one key (Redis Cluster ready), and all are sent back to back: one round trip a beat.
 """
 
 from __future__ import annotations
@@ -19,12 +26,25 @@ from twisted.logger import Logger
 
 from gateway.cluster.connection import Arg, RedisCommands
 from gateway.cluster.keys import KeySchema
+from gateway.cluster.opskeys import OpsKeys, hot_member, minute_of
+from gateway.observe import Observations
 from gateway.reactors import as_clock
 from gateway.stats import NodeStats
 
 log = Logger(namespace="gateway.cluster")
 
 Extra = Callable[[], Mapping[str, float | str]]
+
+# NodeStats counters whose per-beat deltas go to the history stream (in_flight is a gauge:
+# its current value is written as is).
+HISTORY_COUNTERS = (
+    "calls",
+    "backend_calls",
+    "coalesced_local",
+    "coalesced_remote",
+    "cache_hits",
+    "errors",
+)
 
 
 class Heartbeat:
@@ -47,6 +67,11 @@ class Heartbeat:
         interval: float = 1.0,
         expire: float = 10.0,
         history: float = 3600.0,
+        observations: Observations | None = None,
+        history_entries: int = 3600,
+        hot_window: float = 3600.0,
+        hot_per_beat: int = 100,
+        hot_members: int = 200,
     ) -> None:
         self._redis = redis
         self._stats = stats
@@ -58,6 +83,15 @@ class Heartbeat:
         self._interval = interval
         self._expire_ms = max(1, int(expire * 1000))
         self._history = history
+        self._ops = OpsKeys(self._keys.prefix)
+        self._observations = observations
+        self._history_entries = history_entries
+        self._hot_window_ms = max(1, int(hot_window * 1000))
+        self._hot_per_beat = hot_per_beat
+        self._hot_members = hot_members
+        self._sent: dict[str, float] | None = None  # counters as of the last history entry
+        self._sent_at: float | None = None
+        self._first_beat = True
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
 
@@ -75,8 +109,31 @@ class Heartbeat:
         values: dict[str, float | str] = dict(self._stats.snapshot())
         if self._extra is not None:
             values.update(self._extra())
+        if self._observations is not None:
+            for kind, count in self._observations.errors.snapshot().items():
+                values[f"error.{kind}"] = float(count)
         values.update(last_seen=now, node_id=self._node_id, address=self.address or "")
         return {name: _text(value) for name, value in values.items()}
+
+    def history_entry(self, fields: Mapping[str, str]) -> dict[str, str]:
+        """The stream entry for a beat with hash ``fields``: ``t`` (beat time), ``dt``
+        (seconds it covers) and per counter its increase since the previous entry.
+
+        The baseline moves when the entry is *sent*: a beat Redis loses loses its deltas
+        (the counters hash stays right), and never counts them twice.
+        """
+        now = float(fields["last_seen"])
+        counters = {name: float(fields.get(name, 0)) for name in HISTORY_COUNTERS}
+        since = self._sent_at if self._sent_at is not None else self._stats.started_at
+        previous = self._sent or dict.fromkeys(HISTORY_COUNTERS, 0.0)
+        entry = {"t": _text(round(now, 3)), "dt": _text(round(max(0.0, now - since), 3))}
+        for name in HISTORY_COUNTERS:
+            entry[name] = _text(max(0.0, counters[name] - previous[name]))
+        entry["in_flight"] = fields.get("in_flight", "0")
+        if "redis_mode" in fields:
+            entry["redis_mode"] = fields["redis_mode"]
+        self._sent, self._sent_at = counters, now
+        return entry
 
     def beat(self) -> Deferred[None]:
         """Write one beat; never fails (so the loop keeps going)."""
@@ -88,15 +145,51 @@ class Heartbeat:
         hset: list[Arg] = ["HSET", node_key]
         for name, value in fields.items():
             hset += [name, value]
-        # Sent back to back without waiting: one network round trip for the four commands.
-        sent: list[Deferred[Any]] = [
+        # Sent back to back without waiting: one network round trip for all the commands.
+        sent: list[Deferred[Any]] = []
+        if self._first_beat:
+            # A node restarted under the same id must not inherit fields its new counters
+            # never overwrite (error kinds it has not seen since).
+            self._first_beat = False
+            sent.append(self._redis.execute("DEL", node_key))
+        sent += [
             self._redis.execute(*hset),
             self._redis.execute("PEXPIRE", node_key, self._expire_ms),
             self._redis.execute("ZADD", nodes_key, _text(now), self._node_id),
             self._redis.execute("ZREMRANGEBYSCORE", nodes_key, "-inf", _text(now - self._history)),
         ]
+        if self._observations is not None:
+            sent += [self._redis.execute(*command) for command in self._ops_commands(fields)]
         d = gatherResults(sent, consumeErrors=True)
         return d.addCallbacks(lambda _: None, self._failed)
+
+    def _ops_commands(self, fields: Mapping[str, str]) -> list[list[Arg]]:
+        assert self._observations is not None
+        now = float(fields["last_seen"])
+        history = self._ops.history(self._node_id)
+        xadd: list[Arg] = ["XADD", history, "MAXLEN", "~", self._history_entries, "*"]
+        for name, value in self.history_entry(fields).items():
+            xadd += [name, value]
+        commands: list[list[Arg]] = [
+            xadd,
+            ["PEXPIRE", history, max(1, int(self._history * 1000))],
+        ]
+        hot = self._observations.hot_keys.drain(top=self._hot_per_beat)
+        if hot:
+            minute = minute_of(now)
+            zset, previews = self._ops.hot(minute), self._ops.hot_previews(minute)
+            with_preview: list[Arg] = ["HSET", previews]
+            for key in hot:
+                member = hot_member(key.method, key.key_id)
+                commands.append(["ZINCRBY", zset, key.callers, member])
+                if key.preview is not None:
+                    with_preview += [member, key.preview]
+            # Keep the hottest members only: a minute of many cold keys stays bounded.
+            commands.append(["ZREMRANGEBYRANK", zset, 0, -(self._hot_members + 1)])
+            commands.append(["PEXPIRE", zset, self._hot_window_ms])
+            if len(with_preview) > 2:
+                commands += [with_preview, ["PEXPIRE", previews, self._hot_window_ms]]
+        return commands
 
     def _failed(self, reason: object) -> None:
         log.debug("heartbeat not written: {reason}", reason=reason)

@@ -25,6 +25,7 @@ from gateway.cluster.options import ClusterOptions
 from gateway.cluster.session import SessionKeeper, new_session
 from gateway.cluster.url import RedisURL, parse_redis_url
 from gateway.contracts import Coordinator, Spawner
+from gateway.observe import Observations
 from gateway.stats import NodeStats
 
 
@@ -45,6 +46,7 @@ class ClusterNode:
         keepalive: float | None = 5.0,
         backoff: Callable[[], Iterable[float]] = default_backoff,
         spawner: Spawner | None = None,
+        observations: Observations | None = None,
     ) -> None:
         self.options = options or ClusterOptions()
         if reply_timeout is None:
@@ -87,6 +89,7 @@ class ClusterNode:
             keys=keys,
             address=address,
             extra=self.coordinator.heartbeat_fields,
+            observations=observations,
         )
         self._ready_waiters: list[Deferred[None]] = []
         self.redis.add_state_callback(self._state_changed)

@@ -6,6 +6,11 @@ else ``stale``; a stale node whose hash already expired is listed with no counte
 Totals sum every node that still has counters, and ``coalescing_ratio`` is
 ``calls / backend_calls`` (how many client calls one backend call answered; None before
 the first backend call).
+
+The report also holds the calls in flight (the per-bucket index the call scripts keep,
+oldest first), the hot keys of the last minutes and each node's recent history
+(:mod:`gateway.cluster.insight`), in three pipelined round trips. ``gateway dashboard``
+serves this same report as JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from typing import Any, cast
 
 import redis
 
+from gateway.cluster.insight import (
+    queue_history,
+    queue_hot_keys,
+    queue_in_flight_index,
+    read_in_flight,
+)
 from gateway.cluster.keys import KeySchema
+from gateway.cluster.opskeys import OpsKeys
+from gateway.cluster.sections import render_history, render_hot_keys, render_in_flight
 from gateway.cluster.url import InvalidRedisURL, parse_redis_url
 
 ALIVE_WITHIN = 3.0
@@ -49,21 +62,64 @@ _COLUMNS = (  # (header, row key) of the table
 )
 
 
-def collect(client: redis.Redis, prefix: str, now: float | None = None) -> dict[str, Any]:
-    """The status report: ``{"nodes": [...], "totals": {...}}`` (the ``--json`` output)."""
+def collect(
+    client: redis.Redis,
+    prefix: str,
+    now: float | None = None,
+    *,
+    hot_minutes: int = 5,
+    history: int = 60,
+    hot_top: int = 20,
+    in_flight_limit: int = 50,
+) -> dict[str, Any]:
+    """The status report (the ``--json`` output): ``nodes``, ``totals``, ``time``,
+    ``in_flight`` (oldest first), ``hot_keys`` (of the last ``hot_minutes`` minutes),
+    ``history`` (the last ``history`` entries per node), ``redis_mode`` and ``redis``."""
     now = time.time() if now is None else now
-    keys = KeySchema(prefix)
-    members = cast(list[tuple[str, float]], client.zrange(keys.nodes(), 0, -1, withscores=True))
+    keys, ops = KeySchema(prefix), OpsKeys(prefix)
+    first = client.pipeline(transaction=False)
+    first.zrange(keys.nodes(), 0, -1, withscores=True)
+    first.time()
+    first.info("server")
+    listed, redis_time, info = first.execute(raise_on_error=False)
+    if isinstance(listed, redis.RedisError):
+        raise listed
+    members = cast(list[tuple[str, float]], listed)
+    node_ids = [node_id for node_id, _ in members]
+    # In-flight start times come from Redis's clock (the scripts' TIME), so ages do too.
+    redis_now = now if isinstance(redis_time, Exception) else redis_time[0] + redis_time[1] / 1e6
+    server = {} if isinstance(info, Exception) else info
+
     pipe = client.pipeline(transaction=False)
-    for node_id, _ in members:
+    for node_id in node_ids:
         pipe.hgetall(keys.node(node_id))
-    hashes: list[dict[str, str]] = pipe.execute() if members else []
+    parse_history = queue_history(pipe, ops, node_ids, history)
+    parse_hot = queue_hot_keys(pipe, ops, now, hot_minutes, hot_top)
+    parse_index = queue_in_flight_index(pipe, ops, in_flight_limit)
+    replies = pipe.execute(raise_on_error=False)
+    hashes = [r if isinstance(r, dict) else {} for r in replies[: len(node_ids)]]
+    rest = replies[len(node_ids) :]
+    history_replies, rest = rest[: len(node_ids)], rest[len(node_ids) :]
+    hot_replies, index_replies = rest[: 2 * max(1, hot_minutes)], rest[2 * max(1, hot_minutes) :]
+
     nodes = [
         _node(node_id, score, fields, now)
         for (node_id, score), fields in zip(members, hashes, strict=True)
     ]
     nodes.sort(key=lambda n: n["node_id"])
-    return {"nodes": nodes, "totals": _totals(nodes), "time": now}
+    in_flight = read_in_flight(client, ops, parse_index(index_replies), redis_now, in_flight_limit)
+    mode = server.get("redis_mode")
+    return {
+        "nodes": nodes,
+        "totals": _totals(nodes),
+        "time": now,
+        "in_flight": in_flight,
+        "hot_keys": parse_hot(hot_replies),
+        "hot_keys_minutes": max(1, hot_minutes),
+        "history": parse_history(history_replies),
+        "redis_mode": mode,
+        "redis": {"mode": mode, "version": server.get("redis_version"), "time": redis_now},
+    }
 
 
 def _node(node_id: str, score: float, fields: dict[str, str], now: float) -> dict[str, Any]:
@@ -82,6 +138,11 @@ def _node(node_id: str, score: float, fields: dict[str, str], now: float) -> dic
     for name in COUNTERS:
         node[name] = int(float(fields.get(name, 0)))
     node["coalescing_ratio"] = _ratio(node["calls"], node["backend_calls"])
+    node["errors_by_kind"] = {
+        name.removeprefix("error."): int(float(value))
+        for name, value in sorted(fields.items())
+        if name.startswith("error.")
+    }
     return node
 
 
@@ -91,6 +152,11 @@ def _totals(nodes: list[dict[str, Any]]) -> dict[str, Any]:
     totals["nodes"] = len(nodes)
     totals["alive"] = sum(1 for n in nodes if n["state"] == "alive")
     totals["coalescing_ratio"] = _ratio(totals["calls"], totals["backend_calls"])
+    kinds: dict[str, int] = {}
+    for node in counted:
+        for kind, count in node["errors_by_kind"].items():
+            kinds[kind] = kinds.get(kind, 0) + count
+    totals["errors_by_kind"] = dict(sorted(kinds.items()))
     return totals
 
 
@@ -115,6 +181,19 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_report(report: dict[str, Any]) -> str:
+    """The whole ``gateway status`` text: the node table, then in-flight calls, hot keys and a
+    short history per node."""
+    return "\n\n".join(
+        [
+            render_table(report),
+            render_in_flight(report.get("in_flight", [])),
+            render_hot_keys(report.get("hot_keys", []), report.get("hot_keys_minutes", 5)),
+            render_history(report.get("history", {})),
+        ]
+    )
+
+
 def _cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if value is None:
@@ -126,26 +205,37 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return str(value)
 
 
-def run_status(args: argparse.Namespace) -> int:
-    """Entry point of ``gateway status`` (args: redis, prefix, json, watch)."""
-    try:
-        shown = str(parse_redis_url(args.redis))  # for messages: never shows the password
-        KeySchema(args.prefix)
-    except (InvalidRedisURL, ValueError) as exc:
-        print(f"gateway status: {exc}", file=sys.stderr)
-        return 1
+def open_client(args: argparse.Namespace) -> tuple[str, redis.Redis]:
+    """``(URL as shown in messages, client)`` for ``args.redis`` / ``args.prefix``;
+    ``InvalidRedisURL`` / ``ValueError`` for a bad URL, prefix or window."""
+    shown = str(parse_redis_url(args.redis))  # for messages: never shows the password
+    KeySchema(args.prefix)
+    if args.hot_minutes < 1 or args.history < 1:
+        raise ValueError("--hot-minutes and --history must be >= 1")
     client = redis.Redis.from_url(
         args.redis, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=2.0
     )
+    return shown, client
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Entry point of ``gateway status`` (args: redis, prefix, json, watch)."""
+    try:
+        shown, client = open_client(args)
+    except (InvalidRedisURL, ValueError) as exc:
+        print(f"gateway status: {exc}", file=sys.stderr)
+        return 1
     try:
         while True:
-            report = collect(client, args.prefix)
+            report = collect(
+                client, args.prefix, hot_minutes=args.hot_minutes, history=args.history
+            )
             if args.json:
                 print(json.dumps(report, sort_keys=True), flush=True)
             else:
                 if args.watch:
                     print("\x1b[2J\x1b[H", end="")  # clear the screen, cursor home
-                print(render_table(report), flush=True)
+                print(render_report(report), flush=True)
             if not args.watch:
                 return 0
             time.sleep(1.0)

@@ -17,6 +17,7 @@ from gateway.cluster.node import ClusterNode
 from gateway.cluster.options import ClusterOptions
 from gateway.config import GatewayConfig
 from gateway.contracts import Coordinator, Spawner
+from gateway.observe import Observations
 from gateway.stats import NodeStats
 
 
@@ -31,6 +32,7 @@ class RedisCluster:
         *,
         fallback: Coordinator,
         spawner: Spawner | None = None,
+        observations: Observations | None = None,
     ) -> None:
         redis = config.redis
         if redis is None:
@@ -53,6 +55,7 @@ class RedisCluster:
             clock=reactor,
             options=options,
             spawner=spawner,
+            observations=observations,
         )
 
     @property

@@ -1,13 +1,20 @@
-"""Prometheus metrics: the node's counters (from :class:`NodeStats`) plus latency histograms."""
+"""Prometheus metrics: the node's counters (from :class:`NodeStats`) plus latency histograms.
+
+With :class:`~gateway.observe.Observations` also errors by kind and, once a flight table
+feeds ``observations.flights``, the age of the oldest call in flight (computed at scrape time).
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway import __version__
+from gateway.observe import Observations
 from gateway.stats import NodeStats
 
 _COUNTERS = {
@@ -24,10 +31,19 @@ MAX_METHOD_LABELS = 200  # distinct method label values; further methods count a
 
 
 class _StatsCollector(Collector):
-    def __init__(self, stats: NodeStats, node_id: str, mode: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        stats: NodeStats,
+        node_id: str,
+        mode: Callable[[], str],
+        observations: Observations | None,
+        now: Callable[[], float],
+    ) -> None:
         self._stats = stats
         self._node_id = node_id
         self._mode = mode
+        self._observations = observations
+        self._now = now
 
     def collect(self) -> Iterator[Metric]:
         for name, doc in _COUNTERS.items():
@@ -44,14 +60,47 @@ class _StatsCollector(Collector):
         )
         mode.add_metric([self._mode()], 1.0)
         yield mode
+        info = GaugeMetricFamily("gateway_build_info", "Always 1", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+        if self._observations is not None:
+            yield from self._observed(self._observations)
+
+    def _observed(self, observations: Observations) -> Iterator[Metric]:
+        kinds = CounterMetricFamily(
+            "gateway_errors_by_kind",
+            "Gateway-made error replies by kind (backend_timeout, overloaded, ...)",
+            labels=["node", "kind"],
+        )
+        for kind, count in sorted(observations.errors.snapshot().items()):
+            kinds.add_metric([self._node_id, kind], float(count))
+        yield kinds
+        if observations.flights is None:
+            return  # nothing knows call start times yet: no gauge rather than a false 0
+        oldest = observations.flights.oldest_started_at()
+        age = GaugeMetricFamily(
+            "gateway_oldest_in_flight_seconds",
+            "Age of the oldest call in flight on this node (0 when none)",
+            labels=["node"],
+        )
+        age.add_metric([self._node_id], 0.0 if oldest is None else max(0.0, self._now() - oldest))
+        yield age
 
 
 class Metrics:
     """One registry per node (not the global one), so tests can run several nodes in-process."""
 
-    def __init__(self, stats: NodeStats, node_id: str, mode: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        stats: NodeStats,
+        node_id: str,
+        mode: Callable[[], str],
+        observations: Observations | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        """``now``: the clock of ``observations.flights`` start times (the reactor's)."""
         self.registry = CollectorRegistry()
-        self.registry.register(_StatsCollector(stats, node_id, mode))
+        self.registry.register(_StatsCollector(stats, node_id, mode, observations, now))
         self.latency = Histogram(
             "gateway_call_latency_seconds",
             "Client-observed call latency through the gateway",

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from gateway.config import GatewayConfig
 from gateway.contracts import Coordinator
 from gateway.flights import FlightTable
+from gateway.observe import Observations
 from gateway.primitives import DeferredPool
 from gateway.proxy.admin import admin_site
 from gateway.proxy.backend import Backend
@@ -84,9 +85,11 @@ class GatewayNode:
         stats: NodeStats | None = None,
         mode: Callable[[], str] = lambda: "disabled",
         flights: FlightTable | None = None,
+        observations: Observations | None = None,
     ) -> None:
         self.config = config
         self.stats = stats or NodeStats()
+        self.observations = observations or Observations()
         self._reactor = as_reactor(reactor)
         self._mode = mode
         self.limits = Limits(
@@ -95,7 +98,9 @@ class GatewayNode:
             max_collection_size=config.max_collection_size,
         )
         self.backends = build_backends(config, reactor, self.limits)
-        self.metrics = Metrics(self.stats, config.node_id, mode)
+        self.metrics = Metrics(
+            self.stats, config.node_id, mode, self.observations, now=self._reactor.seconds
+        )
         self.flights = flights or FlightTable(reactor)
         self.handler = CallHandler(
             Router(config),
