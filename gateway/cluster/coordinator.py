@@ -98,7 +98,7 @@ class ClusterCoordinator:
         self._reactor = clock
         self._spawner = spawner or NoSpawner()
         keys = keys or KeySchema(self.options.prefix)
-        self._steps = RedisSteps(redis, self.options, keys, self.session, clock)
+        self._steps = RedisSteps(redis, self.options, keys, self.session, clock, node_id)
         self.sessions = SessionWatch(
             redis,
             keys,

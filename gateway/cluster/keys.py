@@ -13,6 +13,8 @@ key                                   type        meaning
 ``<prefix>{b}:K:fence``               string      fencing number: +1 per new leadership
 ``<prefix>{b}:K:result:<token>``      string      envelope handed to that leader's followers
 ``<prefix>{b}:K:cache``               string      envelope served until ttl (+ stale_ttl)
+``<prefix>{b}:K:flight``              hash        node, token, fence, followers of the leader
+``<prefix>{b}:inflight``              zset        call keys led now, scored by start time
 ``<prefix>{b}:done``                  channel     "leader finished" notices of the bucket
 ``<prefix>session:<session>``         string      a node process's liveness (short expiry)
 ``<prefix>alive:<session>``           channel     subscribed by that process while it lives
@@ -70,6 +72,13 @@ class KeySchema:
 
     def cache(self, key: str) -> str:
         return f"{self._base(key)}:cache"
+
+    def flight(self, key: str) -> str:
+        return f"{self._base(key)}:flight"
+
+    def inflight(self, key: str) -> str:
+        """The in-flight index of ``key``'s bucket."""
+        return f"{self.prefix}{{{bucket_of(key)}}}:inflight"
 
     def done(self, key: str) -> str:
         """The notice channel of ``key``'s bucket."""

@@ -29,7 +29,7 @@ class LeaseRenewer:
         self,
         scripts: ScriptRunner,
         clock: IReactorTime,
-        lease_key: str,
+        keys: list[str],
         token: str,
         lease_ms: int,
         interval: float,
@@ -39,7 +39,7 @@ class LeaseRenewer:
         self._on_deposed = on_deposed
         self.deposed = False
         self._clock = as_clock(clock)
-        self._keys = [lease_key]
+        self._keys = keys  # the lease, then the call's in-flight entry
         self._args: list[Arg] = [token, lease_ms]
         self._interval = interval
         self._timer: DelayedCall | None = None

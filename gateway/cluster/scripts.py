@@ -38,68 +38,87 @@ class Script:
         object.__setattr__(self, "sha", digest)
 
 
-# decide(lease, cache, fence, want_cache, stale_ms, token, lease_ms, fence_ms). The cache is
-# consulted only for cache-mode methods. A stale entry is always served at once; the caller
-# that also wins the lease refreshes it in the background, so one refresh runs per stale
-# period. Every lease granted takes the next fencing number of the key (INCR): it orders the
-# leaderships of one key and travels in the leader's envelopes.
+# The decide function, shared by DECIDE and POLL. KEYS (all of one bucket): lease, cache,
+# fence, inflight (the bucket's index), flight (this call's entry in it). ARGV: want_cache,
+# stale_ms, new token, lease_ms, fence_ms, the call key, this node's id, and whether a
+# "follow" answer counts this node as a follower of the call ('1' for decide, '0' for the
+# re-decisions of a poll, which must not count a node twice).
+#
+# The cache is consulted only for cache-mode methods. A stale entry is always served at
+# once; the caller that also wins the lease refreshes it in the background, so one refresh
+# runs per stale period. Every lease granted takes the next fencing number of the key
+# (INCR): it orders the leaderships of one key and travels in the leader's envelopes. It
+# also enters the call in the bucket's in-flight index (scored by Redis's clock, so ages
+# need no synchronised node clocks), with a flight hash that lives exactly as long as the
+# lease; index entries a dead leader left behind are dropped after an hour.
 _DECIDE_FN = """
-local function grant(lease, fence, token, lease_ms, fence_ms)
-  redis.call('SET', lease, token, 'PX', lease_ms)
-  local number = redis.call('INCR', fence)
-  redis.call('PEXPIRE', fence, fence_ms)
+local function grant(k, a)
+  redis.call('SET', k[1], a[3], 'PX', a[4])
+  local number = redis.call('INCR', k[3])
+  redis.call('PEXPIRE', k[3], a[5])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  redis.call('ZADD', k[4], now, a[6])
+  redis.call('ZREMRANGEBYSCORE', k[4], '-inf', now - 3600)
+  redis.call('DEL', k[5])
+  redis.call('HSET', k[5], 'node', a[7], 'token', a[3], 'fence', number, 'followers', 0)
+  redis.call('PEXPIRE', k[5], a[4])
   return number
 end
-local function decide(lease, cache, fence, want_cache, stale_ms, token, lease_ms, fence_ms)
-  if want_cache == '1' then
-    local entry = redis.call('GET', cache)
+local function decide(k, a)
+  if a[1] == '1' then
+    local entry = redis.call('GET', k[2])
     if entry then
-      local left = redis.call('PTTL', cache)
-      if left < 0 or left > tonumber(stale_ms) then
+      local left = redis.call('PTTL', k[2])
+      if left < 0 or left > tonumber(a[2]) then
         return {'cache', entry}
       end
-      if redis.call('EXISTS', lease) == 0 then
-        return {'stale_lead', entry, token, grant(lease, fence, token, lease_ms, fence_ms)}
+      if redis.call('EXISTS', k[1]) == 0 then
+        return {'stale_lead', entry, a[3], grant(k, a)}
       end
       return {'stale', entry}
     end
   end
-  local holder = redis.call('GET', lease)
+  local holder = redis.call('GET', k[1])
   if holder then
-    return {'follow', holder, redis.call('PTTL', lease)}
+    if a[8] == '1' and redis.call('EXISTS', k[5]) == 1 then
+      redis.call('HINCRBY', k[5], 'followers', 1)
+    end
+    return {'follow', holder, redis.call('PTTL', k[1])}
   end
-  return {'lead', token, grant(lease, fence, token, lease_ms, fence_ms)}
+  return {'lead', a[3], grant(k, a)}
 end
 """
 
-# KEYS: lease, cache, fence. ARGV: want_cache, stale_ms, new_token, lease_ms, fence_ms.
-DECIDE = Script("decide", _DECIDE_FN + "return decide(KEYS[1], KEYS[2], KEYS[3], unpack(ARGV))\n")
+DECIDE = Script("decide", _DECIDE_FN + "return decide(KEYS, ARGV)\n")
 
-# KEYS: lease, cache, fence, result:<followed token>. ARGV as decide, then the followed
-# token if its session has ended ('' otherwise). A follower whose wait ran out checks for its
-# leader's result and, only if there is none, decides again - in the same round trip. A lease
-# still held by a leader whose session ended is freed first (only if it is still exactly
-# that leader's), so this follower may take it over at once instead of after lease_ttl.
+# KEYS as decide, then result:<followed token>. ARGV as decide, then the followed token if
+# its session has ended ('' otherwise). A follower whose wait ran out checks for its
+# leader's result and, only if there is none, decides again - in the same round trip. A
+# lease still held by a leader whose session ended is freed first (only if it is still
+# exactly that leader's), so this follower may take it over at once instead of after
+# lease_ttl.
 POLL = Script(
     "poll",
     _DECIDE_FN
     + """
-local r = redis.call('GET', KEYS[4])
+local r = redis.call('GET', KEYS[6])
 if r then return {'result', r} end
-if ARGV[6] ~= '' and redis.call('GET', KEYS[1]) == ARGV[6] then
+if ARGV[9] ~= '' and redis.call('GET', KEYS[1]) == ARGV[9] then
   redis.call('DEL', KEYS[1])
 end
-return decide(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+return decide(KEYS, ARGV)
 """,
 )
 
-# KEYS: lease, result:<token>, cache, done channel. ARGV: token, envelope, handoff_ms,
-# cache_ms (0: do not cache), call key, inline ('1': the notice carries the envelope).
-# The result is written first, so a node that still saw the lease (and follows this token)
-# always finds it. The cache entry is written, and the lease released, only while the lease
-# is still ours - checked here, atomically: a leader that lost its lease (paused past it,
-# taken over) still hands its result to its own followers but can never overwrite what a
-# newer leader cached. The notice is "<token> <byte length of key> <key>[<envelope>]".
+# KEYS: lease, result:<token>, cache, done channel, inflight, flight. ARGV: token, envelope,
+# handoff_ms, cache_ms (0: do not cache), call key, inline ('1': the notice carries the
+# envelope). The result is written first, so a node that still saw the lease (and follows
+# this token) always finds it. The cache entry is written, the lease released and the call
+# taken out of the in-flight index only while the lease is still ours - checked here,
+# atomically: a leader that lost its lease (paused past it, taken over) still hands its
+# result to its own followers but can never overwrite what a newer leader cached. The
+# notice is "<token> <byte length of key> <key>[<envelope>]".
 COMPLETE = Script(
     "complete",
     """
@@ -110,6 +129,8 @@ if ours then
     redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[4])
   end
   redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[5], ARGV[5])
+  redis.call('DEL', KEYS[6])
 end
 local notice = ARGV[1] .. ' ' .. #ARGV[5] .. ' ' .. ARGV[5]
 if ARGV[6] == '1' then notice = notice .. ARGV[2] end
@@ -119,11 +140,13 @@ return 0
 """,
 )
 
-# KEYS: lease. ARGV: token, lease_ms. Compare-then-extend: never extend someone else's lease.
+# KEYS: lease, flight. ARGV: token, lease_ms. Compare-then-extend: never extend someone
+# else's lease; the call's in-flight entry lives as long as its lease.
 RENEW = Script(
     "renew",
     """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0

@@ -38,11 +38,13 @@ class RedisSteps:
         keys: KeySchema,
         session: str,
         clock: IReactorTime,
+        node_id: str = "",
     ) -> None:
         self._redis = redis
         self._options = options
         self._keys = keys
         self._session = session
+        self._node_id = node_id or session.rpartition(".")[0]
         self._reactor = clock
         self._clock = as_clock(clock)
         self._scripts = ScriptRunner(redis)
@@ -60,8 +62,8 @@ class RedisSteps:
 
     async def decide(self, key: str, policy: MethodPolicy) -> Decision:
         """cache | stale | stale_lead | follow | lead (see scripts.DECIDE)."""
-        keys = [self._keys.lease(key), self._keys.cache(key), self._keys.fence(key)]
-        return parse_decision(await self._scripts.run(DECIDE, keys, self._decide_args(policy)))
+        args = self._decide_args(key, policy, count_follower=True)
+        return parse_decision(await self._scripts.run(DECIDE, self._decide_keys(key), args))
 
     async def poll(
         self, key: str, policy: MethodPolicy, following: str, leader_gone: bool = False
@@ -71,13 +73,11 @@ class RedisSteps:
         ``leader_gone``: the followed leader's session ended; its lease is freed (if it still
         holds it) so that this call may take over at once.
         """
-        keys = [
-            self._keys.lease(key),
-            self._keys.cache(key),
-            self._keys.fence(key),
-            self._keys.result(key, following),
+        keys = [*self._decide_keys(key), self._keys.result(key, following)]
+        args = [
+            *self._decide_args(key, policy, count_follower=False),
+            following if leader_gone else "",
         ]
-        args = [*self._decide_args(policy), following if leader_gone else ""]
         return parse_decision(await self._scripts.run(POLL, keys, args))
 
     async def result(self, key: str, token: str) -> bytes | None:
@@ -111,6 +111,8 @@ class RedisSteps:
             self._keys.result(key, shared.token),
             self._keys.cache(key),
             self._keys.done(key),
+            self._keys.inflight(key),
+            self._keys.flight(key),
         ]
         args: list[Arg] = [shared.token, data, self._handoff_ms, cache_ms, key, inline]
 
@@ -124,9 +126,9 @@ class RedisSteps:
     ) -> LeaseRenewer:
         """A started renewer extending ``token``'s lease every ``lease_ttl / 3``."""
         interval = max(0.01, self._options.lease_ttl / 3)
-        lease = self._keys.lease(key)
+        keys = [self._keys.lease(key), self._keys.flight(key)]
         renewer = LeaseRenewer(
-            self._scripts, self._reactor, lease, token, self.lease_ms, interval, on_deposed
+            self._scripts, self._reactor, keys, token, self.lease_ms, interval, on_deposed
         )
         return renewer.start()
 
@@ -134,7 +136,11 @@ class RedisSteps:
         """A lease token: ``<session>/<random>``, so a lease's holder can be read off it."""
         return f"{self._session}/{uuid.uuid4().hex[:16]}"
 
-    def _decide_args(self, policy: MethodPolicy) -> list[Arg]:
+    def _decide_keys(self, key: str) -> list[str]:
+        k = self._keys
+        return [k.lease(key), k.cache(key), k.fence(key), k.inflight(key), k.flight(key)]
+
+    def _decide_args(self, key: str, policy: MethodPolicy, count_follower: bool) -> list[Arg]:
         want_cache = policy.mode == "cache" and policy.ttl > 0
         stale_ms = int(policy.stale_ttl * 1000)
         # A fresh token per decision: it only becomes a lease if this call gets to lead.
@@ -144,4 +150,7 @@ class RedisSteps:
             self.new_token(),
             self.lease_ms,
             self._fence_ms,
+            key,
+            self._node_id,
+            "1" if count_follower else "0",
         ]
