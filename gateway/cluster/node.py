@@ -17,22 +17,23 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.cluster.completions import Completions
-from gateway.cluster.connection import RedisConnector, default_backoff
+from gateway.cluster.connection import default_backoff
 from gateway.cluster.coordinator import ClusterCoordinator
 from gateway.cluster.heartbeat import Heartbeat
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.options import ClusterOptions
-from gateway.cluster.url import RedisURL, parse_redis_url
+from gateway.cluster.topology import open_links
+from gateway.cluster.url import RedisTarget, parse_redis_target
 from gateway.contracts import Coordinator
 from gateway.stats import NodeStats
 
 
 class ClusterNode:
-    """Owns the node's two Redis connections (commands, pub/sub) and what runs on them."""
+    """Owns the node's Redis links (commands, pub/sub) and what runs on them."""
 
     def __init__(
         self,
-        url: str | RedisURL,
+        url: str | RedisTarget,
         *,
         node_id: str,
         stats: NodeStats,
@@ -45,19 +46,12 @@ class ClusterNode:
         backoff: Callable[[], Iterable[float]] = default_backoff,
     ) -> None:
         self.options = options or ClusterOptions()
-        parsed = parse_redis_url(url) if isinstance(url, str) else url
-        self.redis, self.subscriber = (
-            RedisConnector(
-                parsed,
-                clock,
-                name=name,
-                subscriber=subscriber,
-                reply_timeout=reply_timeout,
-                keepalive=keepalive,
-                backoff=backoff,
-            )
-            for name, subscriber in (("redis", False), ("redis pub/sub", True))
+        parsed = parse_redis_target(url) if isinstance(url, str) else url
+        # One server, a Sentinel-managed master or a Cluster: see topology.py.
+        self._links = open_links(
+            parsed, clock, reply_timeout=reply_timeout, keepalive=keepalive, backoff=backoff
         )
+        self.redis, self.subscriber = self._links.commands, self._links.subscriber
         keys = KeySchema(self.options.prefix)
         self.completions = Completions(self.subscriber, keys, clock)
         self.coordinator = ClusterCoordinator(
@@ -83,14 +77,14 @@ class ClusterNode:
         self.completions.add_state_callback(self._state_changed)
 
     def start(self) -> None:
-        self.redis.start()
+        self._links.start()
         self.completions.start()
         self.heartbeat.start()
 
     def stop(self) -> Deferred[None]:
         self.coordinator.stop()
         self.heartbeat.stop()
-        d = gatherResults([self.redis.stop(), self.completions.stop()], consumeErrors=True)
+        d = gatherResults([self._links.stop(), self.completions.stop()], consumeErrors=True)
         return d.addCallback(lambda _: None)
 
     def when_ready(self) -> Deferred[None]:

@@ -19,7 +19,8 @@ from typing import Any, cast
 import redis
 
 from gateway.cluster.keys import KeySchema
-from gateway.cluster.url import InvalidRedisURL, parse_redis_url
+from gateway.cluster.redispy import SyncRedis, sync_client
+from gateway.cluster.url import InvalidRedisURL, parse_redis_target
 
 ALIVE_WITHIN = 3.0
 COUNTERS = (
@@ -49,7 +50,7 @@ _COLUMNS = (  # (header, row key) of the table
 )
 
 
-def collect(client: redis.Redis, prefix: str, now: float | None = None) -> dict[str, Any]:
+def collect(client: SyncRedis, prefix: str, now: float | None = None) -> dict[str, Any]:
     """The status report: ``{"nodes": [...], "totals": {...}}`` (the ``--json`` output)."""
     now = time.time() if now is None else now
     keys = KeySchema(prefix)
@@ -129,14 +130,13 @@ def _cell(row: dict[str, Any], key: str) -> str:
 def run_status(args: argparse.Namespace) -> int:
     """Entry point of ``gateway status`` (args: redis, prefix, json, watch)."""
     try:
-        shown = str(parse_redis_url(args.redis))  # for messages: never shows the password
+        shown = str(parse_redis_target(args.redis))  # for messages: never shows the password
         KeySchema(args.prefix)
     except (InvalidRedisURL, ValueError) as exc:
         print(f"gateway status: {exc}", file=sys.stderr)
         return 1
-    client = redis.Redis.from_url(
-        args.redis, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=2.0
-    )
+    # Any URL form: with redis+cluster:// the node keys are read from whichever shard has them.
+    client = sync_client(args.redis, decode_responses=True)
     try:
         while True:
             report = collect(client, args.prefix)
