@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,8 +51,12 @@ MAX_REDIRECTS = 5
 
 
 def refresh_backoff() -> Iterable[float]:
-    """Slot map refreshes while the cluster is not fully up: 0.1 s doubling up to 1 s."""
-    return exponential_backoff(initial=0.1, factor=2.0, max_delay=1.0)
+    """Slot map refreshes while the cluster is not fully up: 0.1 s doubling up to 0.5 s.
+
+    One CLUSTER SLOTS per node every half second at most, only while a shard is down: the
+    cap bounds how late a node notices the promoted replica.
+    """
+    return exponential_backoff(initial=0.1, factor=2.0, max_delay=0.5)
 
 
 class ClusterRedis:
@@ -221,6 +225,8 @@ class ClusterRedis:
                         reply_timeout=self._reply_timeout,
                     )
                 slot_map = SlotMap.from_cluster_slots(reply, default_host=address[0])
+            except CancelledError:  # stop(): ask nobody else
+                raise
             except Exception as exc:  # unreachable, not a cluster node, junk: try the next
                 problems.append(f"{address[0]}:{address[1]}: {exc or type(exc).__name__}")
                 continue
@@ -255,7 +261,7 @@ class ClusterRedis:
             return
         again, self._refresh_again = self._refresh_again, False
         if not self._complete():
-            self._refresh_soon(next(self._delays, 1.0))
+            self._refresh_soon(next(self._delays, 0.5))
             return
         self._delays = iter(self._refresh_delays())
         if again:
