@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -69,6 +69,8 @@ class SentinelLocator:
                     connect_timeout=self._connect_timeout,
                     reply_timeout=self._reply_timeout,
                 )
+            except CancelledError:  # the connector stopped: ask nobody else
+                raise
             except Exception as exc:  # down, refused, timed out, auth: ask the next one
                 problems.append(f"{sentinel[0]}:{sentinel[1]}: {exc or type(exc).__name__}")
                 continue
