@@ -9,5 +9,8 @@ Redis client. Wiring for a node lives in node.py::
 
 Modules: keys (Redis names), url (Redis URLs), connection (self-healing connection),
 scripts (Lua), envelope (shared result bytes), completions (pub/sub notices), decision,
-lease (renewer, listener), coordinator (ClusterCoordinator), heartbeat, status, options.
+lease (renewer, listener), coordinator (ClusterCoordinator), heartbeat, status, options;
+topology (which connections a URL needs), sentinel (master discovery, +switch-master),
+slots and shards (Redis Cluster routing), endpoints (Twisted endpoints), redispy
+(redis-py client for any URL).
 """

@@ -246,6 +246,7 @@ class RedisConnector:
     def _connected(self, attempt: tuple[Any, RedisURL]) -> None:
         factory, url = attempt
         self._retry = None
+        self._hurry = False  # it succeeded: a later outage starts with the ordinary backoff
         proto = factory.pool[0] if factory.pool else None
         if not self._running or proto is None or not proto.connected:
             factory.disconnect()

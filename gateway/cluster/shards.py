@@ -170,6 +170,7 @@ class ClusterRedis:
             if self._map is not None:
                 self._map.assign(redirect.slot, redirect.address)
             self._ensure_connector(redirect.address)
+            self._set_up(self._complete())  # down until a new owner's connection is up
             self._refresh_soon()
             return self._send(args, redirect.slot, hops + 1)
         # ASK: this one command goes to the importing node, preceded by ASKING.
