@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
@@ -13,6 +14,7 @@ from gateway.testing import (
     ExampleBackend,
     GatewayProcess,
     ManagedProcess,
+    call_once,
     example_backend_argv,
     gateway_argv,
     gateway_cli,
@@ -63,6 +65,17 @@ def herd_summary(herd: ManagedProcess, timeout: float = 60.0) -> dict[str, Any]:
     assert herd.stdout_lines, f"the herd printed nothing: {herd.describe_output()}"
     summary: dict[str, Any] = json.loads(herd.stdout_lines[-1])
     return summary
+
+
+def alerts_in_background(
+    stack: ExitStack, nodes: Sequence[GatewayProcess], message: str
+) -> list[Future[str]]:
+    """One ``alert(message-i)`` per node, sent now from threads; futures of the replies."""
+    pool = stack.enter_context(ThreadPoolExecutor(len(nodes)))
+    return [
+        pool.submit(call_once, node, lambda c, i=i: c.alert(f"{message}-{i}"))
+        for i, node in enumerate(nodes)
+    ]
 
 
 def seconds_until_mode(

@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 import redis as redis_py
 from fleet import (
+    alerts_in_background,
     backend_ready,
     herd_summary,
     seconds_until_mode,
@@ -287,6 +288,7 @@ def test_gateway_nodes_on_a_cluster_survive_a_primary_failover() -> None:
         killed_at = time.monotonic()
         victim.stop()  # SIGKILL by PID
         wait_for_redis_mode(nodes, "local", timeout=10)
+        meanwhile = alerts_in_background(stack, nodes, "during-failover")  # served locally
         during = start_herd(stack, nodes, *herd)  # runs while the replica is promoted
         recovered = seconds_until_mode(nodes, "cluster", since=killed_at, timeout=30)
         print(f"\nredis cluster: kill -9 of a primary -> every node in cluster mode: "
@@ -294,6 +296,9 @@ def test_gateway_nodes_on_a_cluster_survive_a_primary_failover() -> None:
         promoted = cluster.wait_for_promotion(victim, timeout=5)
         summary = herd_summary(during)
         assert (summary["ok"], summary["errors"]) == (90, 0)
+        assert [f.result(timeout=20) for f in meanwhile] == [
+            f"ack:during-failover-{i}" for i in range(3)
+        ]
 
         primaries = [promoted, *cluster.primaries[1:]]
         for primary in primaries:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from fleet import (
+    alerts_in_background,
     backend_ready,
     herd_summary,
     seconds_until_mode,
@@ -157,9 +158,10 @@ async def test_node_follows_a_sentinel_failover_to_the_new_master(group: Sentine
 
 
 def test_gateway_nodes_follow_a_master_killed_by_sigkill() -> None:
-    """Three nodes on a Sentinel-managed master: kill -9 of the master, the sentinels
-    promote the replica, every node is back in cluster mode without a restart, `gateway
-    status` reads the new master, and a herd reaches the backend once per key."""
+    """Three nodes on a Sentinel-managed master: kill -9 of the master, calls are answered
+    local-only meanwhile, the sentinels promote the replica, every node is back in cluster
+    mode without a restart, a herd reaches the backend once per key and `gateway status`
+    reads the new master."""
     keys = 5
     group = SentinelGroup(master_name="e2e")
     with ExitStack() as stack:
@@ -173,16 +175,21 @@ def test_gateway_nodes_follow_a_master_killed_by_sigkill() -> None:
         killed_at = time.monotonic()
         group.master.stop()  # SIGKILL by PID
         wait_for_redis_mode(nodes, "local", timeout=10)
+        meanwhile = alerts_in_background(stack, nodes, "during-failover")  # served locally
         recovered = seconds_until_mode(nodes, "cluster", since=killed_at, timeout=30)
         print(f"\nredis sentinel: kill -9 of the master -> every node in cluster mode: "
               f"{recovered:.2f} s")  # fmt: skip
         promoted = group.wait_for_new_master(timeout=5)
         assert promoted is group.replicas[0]
+        assert [f.result(timeout=20) for f in meanwhile] == [
+            f"ack:during-failover-{i}" for i in range(3)
+        ]
 
+        before = backend_count(backend)
         summary = herd_summary(
             start_herd(stack, nodes, "--clients", "60", "--keys", str(keys), "--rounds", "1")
         )
         assert (summary["ok"], summary["errors"]) == (60, 0)
-        assert backend_count(backend) == keys
-        report = wait_for_status(group.url, lambda r: r["totals"]["calls"] >= 60)
-        assert (report["totals"]["alive"], report["totals"]["backend_calls"]) == (3, keys)
+        assert backend_count(backend) - before == keys
+        report = wait_for_status(group.url, lambda r: r["totals"]["calls"] >= 63)
+        assert (report["totals"]["alive"], report["totals"]["backend_calls"]) == (3, keys + 3)
