@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+# url.py is standard-library only (like keys.py for the CLI): validating a URL here loads
+# no Twisted or Redis client.
+from gateway.cluster.url import InvalidRedisURL, parse_redis_target
 from gateway.contracts import MethodPolicy
 from gateway.observe import PREVIEW_LIMIT
 
@@ -237,8 +240,10 @@ def parse_redis(raw: dict[str, Any]) -> RedisConfig:
     if "url" not in table:
         raise ConfigError("redis.url: required")
     url = _take(table, "url", str, "redis")
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"redis.url: expected redis://, rediss:// or unix://, got {url!r}")
+    try:
+        parse_redis_target(url)
+    except InvalidRedisURL as exc:  # the message never shows the password
+        raise ConfigError(f"redis.url: {exc}") from None
     kwargs: dict[str, Any] = {"url": url}
     for name in ("prefix", "hmac_secret"):
         if name in table:

@@ -9,7 +9,9 @@ Redis client. Wiring for a node lives in node.py::
 
 Modules: keys (Redis names), url (Redis URLs), connection (self-healing connection),
 scripts (Lua), envelope (shared result bytes), completions (pub/sub notices), decision,
-lease (renewer, listener), coordinator (ClusterCoordinator), heartbeat, status (with
-insight: its readers, sections: its text, opskeys: the names of history, hot-key and
-in-flight keys), options.
+lease (renewer, listener), coordinator (ClusterCoordinator), follower, session, heartbeat,
+status (with insight: its readers, sections: its text, opskeys: the names of history,
+hot-key and in-flight keys), options; topology (which connections a URL needs), sentinel
+(master discovery, +switch-master), slots and shards (Redis Cluster routing), endpoints
+(Twisted endpoints), redispy (redis-py client for any URL).
 """

@@ -10,11 +10,15 @@ exponential backoff drives the attempts. That way every up/down transition passe
 one place, which tells the state callbacks (the coordinator switches to local-only
 coalescing on them and logs the one warning per change; here only a Redis unreachable at
 start is a warning, every later transition is logged at debug level).
+
+Where to connect is asked anew before every attempt (:class:`Locator`): a fixed URL for
+redis://, rediss:// and unix://; the sentinels' current master for redis+sentinel://
+(sentinel.py); the next cluster node for the pub/sub connection of redis+cluster://.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeAlias, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -48,6 +52,40 @@ class RedisCommands(Protocol):
     def execute(self, *args: Arg) -> Deferred[Reply]: ...
 
 
+class ManagedRedis(RedisCommands, Protocol):
+    """A RedisCommands its owner starts and stops (a node's command connection)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> Deferred[None]: ...
+
+
+class Locator(Protocol):
+    """Where the next connection attempt goes; ``str()`` names the target in log lines."""
+
+    @property
+    def require_master(self) -> bool:
+        """True: the server found must answer ROLE with "master" (Sentinel)."""
+        ...
+
+    def locate(self) -> Deferred[RedisURL]: ...
+
+
+class FixedURL:
+    """The :class:`Locator` of a single-server URL: always the same address."""
+
+    require_master = False
+
+    def __init__(self, url: RedisURL) -> None:
+        self.url = url
+
+    def locate(self) -> Deferred[RedisURL]:
+        return succeed(self.url)
+
+    def __str__(self) -> str:
+        return str(self.url)
+
+
 def default_backoff() -> Iterable[float]:
     """Reconnect delays: full jitter, 0.1 s doubling up to 5 s."""
     return exponential_backoff(initial=0.1, factor=2.0, max_delay=5.0)
@@ -56,8 +94,9 @@ def default_backoff() -> Iterable[float]:
 class RedisConnector:
     """A self-healing connection to one Redis server (commands, or pub/sub with ``subscriber``).
 
-    ``clock`` is the reactor: it times the backoff and provides TCP for the endpoint.
-    ``start()`` returns at once; the connection comes up in the background, retrying forever
+    ``url`` is a URL or a :class:`Locator` asked before every attempt. ``clock`` is the
+    reactor: it times the backoff and provides TCP for the endpoint. ``start()`` returns
+    at once; the connection comes up in the background, retrying forever
     with ``backoff()`` delays until ``stop()``. "Up" means Redis answered a PING, not just
     that TCP connected. ``reply_timeout`` bounds every command; with ``keepalive`` set, an
     idle connection is PINGed that often. A Redis that stops answering (hung, partitioned)
@@ -66,7 +105,7 @@ class RedisConnector:
 
     def __init__(
         self,
-        url: str | RedisURL,
+        url: str | RedisURL | Locator,
         clock: IReactorTime,
         *,
         name: str = "redis",
@@ -76,7 +115,10 @@ class RedisConnector:
         keepalive: float | None = 5.0,
         backoff: Callable[[], Iterable[float]] = default_backoff,
     ) -> None:
-        self.url = parse_redis_url(url) if isinstance(url, str) else url
+        if isinstance(url, str):
+            url = parse_redis_url(url)
+        self._locator: Locator = FixedURL(url) if isinstance(url, RedisURL) else url
+        self.connected_to: RedisURL | None = None  # the server of the live connection
         self._reactor = clock
         self._clock = as_clock(clock)
         self._name = name
@@ -92,6 +134,8 @@ class RedisConnector:
         self._retry: RetryingCall[Any] | None = None
         self._ping_timer: DelayedCall | None = None
         self._running = False
+        self._attempting = False  # an attempt (locate, connect, PING) is underway
+        self._hurry = False  # reconnect_now() during an attempt: no wait before the next
         self._logged_up: bool | None = None  # last state logged, so each change logs once
 
     @property
@@ -124,6 +168,24 @@ class RedisConnector:
             return succeed(None)
         return cast(Deferred[None], factory.disconnect()).addCallback(lambda _: None)
 
+    def reconnect_now(self) -> None:
+        """Connect again at once: drop the live connection, or cut the backoff wait short.
+
+        For news that the server moved (a Sentinel failover): the next attempt asks the
+        locator again.
+        """
+        if not self._running:
+            return
+        if self._proto is not None:
+            self._proto.transport.abortConnection()  # -> _lost -> an immediate attempt
+        elif self._attempting:
+            # Let the attempt finish (it may well succeed); if it fails, retry at once.
+            self._hurry = True
+        elif self._retry is not None:
+            retry, self._retry = self._retry, None
+            retry.cancel()  # its Deferred fails with CancelledError, which _reconnect ignores
+            self._reconnect()
+
     def execute(self, *args: Arg) -> Deferred[Reply]:
         proto = self._proto
         if proto is None:
@@ -140,10 +202,16 @@ class RedisConnector:
     def _reconnect(self) -> None:
         retry: RetryingCall[Any] = RetryingCall(self._reactor, self._connect_once)
         self._retry = retry
-        retry.start(backoff=self._backoff(), failure_tester=self._attempt_failed).addCallbacks(
+        retry.start(backoff=self._delays(), failure_tester=self._attempt_failed).addCallbacks(
             self._connected,
             lambda _: None,  # only cancellation (stop) ends the retry loop
         )
+
+    def _delays(self) -> Iterator[float]:
+        # Pulled by RetryingCall after each failed attempt, so _hurry is read just in time.
+        for delay in self._backoff():
+            hurry, self._hurry = self._hurry, False
+            yield 0.0 if hurry else delay
 
     def _attempt_failed(self, failure: Failure) -> bool:
         if self._logged_up is not False:
@@ -151,22 +219,34 @@ class RedisConnector:
             log.warn(
                 "{name} unreachable at {url}: {reason} (retrying in the background)",
                 name=self._name,
-                url=str(self.url),
+                url=str(self._locator),
                 reason=failure.getErrorMessage(),
             )
         return True  # retry every failure; only stop() ends the loop
 
     def _connect_once(self) -> Deferred[Any]:
-        return connect(
-            self.url,
-            self._reactor,
-            subscriber=self._subscriber,
-            connect_timeout=self._connect_timeout,
-            reply_timeout=self._reply_timeout,
-        )
+        def attempt(url: RedisURL) -> Deferred[Any]:
+            d = connect(
+                url,
+                self._reactor,
+                subscriber=self._subscriber,
+                connect_timeout=self._connect_timeout,
+                reply_timeout=self._reply_timeout,
+                require_master=self._locator.require_master,
+            )
+            return d.addCallback(lambda factory: (factory, url))
 
-    def _connected(self, factory: Any) -> None:
+        def finished(result: object) -> object:
+            self._attempting = False
+            return result
+
+        self._attempting = True
+        return self._locator.locate().addCallback(attempt).addBoth(finished)
+
+    def _connected(self, attempt: tuple[Any, RedisURL]) -> None:
+        factory, url = attempt
         self._retry = None
+        self._hurry = False  # it succeeded: a later outage starts with the ordinary backoff
         proto = factory.pool[0] if factory.pool else None
         if not self._running or proto is None or not proto.connected:
             factory.disconnect()
@@ -178,9 +258,10 @@ class RedisConnector:
             proto.messageReceived = self._message_received
         proto.whenDisconnected().addCallback(lambda _: self._lost(proto))
         self._proto = proto
+        self.connected_to = url
         if self._logged_up is not True:
             self._logged_up = True
-            log.debug("{name} connected to {url}", name=self._name, url=str(self.url))
+            log.debug("{name} connected to {url}", name=self._name, url=str(url))
         self._schedule_ping()
         self._notify(True)
 
@@ -223,6 +304,7 @@ class RedisConnector:
         if self._proto is None:
             return
         self._proto = None
+        self.connected_to = None
         if self._running and self._logged_up is not False:
             self._logged_up = False
             log.debug("{name} {why}; reconnecting", name=self._name, why=why)

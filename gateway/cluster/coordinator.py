@@ -86,6 +86,7 @@ class ClusterCoordinator:
         keys: KeySchema | None = None,
         spawner: Spawner | None = None,
         session: str | None = None,
+        pubsub_counts: bool = True,
     ) -> None:
         self.options = options or ClusterOptions()
         self.node_id = node_id
@@ -105,6 +106,7 @@ class ClusterCoordinator:
             clock,
             self.options.session_ttl,
             self.options.session_check_interval,
+            pubsub_counts,
         )
         self._follower = Follower(
             self._steps, completions, self.sessions, clock, self.options, self._open

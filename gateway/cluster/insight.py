@@ -21,6 +21,7 @@ from gateway.cluster.opskeys import (
     minute_of,
     parse_hot_member,
 )
+from gateway.cluster.redispy import SyncRedis
 from gateway.observe import split_call_key
 
 HISTORY_NUMBERS = (
@@ -150,7 +151,7 @@ def _seconds(score: float) -> float:
 
 
 def read_in_flight(
-    client: redis.Redis,
+    client: SyncRedis,
     keys: OpsKeys,
     candidates: list[tuple[str, str, float]],
     now: float,

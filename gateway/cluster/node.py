@@ -17,24 +17,25 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.cluster.completions import Completions
-from gateway.cluster.connection import RedisConnector, default_backoff
+from gateway.cluster.connection import default_backoff
 from gateway.cluster.coordinator import ClusterCoordinator
 from gateway.cluster.heartbeat import Heartbeat
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.options import ClusterOptions
 from gateway.cluster.session import SessionKeeper, new_session
-from gateway.cluster.url import RedisURL, parse_redis_url
+from gateway.cluster.topology import open_links
+from gateway.cluster.url import ClusterURL, RedisTarget, parse_redis_target
 from gateway.contracts import Coordinator, Spawner
 from gateway.observe import Observations
 from gateway.stats import NodeStats
 
 
 class ClusterNode:
-    """Owns the node's two Redis connections (commands, pub/sub) and what runs on them."""
+    """Owns the node's Redis links (commands, pub/sub) and what runs on them."""
 
     def __init__(
         self,
-        url: str | RedisURL,
+        url: str | RedisTarget,
         *,
         node_id: str,
         stats: NodeStats,
@@ -51,19 +52,12 @@ class ClusterNode:
         self.options = options or ClusterOptions()
         if reply_timeout is None:
             reply_timeout = self.options.reply_timeout
-        parsed = parse_redis_url(url) if isinstance(url, str) else url
-        self.redis, self.subscriber = (
-            RedisConnector(
-                parsed,
-                clock,
-                name=name,
-                subscriber=subscriber,
-                reply_timeout=reply_timeout,
-                keepalive=keepalive,
-                backoff=backoff,
-            )
-            for name, subscriber in (("redis", False), ("redis pub/sub", True))
+        parsed = parse_redis_target(url) if isinstance(url, str) else url
+        # One server, a Sentinel-managed master or a Cluster: see topology.py.
+        self._links = open_links(
+            parsed, clock, reply_timeout=reply_timeout, keepalive=keepalive, backoff=backoff
         )
+        self.redis, self.subscriber = self._links.commands, self._links.subscriber
         keys = KeySchema(self.options.prefix)
         self.session = new_session(node_id)
         self.completions = Completions(self.subscriber, keys, clock, session=self.session)
@@ -77,6 +71,9 @@ class ClusterNode:
             keys=keys,
             spawner=spawner,
             session=self.session,
+            # In a Redis Cluster, PUBSUB NUMSUB counts only one node's subscribers: there a
+            # leader's death is seen by its session's expiry alone.
+            pubsub_counts=not isinstance(parsed, ClusterURL),
         )
         self.session_keeper = SessionKeeper(
             self.redis, keys, self.session, clock, self.options.session_ttl
@@ -96,7 +93,7 @@ class ClusterNode:
         self.completions.add_state_callback(self._state_changed)
 
     def start(self) -> None:
-        self.redis.start()
+        self._links.start()
         self.completions.start()
         self.session_keeper.start()
         self.heartbeat.start()
@@ -112,7 +109,7 @@ class ClusterNode:
             return ended.addBoth(lambda _: close_connections())
 
         def close_connections() -> Deferred[None]:
-            d = gatherResults([self.redis.stop(), self.completions.stop()], consumeErrors=True)
+            d = gatherResults([self._links.stop(), self.completions.stop()], consumeErrors=True)
             return d.addCallback(lambda _: None)
 
         return self.coordinator.stop().addCallback(close)

@@ -31,8 +31,9 @@ from gateway.cluster.insight import (
 )
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.opskeys import OpsKeys
+from gateway.cluster.redispy import SyncRedis, sync_client
 from gateway.cluster.sections import render_history, render_hot_keys, render_in_flight
-from gateway.cluster.url import InvalidRedisURL, parse_redis_url
+from gateway.cluster.url import InvalidRedisURL, parse_redis_target
 
 ALIVE_WITHIN = 3.0
 COUNTERS = (
@@ -63,7 +64,7 @@ _COLUMNS = (  # (header, row key) of the table
 
 
 def collect(
-    client: redis.Redis,
+    client: SyncRedis,
     prefix: str,
     now: float | None = None,
     *,
@@ -77,14 +78,15 @@ def collect(
     ``history`` (the last ``history`` entries per node), ``redis_mode`` and ``redis``."""
     now = time.time() if now is None else now
     keys, ops = KeySchema(prefix), OpsKeys(prefix)
-    first = client.pipeline(transaction=False)
-    first.zrange(keys.nodes(), 0, -1, withscores=True)
-    first.time()
-    first.info("server")
-    listed, redis_time, info = first.execute(raise_on_error=False)
-    if isinstance(listed, redis.RedisError):
-        raise listed
-    members = cast(list[tuple[str, float]], listed)
+    # Not one pipeline: a Redis Cluster pipeline refuses keyless commands (TIME, INFO).
+    members = cast(list[tuple[str, float]], client.zrange(keys.nodes(), 0, -1, withscores=True))
+    redis_time: Any
+    info: Any
+    try:
+        redis_time = client.time()
+        info = client.info("server")
+    except redis.RedisError as exc:
+        redis_time = info = exc
     node_ids = [node_id for node_id, _ in members]
     # In-flight start times come from Redis's clock (the scripts' TIME), so ages do too.
     redis_now = now if isinstance(redis_time, Exception) else redis_time[0] + redis_time[1] / 1e6
@@ -205,17 +207,15 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return str(value)
 
 
-def open_client(args: argparse.Namespace) -> tuple[str, redis.Redis]:
+def open_client(args: argparse.Namespace) -> tuple[str, SyncRedis]:
     """``(URL as shown in messages, client)`` for ``args.redis`` / ``args.prefix``;
     ``InvalidRedisURL`` / ``ValueError`` for a bad URL, prefix or window."""
-    shown = str(parse_redis_url(args.redis))  # for messages: never shows the password
+    shown = str(parse_redis_target(args.redis))  # for messages: never shows the password
     KeySchema(args.prefix)
     if args.hot_minutes < 1 or args.history < 1:
         raise ValueError("--hot-minutes and --history must be >= 1")
-    client = redis.Redis.from_url(
-        args.redis, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=2.0
-    )
-    return shown, client
+    # Any URL form: with redis+cluster:// the node keys are read from whichever shard has them.
+    return shown, sync_client(args.redis, decode_responses=True)
 
 
 def run_status(args: argparse.Namespace) -> int:
