@@ -117,8 +117,9 @@ def run_serve(args: argparse.Namespace) -> int:
     reactor = as_reactor(global_reactor)
 
     stats = NodeStats()
-    flights = FlightTable(global_reactor)  # the node's one table of calls in flight
     observations = Observations()
+    # The node's one table of calls in flight; it reports finished flights as hot keys.
+    flights = FlightTable(global_reactor, hot_keys=observations.hot_keys)
     cluster = build_cluster(config, reactor, stats, flights, observations)
     node = GatewayNode(
         config,

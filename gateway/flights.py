@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from gateway.contracts import Outcome
 from gateway.errors import ShuttingDown
+from gateway.observe import HotKeyRecorder, split_call_key
 from gateway.primitives import Coalescer, DeferredPool
 from gateway.reactors import as_clock
 from gateway.thrift import key_parts
@@ -46,6 +47,7 @@ class Flight:
     started: float  # clock seconds
     deferred: Deferred[Any]
     callers: int = 1  # callers that joined it (the first included); 0 for background work
+    preview: str | None = None  # the arguments, shown with hot keys (opted-in methods only)
 
     @property
     def background(self) -> bool:
@@ -65,10 +67,16 @@ class FlightInfo:
 
 
 class FlightTable:
-    """Joins identical calls, keeps each execution until its outcome is in, drains on stop."""
+    """Joins identical calls, keeps each execution until its outcome is in, drains on stop.
 
-    def __init__(self, clock: IReactorTime) -> None:
+    With ``hot_keys``, every finished flight is reported once, with how many callers it
+    answered (the hot-key ranking ops see); :meth:`oldest_started_at` feeds the node's
+    "oldest call in flight" gauge.
+    """
+
+    def __init__(self, clock: IReactorTime, hot_keys: HotKeyRecorder | None = None) -> None:
         self._clock = as_clock(clock)
+        self._hot_keys = hot_keys
         self._reactor = clock
         # Detached: a caller leaving never cancels the flight (see the module docstring).
         self._joins: Coalescer[str, Outcome] = Coalescer(detached=True)
@@ -82,23 +90,27 @@ class FlightTable:
         return len(self._running)
 
     def join(
-        self, key: str, start: Callable[[], Deferred[Outcome]]
+        self, key: str, start: Callable[[], Deferred[Outcome]], preview: str | None = None
     ) -> Deferred[tuple[Outcome, bool]]:
         """The outcome of the flight for ``key``: the running one, or ``start()``'s.
 
         Fires with ``(outcome, shared)``; ``shared`` is True for callers that joined a flight
         started by an earlier caller. Cancelling the returned Deferred only stops this caller
-        waiting.
+        waiting. ``preview`` (the first caller's) is shown with the key's hot-key entry.
         """
         flight = self._by_key.get(key)
         if flight is not None:
             flight.callers += 1
-        return self._joins.call_shared(key, self._start, key, start)
+        return self._joins.call_shared(key, self._start, key, start, preview)
 
     def spawn(self, key: str, work: Deferred[Any]) -> None:
         """Count ``work`` (no caller waits on it) as running until it fires: drain waits."""
         if not work.called:
             self._register(Flight(key, self._clock.seconds(), work, callers=0))
+
+    def oldest_started_at(self) -> float | None:
+        """When the oldest flight or task still running started (clock seconds), if any."""
+        return min((f.started for f in self._running), default=None)
 
     def flights(self) -> list[FlightInfo]:
         """What is running now, oldest first."""
@@ -134,11 +146,14 @@ class FlightTable:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _start(self, key: str, start: Callable[[], Deferred[Outcome]]) -> Any:
+    def _start(self, key: str, start: Callable[[], Deferred[Outcome]], preview: str | None) -> Any:
         d = start()
-        if not d.called:  # an outcome already in (a cache hit) is never a flight
-            flight = self._register(Flight(key, self._clock.seconds(), d))
-            self._by_key[key] = flight
+        if d.called:  # an outcome already in (a cache hit) is never a flight
+            if self._hot_keys is not None:
+                self._hot_keys.record(*split_call_key(key), 1, preview)
+            return d
+        flight = self._register(Flight(key, self._clock.seconds(), d, preview=preview))
+        self._by_key[key] = flight
         return d
 
     def _register(self, flight: Flight) -> Flight:
@@ -150,6 +165,9 @@ class FlightTable:
             self._running.pop(flight, None)
             if self._by_key.get(flight.key) is flight:
                 del self._by_key[flight.key]
+            if self._hot_keys is not None and flight.callers:
+                method, key_id = split_call_key(flight.key)
+                self._hot_keys.record(method, key_id, flight.callers, flight.preview)
             if (
                 self._abandoning
                 and isinstance(result, Failure)

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from gateway.contracts import BackendReply, Outcome, ReplyKind, Source
 from gateway.errors import ShuttingDown
 from gateway.flights import FlightTable
+from gateway.observe import HotKeys
 
 pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
 
@@ -131,3 +132,36 @@ def test_drain_timeout_abandons_what_is_left() -> None:
     assert start.started[0].called  # cancelled: a cluster leader publishes "abandoned" here
     assert caller[0].check(ShuttingDown)
     assert len(table) == 0
+
+
+def test_finished_flights_are_reported_as_hot_keys_once_with_their_callers() -> None:
+    """A flight is reported to the hot-key recorder once when it ends, with every caller it
+    answered and the first caller's preview; background work is not reported."""
+    hot = HotKeys()
+    table, start = FlightTable(Clock(), hot_keys=hot), Starts()
+    for _ in range(3):
+        table.join(KEY, start, preview='{1: "disk full"}')
+    table.spawn(KEY, succeed(None))
+    assert len(hot) == 0  # nothing until the flight has ended
+    start.started[0].callback(OUTCOME)
+    [entry] = hot.drain()
+    assert (entry.method, entry.callers, entry.preview) == (
+        "sup.alertSupervisor",
+        3,
+        '{1: "disk full"}',
+    )
+    assert entry.key_id == KEY.rsplit(":", 1)[1][:12]
+
+
+def test_oldest_started_at_tracks_the_oldest_running_flight() -> None:
+    """oldest_started_at is the start of the oldest flight still running, None when idle."""
+    clock, start = Clock(), Starts()
+    table = FlightTable(clock)
+    assert table.oldest_started_at() is None
+    clock.advance(5)
+    table.join(KEY, start)
+    clock.advance(2)
+    table.join("other.m:" + "0" * 32, start)
+    assert table.oldest_started_at() == 5.0
+    start.started[0].callback(OUTCOME)
+    assert table.oldest_started_at() == 7.0

@@ -20,6 +20,7 @@ from gateway.errors import (
     BackendUnavailable,
 )
 from gateway.flights import FlightTable
+from gateway.observe import ErrorKinds
 from gateway.proxy.handler import CallHandler
 from gateway.proxy.local import LocalCoordinator
 from gateway.proxy.router import Router
@@ -49,6 +50,7 @@ class Harness:
         self.backends = {name: ScriptedBackend(backend_protocol) for name in self.config.backends}
         self.backend = self.backends.get("default") or next(iter(self.backends.values()))
         self.flights = FlightTable(self.clock)
+        self.errors = ErrorKinds()
         self.handler = CallHandler(
             Router(self.config),
             self.backends,
@@ -57,6 +59,7 @@ class Harness:
             self.stats,
             self.clock,
             DEFAULT_LIMITS,
+            errors=self.errors,
         )
 
     def call(
@@ -227,6 +230,17 @@ def test_caller_after_every_caller_left_joins_the_running_backend_call() -> None
     assert len(h.backend.calls) == 1
     h.answer(b"ack:page")
     assert reply_text(out[0], BINARY) == (9, b"ack:page")
+
+
+def test_error_replies_are_counted_by_kind() -> None:
+    """Every gateway-made error reply is counted under its kind (timeout, malformed, ...)."""
+    h = Harness()
+    h.call(b"slow")
+    h.backend.fail(BackendTimeout("gateway: backend timeout after 30s"))
+    bad = message(BINARY, "alertSupervisor", [(1, TType.STRING, b"x")])[:-3]
+    h.handler.handle(bad, BINARY)
+    assert h.errors.snapshot() == {"backend_timeout": 1, "malformed": 1}
+    assert h.stats.errors == 2
 
 
 def test_same_method_of_two_multiplexed_services_is_two_calls() -> None:

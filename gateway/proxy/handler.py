@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from gateway.contracts import BackendReply, Coordinator, MethodPolicy, Outcome, Source
 from gateway.errors import INTERNAL_ERROR, INVALID_MESSAGE_TYPE, PROTOCOL_ERROR, GatewayError
 from gateway.flights import FlightTable
+from gateway.observe import ErrorRecorder, error_kind
 from gateway.proxy.router import Route, Router
 from gateway.reactors import as_clock
 from gateway.stats import NodeStats
@@ -36,6 +37,7 @@ from gateway.thrift import (
     transcode,
     validate_body,
 )
+from gateway.thrift.preview import preview_args
 
 log = logging.getLogger("gateway.proxy")
 
@@ -80,8 +82,10 @@ class CallHandler:
         clock: IReactorTime,
         limits: Limits,
         metrics: LatencySink | None = None,
+        errors: ErrorRecorder | None = None,
     ) -> None:
         self._router = router
+        self._errors = errors
         self._backends = backends
         self._flights = flights
         self._coordinator = coordinator
@@ -108,7 +112,9 @@ class CallHandler:
                 return defer.fail(exc)
         self._stats.calls += 1
         if header.type is not _CALL and header.type is not _ONEWAY:
-            return self._error(header, protocol, INVALID_MESSAGE_TYPE, "gateway: expected a call")
+            return self._error(
+                header, protocol, INVALID_MESSAGE_TYPE, "gateway: expected a call", "malformed"
+            )
         try:
             route = self._router.resolve(header.service, header.method)
             backend = self._backends[route.backend]
@@ -125,9 +131,10 @@ class CallHandler:
                     validate_body(message, header, protocol, self._limits)
                 eager = self._upstream(message, protocol, header, backend.protocol, route)
         except GatewayError as exc:
-            return self._error(header, protocol, exc.code, exc.message)
+            return self._error(header, protocol, exc.code, exc.message, error_kind(exc))
         except MalformedMessage as exc:
-            return self._error(header, protocol, PROTOCOL_ERROR, f"gateway: malformed call: {exc}")
+            message_text = f"gateway: malformed call: {exc}"
+            return self._error(header, protocol, PROTOCOL_ERROR, message_text, "malformed")
 
         if header.type is _ONEWAY:
             assert eager is not None
@@ -160,7 +167,10 @@ class CallHandler:
             d = call_backend().addCallback(_from_backend)
         else:
             start = partial(self._coordinator.execute, key, route.policy, call_backend)
-            d = self._flights.join(key, start)
+            preview = None
+            if route.preview:  # opted in: the key is already known to be well-formed
+                preview = preview_args(message, protocol, route.preview, header=header)
+            d = self._flights.join(key, start, preview)
 
         def done(result: tuple[Outcome, bool] | Failure) -> bytes | Failure | None:
             self._stats.in_flight -= 1
@@ -187,7 +197,7 @@ class CallHandler:
                         "backend reply for %s could not be re-encoded: %s", header.name, exc
                     )
                     reply = self._error_bytes(
-                        header, protocol, INTERNAL_ERROR, "gateway: bad backend reply"
+                        header, protocol, INTERNAL_ERROR, "gateway: bad backend reply", "internal"
                     )
             self._observe(header.method, source, self._clock.seconds() - started)
             return reply
@@ -229,25 +239,31 @@ class CallHandler:
         self, header: MessageHeader, protocol: ProtocolKind, reason: Failure
     ) -> bytes:
         exc = reason.value
+        kind = error_kind(exc)
         if isinstance(exc, GatewayError):
-            return self._error_bytes(header, protocol, exc.code, exc.message)
+            return self._error_bytes(header, protocol, exc.code, exc.message, kind)
         log.error("unexpected failure for %s: %s", header.name, reason.getTraceback())
-        return self._error_bytes(header, protocol, INTERNAL_ERROR, "gateway: internal error")
+        return self._error_bytes(header, protocol, INTERNAL_ERROR, "gateway: internal error", kind)
 
     def _error_bytes(
-        self, header: MessageHeader, protocol: ProtocolKind, code: int, message: str
+        self, header: MessageHeader, protocol: ProtocolKind, code: int, message: str, kind: str
     ) -> bytes:
-        self._stats.errors += 1
+        self._count_error(kind)
         return application_exception(protocol, header.method, header.seqid, code, message)
 
+    def _count_error(self, kind: str) -> None:
+        self._stats.errors += 1
+        if self._errors is not None:
+            self._errors.count(kind)
+
     def _error(
-        self, header: MessageHeader, protocol: ProtocolKind, code: int, message: str
+        self, header: MessageHeader, protocol: ProtocolKind, code: int, message: str, kind: str
     ) -> Deferred[bytes | None]:
         if header.type is MessageType.ONEWAY:
-            self._stats.errors += 1
+            self._count_error(kind)
             log.warning("dropping oneway %s: %s", header.name, message)
             return defer.succeed(None)  # a oneway caller reads no reply
-        return defer.succeed(self._error_bytes(header, protocol, code, message))
+        return defer.succeed(self._error_bytes(header, protocol, code, message, kind))
 
 
 def _from_backend(reply: BackendReply) -> tuple[Outcome, bool]:

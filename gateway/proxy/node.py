@@ -101,7 +101,9 @@ class GatewayNode:
         self.metrics = Metrics(
             self.stats, config.node_id, mode, self.observations, now=self._reactor.seconds
         )
-        self.flights = flights or FlightTable(reactor)
+        self.flights = flights or FlightTable(reactor, hot_keys=self.observations.hot_keys)
+        if self.observations.flights is None:
+            self.observations.flights = self.flights  # the "oldest call in flight" gauge
         self.handler = CallHandler(
             Router(config),
             self.backends,
@@ -111,6 +113,7 @@ class GatewayNode:
             reactor,
             self.limits,
             self.metrics,
+            errors=self.observations.errors,
         )
         self.calls = DeferredPool(reactor)
         self.factory = GatewayFactory(self.handler, self.limits, self.calls)

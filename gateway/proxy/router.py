@@ -21,6 +21,7 @@ class Route:
     backend: str  # backend name
     upstream_name: str  # message name sent to the backend, exactly
     policy: MethodPolicy
+    preview: int = 0  # characters of the arguments shown with hot keys (0: never)
 
     def identify(
         self, message: bytes, protocol: ProtocolKind, header: MessageHeader, limits: Limits
@@ -66,6 +67,7 @@ class Router:
         if method_cfg is None:
             method_cfg = cfg.methods.get(method)
         policy = method_cfg.policy if method_cfg is not None else cfg.default_policy
+        preview = method_cfg.preview if method_cfg is not None else 0
         backend_name = method_cfg.backend if method_cfg is not None else None
         if backend_name is None and service is not None:
             backend_name = cfg.routes.get(service)
@@ -80,4 +82,6 @@ class Router:
             upstream_name = f"{upstream_service}:{method}"
         else:
             upstream_name = method
-        return Route(backend=backend_name, upstream_name=upstream_name, policy=policy)
+        return Route(
+            backend=backend_name, upstream_name=upstream_name, policy=policy, preview=preview
+        )
