@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from twisted.logger import globalLogPublisher
 
 from gateway.localredis import RedisServer
+from gateway.testing import GatewayProcess
 
 
 @pytest.fixture
@@ -38,3 +41,14 @@ def no_unhandled_deferred_errors() -> Iterator[None]:
     finally:
         globalLogPublisher.removeObserver(observe)
     assert errors == []
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[GatewayProcess]]:
+    """Gateway processes a test starts (appended to this list); stopped afterwards by PID."""
+    started: list[GatewayProcess] = []
+    yield started
+    for node in started:
+        if node.process.returncode is None:
+            os.kill(node.pid, signal.SIGCONT)  # a test may have stopped (paused) it
+        node.stop()

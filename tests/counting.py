@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,13 @@ from thriftpy2.protocol.multiplex import TMultiplexedProtocolFactory
 from thriftpy2.rpc import make_client
 from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
 
-from gateway.testing import ManagedProcess, start_process
+from gateway.testing import (
+    GatewayProcess,
+    ManagedProcess,
+    start_gateway,
+    start_process,
+    wait_for_redis_mode,
+)
 
 TESTS = Path(__file__).resolve().parent
 guarantees = thriftpy2.load(
@@ -134,3 +141,57 @@ def hang_up_after_sending(
         contextlib.suppress(Exception),  # the 50 ms read timeout is the point
     ):
         getattr(c, method)(*args)
+
+
+# -- gateway processes in front of it ---------------------------------------------------------
+
+
+def write_config(
+    tmp_path: Path,
+    backend: CountingBackend,
+    *,
+    redis: str | None = None,
+    methods: str = "",
+    redis_extra: str = "",
+    gateway_extra: str = "",
+) -> Path:
+    """A gateway config file in ``tmp_path`` with ``backend`` as the default backend."""
+    path = tmp_path / f"gateway-{len(list(tmp_path.iterdir()))}.toml"
+    redis_table = f'[redis]\nurl = "{redis}"\n{redis_extra}\n' if redis else ""
+    path.write_text(
+        f"""
+[gateway]
+drain_timeout = 10
+{gateway_extra}
+{redis_table}
+[backends.default]
+address = "{backend.address}"
+multiplexed = {"true" if backend.multiplexed else "false"}
+service = "Supervisor"
+connections = 16
+{methods}
+"""
+    )
+    return path
+
+
+def gateway(nodes: list[GatewayProcess], config: Path, node_id: str) -> GatewayProcess:
+    """Start a node (admin port on) and add it to ``nodes`` (the fixture that stops them)."""
+    node = start_gateway(config=config, node_id=node_id, admin=True)
+    nodes.append(node)
+    return node
+
+
+def cluster(nodes: list[GatewayProcess], config: Path, *node_ids: str) -> list[GatewayProcess]:
+    """Nodes on one Redis, returned once every one of them is in cluster mode."""
+    started = [gateway(nodes, config, node_id) for node_id in node_ids]
+    wait_for_redis_mode(started, "cluster")
+    return started
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)

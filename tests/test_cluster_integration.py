@@ -634,10 +634,10 @@ async def test_heartbeat_writes_expiring_node_keys(cluster: Cluster) -> None:
     cluster.stats["a"].calls = 7
     await a.heartbeat.beat()
     with client(cluster.server) as r:
-        fields = r.hgetall("gw:node:a")
+        fields = r.hgetall("gw:node:{a}")
         assert fields[b"calls"] == b"7"
         assert fields[b"redis_mode"] == b"cluster"
-        assert 0 < r.pttl("gw:node:a") <= 10_000
+        assert 0 < r.pttl("gw:node:{a}") <= 10_000
         assert r.zscore("gw:nodes", "a") is not None
 
 

@@ -220,7 +220,7 @@ def test_key_names() -> None:
         f"p:{{{b}}}:k:cache",
         f"p:{{{b}}}:k:fence",
     )
-    assert (keys.node("n1"), keys.nodes()) == ("p:node:n1", "p:nodes")
+    assert (keys.node("n1"), keys.nodes()) == ("p:node:{n1}", "p:nodes")
 
 
 def test_done_channels_are_recognised() -> None:

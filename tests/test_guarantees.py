@@ -21,45 +21,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from counting import CountingBackend, call_name, client, guarantees, hang_up_after_sending
+from counting import (
+    CountingBackend,
+    call_name,
+    client,
+    cluster,
+    gateway,
+    guarantees,
+    hang_up_after_sending,
+    wait_for,
+    write_config,
+)
 from thrift.Thrift import TType
 from thrift_messages import message
 from thriftpy2.protocol import TBinaryProtocol
 from thriftpy2.transport import TMemoryBuffer
 
 from gateway.localredis import RedisServer, free_port
-from gateway.testing import GatewayProcess, start_gateway, wait_for_redis_mode
+from gateway.testing import GatewayProcess
 from gateway.thrift import ProtocolKind
 
 pytestmark = pytest.mark.integration
-
-
-def write_config(
-    tmp_path: Path,
-    backend: CountingBackend,
-    *,
-    redis: str | None = None,
-    methods: str = "",
-    redis_extra: str = "",
-    gateway_extra: str = "",
-) -> Path:
-    path = tmp_path / f"gateway-{len(list(tmp_path.iterdir()))}.toml"
-    redis_table = f'[redis]\nurl = "{redis}"\n{redis_extra}\n' if redis else ""
-    path.write_text(
-        f"""
-[gateway]
-drain_timeout = 10
-{gateway_extra}
-{redis_table}
-[backends.default]
-address = "{backend.address}"
-multiplexed = {"true" if backend.multiplexed else "false"}
-service = "Supervisor"
-connections = 16
-{methods}
-"""
-    )
-    return path
 
 
 @pytest.fixture
@@ -67,38 +49,6 @@ def mux_backend() -> Iterator[CountingBackend]:
     backend = CountingBackend(multiplexed=True)
     yield backend
     backend.stop()
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[GatewayProcess]]:
-    """Gateway processes a test starts (appended to this list); stopped afterwards by PID."""
-    started: list[GatewayProcess] = []
-    yield started
-    for node in started:
-        if node.process.returncode is None:
-            os.kill(node.pid, signal.SIGCONT)  # a test may have stopped (paused) it
-        node.stop()
-
-
-def gateway(nodes: list[GatewayProcess], config: Path, node_id: str) -> GatewayProcess:
-    node = start_gateway(config=config, node_id=node_id, admin=True)
-    nodes.append(node)
-    return node
-
-
-def cluster(nodes: list[GatewayProcess], config: Path, *node_ids: str) -> list[GatewayProcess]:
-    """Nodes on one Redis, returned once every one of them is in cluster mode."""
-    started = [gateway(nodes, config, node_id) for node_id in node_ids]
-    wait_for_redis_mode(started, "cluster")
-    return started
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 # -- 1. one call identity: the service is part of it --------------------------------------

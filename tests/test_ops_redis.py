@@ -260,12 +260,12 @@ async def test_a_restarted_node_does_not_inherit_old_fields(
     """The first beat of a process replaces the node's hash: an error kind counted by the
     previous process under the same node id is gone; later beats keep the fields."""
     cluster_node, _, observations = node
-    client.hset("gw:node:n1", mapping={"error.overloaded": 7, "calls": 99})
+    client.hset("gw:node:{n1}", mapping={"error.overloaded": 7, "calls": 99})
     observations.errors.count("backend_timeout")
     await cluster_node.heartbeat.beat()
-    fields = client.hgetall("gw:node:n1")
+    fields = client.hgetall("gw:node:{n1}")
     assert "error.overloaded" not in fields and fields["error.backend_timeout"] == "1"
     assert fields["calls"] == "0"
-    client.hset("gw:node:n1", "extra", "kept")
+    client.hset("gw:node:{n1}", "extra", "kept")
     await cluster_node.heartbeat.beat()
-    assert client.hget("gw:node:n1", "extra") == "kept"
+    assert client.hget("gw:node:{n1}", "extra") == "kept"

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from gateway.cluster.connection import Arg, RedisCommands
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.opskeys import OpsKeys, hot_member, minute_of
+from gateway.cluster.scripts import Script, ScriptRunner
 from gateway.observe import Observations
 from gateway.reactors import as_clock
 from gateway.stats import NodeStats
@@ -44,6 +45,35 @@ HISTORY_COUNTERS = (
     "coalesced_remote",
     "cache_hits",
     "errors",
+)
+
+
+INDEX_EVERY = 10  # beats between refreshes of the node's score in the node index
+TRIM_EVERY = 600  # beats between trims of the node index (a multiple of INDEX_EVERY)
+
+# KEYS: the node's counters hash, its history stream (same hash tag: the node id). ARGV:
+# first beat ('1': replace the hash), hash expiry ms, history MAXLEN, history expiry ms,
+# the number n of hash fields, n field/value pairs, then the history entry's field/value
+# pairs (none: no entry). XADD's "*" id makes this non-deterministic, which Redis >= 5
+# replicates by effects.
+BEAT = Script(
+    "beat",
+    """
+if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+local n = tonumber(ARGV[5])
+local hset = {'HSET', KEYS[1]}
+for i = 6, 5 + 2 * n do hset[#hset + 1] = ARGV[i] end
+redis.call(unpack(hset))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local first = 6 + 2 * n
+if #ARGV >= first then
+  local xadd = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*'}
+  for i = first, #ARGV do xadd[#xadd + 1] = ARGV[i] end
+  redis.call(unpack(xadd))
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return 1
+""",
 )
 
 
@@ -92,6 +122,8 @@ class Heartbeat:
         self._sent: dict[str, float] | None = None  # counters as of the last history entry
         self._sent_at: float | None = None
         self._first_beat = True
+        self._beats = 0
+        self._scripts = ScriptRunner(redis)
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
 
@@ -136,28 +168,43 @@ class Heartbeat:
         return entry
 
     def beat(self) -> Deferred[None]:
-        """Write one beat; never fails (so the loop keeps going)."""
+        """Write one beat; never fails (so the loop keeps going).
+
+        An idle node's beat is ONE command: the BEAT script writes the counters hash and the
+        history entry (both carry the node id as hash tag, so one slot of a Redis Cluster).
+        The node index gets its score refreshed every ``INDEX_EVERY`` beats only - ``gateway
+        status`` reads liveness from the hash's ``last_seen`` - and is trimmed hourly; hot
+        keys add commands only in beats that have some.
+        """
         if not self._redis.is_up:
             return succeed(None)
         fields = self.fields()
         now = float(fields["last_seen"])
-        node_key, nodes_key = self._keys.node(self._node_id), self._keys.nodes()
-        hset: list[Arg] = ["HSET", node_key]
-        for name, value in fields.items():
-            hset += [name, value]
-        # Sent back to back without waiting: one network round trip for all the commands.
-        sent: list[Deferred[Any]] = []
-        if self._first_beat:
-            # A node restarted under the same id must not inherit fields its new counters
-            # never overwrite (error kinds it has not seen since).
-            self._first_beat = False
-            sent.append(self._redis.execute("DEL", node_key))
-        sent += [
-            self._redis.execute(*hset),
-            self._redis.execute("PEXPIRE", node_key, self._expire_ms),
-            self._redis.execute("ZADD", nodes_key, _text(now), self._node_id),
-            self._redis.execute("ZREMRANGEBYSCORE", nodes_key, "-inf", _text(now - self._history)),
+        node_key = self._keys.node(self._node_id)
+        history_key = self._ops.history(self._node_id)
+        args: list[Arg] = [
+            "1" if self._first_beat else "0",
+            self._expire_ms,
+            self._history_entries,
+            max(1, int(self._history * 1000)),
+            len(fields),
         ]
+        for name, value in fields.items():
+            args += [name, value]
+        if self._observations is not None:
+            for name, value in self.history_entry(fields).items():
+                args += [name, value]
+        # A node restarted under the same id must not inherit fields its new counters never
+        # overwrite (error kinds it has not seen since): the first beat replaces the hash.
+        sent: list[Deferred[Any]] = [self._scripts.run(BEAT, [node_key, history_key], args)]
+        if self._beats % INDEX_EVERY == 0:
+            nodes_key = self._keys.nodes()
+            sent.append(self._redis.execute("ZADD", nodes_key, _text(now), self._node_id))
+            if self._beats % TRIM_EVERY == 0:
+                cutoff = _text(now - self._history)
+                sent.append(self._redis.execute("ZREMRANGEBYSCORE", nodes_key, "-inf", cutoff))
+        self._first_beat = False
+        self._beats += 1
         if self._observations is not None:
             sent += [self._redis.execute(*command) for command in self._ops_commands(fields)]
         d = gatherResults(sent, consumeErrors=True)
@@ -166,14 +213,7 @@ class Heartbeat:
     def _ops_commands(self, fields: Mapping[str, str]) -> list[list[Arg]]:
         assert self._observations is not None
         now = float(fields["last_seen"])
-        history = self._ops.history(self._node_id)
-        xadd: list[Arg] = ["XADD", history, "MAXLEN", "~", self._history_entries, "*"]
-        for name, value in self.history_entry(fields).items():
-            xadd += [name, value]
-        commands: list[list[Arg]] = [
-            xadd,
-            ["PEXPIRE", history, max(1, int(self._history * 1000))],
-        ]
+        commands: list[list[Arg]] = []
         hot = self._observations.hot_keys.drain(top=self._hot_per_beat)
         if hot:
             minute = minute_of(now)

@@ -18,7 +18,7 @@ key                                   type        meaning
 ``<prefix>{b}:done``                  channel     "leader finished" notices of the bucket
 ``<prefix>session:<session>``         string      a node process's liveness (short expiry)
 ``<prefix>alive:<session>``           channel     subscribed by that process while it lives
-``<prefix>node:<node_id>``            hash        one node's counters (heartbeat)
+``<prefix>node:{<node_id>}``          hash        one node's counters (heartbeat)
 ``<prefix>nodes``                     zset        node ids scored by last heartbeat time
 ====================================  ==========  =========================================
 """
@@ -102,7 +102,8 @@ class KeySchema:
         return f"{self.prefix}alive:{session}"
 
     def node(self, node_id: str) -> str:
-        return f"{self.prefix}node:{node_id}"
+        """A node's counters hash; the node id is its hash tag (history stream alike)."""
+        return f"{self.prefix}node:{{{node_id}}}"
 
     def nodes(self) -> str:
         return f"{self.prefix}nodes"

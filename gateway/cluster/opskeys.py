@@ -3,7 +3,7 @@
 ====================================  ======  ===================================================
 key                                   type    meaning (bounds)
 ====================================  ======  ===================================================
-``<prefix>history:<node_id>``         stream  one entry per heartbeat: counter deltas (MAXLEN ~,
+``<prefix>history:{<node_id>}``       stream  one entry per heartbeat: counter deltas (MAXLEN ~,
                                               expires with the node's history window)
 ``<prefix>hot:<minute>``              zset    ``"<method> <key id>"`` -> callers coalesced in the
                                               minute starting at unix time ``<minute>`` (top
@@ -50,7 +50,9 @@ class OpsKeys:
     prefix: str = DEFAULT_PREFIX
 
     def history(self, node_id: str) -> str:
-        return f"{self.prefix}history:{node_id}"
+        """A node's history stream; the node id is its hash tag, as for its counters hash, so
+        one script writes both."""
+        return f"{self.prefix}history:{{{node_id}}}"
 
     def hot(self, minute: int) -> str:
         return f"{self.prefix}hot:{minute}"
