@@ -16,7 +16,7 @@ Modules, one concept each:
 from gateway.thrift.appexc import application_exception, parse_application_exception, reply_kind
 from gateway.thrift.callkey import call_key, canonical_args
 from gateway.thrift.detect import MAX_DETECT_PREFIX, detect
-from gateway.thrift.framing import MessageReader, encode, frame
+from gateway.thrift.framing import MessageReader, SkippedFrame, encode, frame
 from gateway.thrift.kinds import (
     DEFAULT_LIMITS,
     FrameTooLarge,
@@ -43,6 +43,7 @@ __all__ = [
     "MessageType",
     "NotThrift",
     "ProtocolKind",
+    "SkippedFrame",
     "TransportKind",
     "WireError",
     "application_exception",
