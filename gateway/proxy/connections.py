@@ -59,8 +59,11 @@ DEFAULT_CLIENT_LIMITS = ClientLimits()
 class RateLimitedLog:
     """At most one warning per ``interval`` seconds; the next one says how many were held back."""
 
-    def __init__(self, clock: Any, interval: float = LOG_INTERVAL) -> None:
+    def __init__(
+        self, clock: Any, interval: float = LOG_INTERVAL, logger: logging.Logger = log
+    ) -> None:
         self._clock = as_clock(clock)
+        self._log = logger
         self._interval = interval
         self._next = float("-inf")
         self._suppressed = 0
@@ -75,7 +78,7 @@ class RateLimitedLog:
             message += " (%d more like this in the last %gs)"
             args = (*args, self._suppressed, self._interval)
             self._suppressed = 0
-        log.warning(message, *args)
+        self._log.warning(message, *args)
 
 
 class Tracked(Protocol):

@@ -48,6 +48,7 @@ from gateway.primitives import (
     RetryingCall,
     exponential_backoff,
 )
+from gateway.proxy.connections import RateLimitedLog
 from gateway.reactors import as_clock, as_transport
 from gateway.thrift import (
     FrameTooLarge,
@@ -80,8 +81,17 @@ class ReplyTooLarge(GatewayError):
 class UpstreamConnection(TwistedProtocol):
     """One backend connection with any number of calls outstanding, matched by seqid."""
 
-    def __init__(self, transport_kind: TransportKind, protocol: ProtocolKind, limits: Limits):
+    def __init__(
+        self,
+        transport_kind: TransportKind,
+        protocol: ProtocolKind,
+        limits: Limits,
+        oversized_log: RateLimitedLog | None = None,
+    ):
         self._transport_kind = transport_kind
+        # Shared by the pool's connections: clients choosing arguments that make big replies
+        # could otherwise fill the log one line per call.
+        self._oversized_log = oversized_log
         self._protocol = protocol
         self._limits = limits
         # Oversized framed replies are skipped, not fatal: they fail only their own call.
@@ -161,10 +171,13 @@ class UpstreamConnection(TwistedProtocol):
     def _fail_too_large(self, header: MessageHeader, size: int | None) -> None:
         limit = self._limits.max_frame_size
         of = f"of {size} bytes " if size is not None else ""
-        log.warning(
-            "backend reply %sfor %s (seqid %d) exceeds max_frame_size %d; failing that call",
-            of, header.name, header.seqid, limit,
-        )  # fmt: skip
+        warn = self._oversized_log.warning if self._oversized_log is not None else log.warning
+        warn(
+            "backend reply %sfor %s exceeds max_frame_size %d; failing that call",
+            of,
+            header.name,
+            limit,
+        )
         d = self._pending.pop(header.seqid, None)
         if d is not None:
             d.errback(ReplyTooLarge(f"gateway: backend reply {of}exceeds max_frame_size {limit}"))
@@ -210,6 +223,7 @@ class UpstreamPool:
         self._retries: list[RetryingCall[UpstreamConnection]] = []
         self._next = 0
         self._stopped = False
+        self._oversized_log = RateLimitedLog(reactor, logger=log)
         self._queue: DispatchQueue[Callable[[], Deferred[bytes]], bytes] = DispatchQueue(
             lambda job: job(), width=max_concurrency, capacity=queue_size
         )
@@ -226,7 +240,9 @@ class UpstreamPool:
         self._connecting += 1
 
         def attempt() -> Deferred[UpstreamConnection]:
-            conn = UpstreamConnection(self._transport_kind, self.protocol, self._limits)
+            conn = UpstreamConnection(
+                self._transport_kind, self.protocol, self._limits, self._oversized_log
+            )
             connected: Deferred[UpstreamConnection] = connectProtocol(  # type: ignore[no-untyped-call]  # untyped in Twisted
                 self._endpoint, conn
             )
