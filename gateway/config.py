@@ -94,6 +94,11 @@ class GatewayConfig:
     default_policy: MethodPolicy = field(default_factory=MethodPolicy)
     redis: RedisConfig | None = None
     cache_max_entries: int = 10_000  # local (no-Redis) cache bound
+    # Client connections (see gateway.proxy.connections.ClientLimits for the defaults' why).
+    max_pipelined: int = 128  # calls dispatched and unanswered per client connection
+    max_unsent_bytes: int = 1 << 20  # unread reply bytes before a client's calls stop being read
+    idle_timeout: float = 0.0  # seconds; 0: never close idle client connections
+    max_connections: int = 10_000  # open client connections; more are closed at once
 
 
 def parse_address(text: str, key: str, allow_zero: bool = False) -> Address:
@@ -358,6 +363,16 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
         if name in gw:
             kwargs[name] = _take(gw, name, int, "gateway")
             _positive(kwargs[name], f"gateway.{name}")
+    for name in ("max_pipelined", "max_unsent_bytes", "max_connections"):
+        if name in gw:
+            kwargs[name] = _take(gw, name, int, "gateway")
+            _positive(kwargs[name], f"gateway.{name}")
+    if "idle_timeout" in gw:
+        kwargs["idle_timeout"] = float(_take(gw, "idle_timeout", (int, float), "gateway"))
+        if kwargs["idle_timeout"] < 0:
+            raise ConfigError(
+                f"gateway.idle_timeout: must be >= 0 (0: never), got {kwargs['idle_timeout']!r}"
+            )
     default_backend = gw.pop("default_backend", None)
     _reject_unknown(gw, "gateway")
 

@@ -61,6 +61,16 @@ class BackendTimeout(GatewayError):
     origin = Origin.AMBIGUOUS
 
 
+class ReplyTooLarge(GatewayError):
+    """The backend answered this call with a reply over ``max_frame_size``.
+
+    Origin BACKEND: the backend did the work and answered; asking it again (from this node or
+    a follower's) would only fetch the same oversized reply.
+    """
+
+    origin = Origin.BACKEND
+
+
 class Overloaded(GatewayError):
     """This node's dispatch queue for the backend is full; the call was refused at once."""
 

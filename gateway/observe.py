@@ -137,6 +137,7 @@ _KINDS: tuple[tuple[type[errors.GatewayError], str], ...] = (
     (errors.ShuttingDown, "shutting_down"),
     (errors.UnknownRoute, "unknown_route"),
     (errors.RemoteCallFailed, "remote_failed"),
+    (errors.ReplyTooLarge, "reply_too_large"),
 )
 
 

@@ -17,6 +17,14 @@ class NodeStats:
     cache_hits: int = 0  # calls answered from the cache (fresh or stale)
     errors: int = 0  # calls answered with a gateway-made TApplicationException
     in_flight: int = 0  # client calls currently waiting for an answer
+    # Client connections (gateway.proxy.connections): gauges, then counters.
+    client_connections: int = 0  # client connections open now
+    clients_paused: int = 0  # client connections whose socket is not being read now
+    reads_paused_unsent: int = 0  # pauses: replies unread beyond max_unsent_bytes
+    reads_paused_pipelined: int = 0  # pauses: max_pipelined calls unanswered
+    connections_refused: int = 0  # connections closed at once: max_connections reached
+    idle_closed: int = 0  # connections closed after idle_timeout
+    oversized_calls: int = 0  # framed calls over max_frame_size, answered PROTOCOL_ERROR
     started_at: float = field(default_factory=time.time)
 
     def snapshot(self) -> dict[str, float]:

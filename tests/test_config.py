@@ -156,3 +156,43 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     """A config path that does not exist is reported as such, not as a traceback."""
     with pytest.raises(ConfigError, match="not found"):
         load_config(str(tmp_path / "absent.toml"), NO_FLAGS)
+
+
+FLAGS: dict[str, str | None] = {"listen": "127.0.0.1:0", "backend": "127.0.0.1:9091"}
+
+
+def test_client_connection_limits_parse_with_their_defaults() -> None:
+    """The four [gateway] connection limits parse, and default to 128 / 1 MiB / never / 10000."""
+    default = build_config({}, FLAGS)
+    assert (default.max_pipelined, default.max_unsent_bytes) == (128, 1 << 20)
+    assert (default.idle_timeout, default.max_connections) == (0.0, 10_000)
+    raw = {
+        "gateway": {
+            "max_pipelined": 8,
+            "max_unsent_bytes": 65536,
+            "idle_timeout": 300,
+            "max_connections": 500,
+        }
+    }
+    cfg = build_config(raw, FLAGS)
+    assert (cfg.max_pipelined, cfg.max_unsent_bytes) == (8, 65536)
+    assert (cfg.idle_timeout, cfg.max_connections) == (300.0, 500)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("max_pipelined", 0, "gateway.max_pipelined: must be > 0"),
+        ("max_pipelined", 1.5, "gateway.max_pipelined: expected int"),
+        ("max_unsent_bytes", -1, "gateway.max_unsent_bytes: must be > 0"),
+        ("max_connections", 0, "gateway.max_connections: must be > 0"),
+        ("max_connections", True, "gateway.max_connections: expected a number"),
+        ("idle_timeout", -1, "gateway.idle_timeout: must be >= 0"),
+        ("idle_timeout", "5m", "gateway.idle_timeout: expected int/float"),
+    ],
+)
+def test_bad_client_connection_limit_names_the_key(key: str, value: object, needle: str) -> None:
+    """An invalid connection limit is a one-line ConfigError naming gateway.<key>."""
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")) as info:
+        build_config({"gateway": {key: value}}, FLAGS)
+    assert "\n" not in str(info.value)

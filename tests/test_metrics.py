@@ -26,3 +26,24 @@ def test_node_counters_are_exported() -> None:
     assert 'gateway_calls_total{node="n1"} 7.0' in text
     assert 'gateway_backend_calls_total{node="n1"} 2.0' in text
     assert 'gateway_redis_mode{mode="cluster"} 1.0' in text
+
+
+def test_client_connection_limits_are_exported() -> None:
+    """Connection gauges and backpressure counters appear in /metrics, pauses by reason."""
+    stats = NodeStats(
+        client_connections=3,
+        clients_paused=1,
+        reads_paused_unsent=4,
+        reads_paused_pipelined=5,
+        connections_refused=6,
+        idle_closed=7,
+        oversized_calls=8,
+    )
+    text = Metrics(stats, "n1", lambda: "local").render().decode()
+    assert 'gateway_client_connections{node="n1"} 3.0' in text
+    assert 'gateway_clients_paused{node="n1"} 1.0' in text
+    assert 'gateway_reads_paused_total{node="n1",reason="unsent"} 4.0' in text
+    assert 'gateway_reads_paused_total{node="n1",reason="pipelined"} 5.0' in text
+    assert 'gateway_connections_refused_total{node="n1"} 6.0' in text
+    assert 'gateway_idle_closed_total{node="n1"} 7.0' in text
+    assert 'gateway_oversized_calls_total{node="n1"} 8.0' in text

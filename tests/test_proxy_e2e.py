@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from thrift.Thrift import TApplicationException, TType
-from thrift_messages import message
+from thrift.Thrift import TApplicationException, TMessageType, TType
+from thrift_messages import decode, message
 
 from gateway.examples.gen.supervisor.ttypes import SupervisorBusy
 from gateway.testing import (
@@ -251,9 +251,27 @@ def _send_raw(gw: GatewayProcess, data: bytes, read: bool = True) -> bytes:
         return b"".join(chunks)
 
 
-def test_oversized_frame_closes_only_that_connection(gateway: GatewayProcess) -> None:
-    """A frame over max_frame_size is refused by closing that connection; others carry on."""
-    assert _send_raw(gateway, struct.pack(">I", 100 * 1024 * 1024) + b"\x80\x01") == b""
+def test_oversized_frame_is_answered_from_its_header_alone(gateway: GatewayProcess) -> None:
+    """A 100 MiB frame (over max_frame_size) is answered PROTOCOL_ERROR for its seqid as soon
+    as its header arrived, without the gateway waiting for (or buffering) the rest."""
+    call = _framed_alert(b"x", seqid=77)[4:]
+    with socket.create_connection((gateway.host, gateway.port), timeout=5) as sock:
+        sock.sendall(struct.pack(">I", 100 * 1024 * 1024) + call)
+        reply = sock.recv(65536)
+    name, mtype, seqid, body = decode(ProtocolKind.BINARY, reply[4:])
+    assert (name, mtype, seqid) == ("alertSupervisor", TMessageType.EXCEPTION, 77)
+    text = b"gateway: call of 104857600 bytes exceeds max_frame_size 16777216"
+    assert body == [(1, TType.STRING, (TType.STRING, text)), (2, TType.I32, (TType.I32, 7))]
+    assert alert(gateway, "after-oversize") == "ack:after-oversize"
+
+
+def test_oversized_frame_without_a_header_closes_only_that_connection(
+    gateway: GatewayProcess,
+) -> None:
+    """A frame over max_frame_size whose first bytes are no message header is refused by
+    closing that connection; others carry on."""
+    bad_header = b"\x80\x01\x00\x01\xff\xff\xff\xff"  # negative name length
+    assert _send_raw(gateway, struct.pack(">I", 100 * 1024 * 1024) + bad_header) == b""
     assert alert(gateway, "after-oversize") == "ack:after-oversize"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from thrift.Thrift import TType
 from thrift_messages import ALL_PROTOCOLS, RICH_ARGS, Fields, message
 
@@ -227,3 +229,75 @@ def test_out_of_range_compact_i16_is_malformed() -> None:
     bad = data[:-2] + b"\xfe\xff\x07" + b"\x00"  # varint 131070: zigzag for 65535
     with pytest.raises(MalformedMessage):
         key_of(bad, COMPACT)
+
+
+# -- repeated map keys, repeated field ids, sets (issue 8, item 8) ----------------------------
+
+MAP_SI = (TType.MAP, TType.STRING, TType.I32)
+
+
+@pytest.mark.parametrize("kind", ALL_PROTOCOLS)
+def test_repeated_map_keys_in_different_order_differ(kind: ProtocolKind) -> None:
+    """{k:1, k:2} and {k:2, k:1} get different keys: a dict-decoding backend sees k=2 vs k=1."""
+    assert _key([(1, MAP_SI, [(b"k", 1), (b"k", 2)])], kind) != _key(
+        [(1, MAP_SI, [(b"k", 2), (b"k", 1)])], kind
+    )
+
+
+def test_repeated_map_keys_keep_wire_order_among_other_keys() -> None:
+    """Entries move to their key's place, but entries of one repeated key keep wire order."""
+    a = [(b"k", 1), (b"a", 9), (b"k", 2)]
+    b = [(b"a", 9), (b"k", 1), (b"k", 2)]
+    assert _key([(1, MAP_SI, a)]) == _key([(1, MAP_SI, b)])
+
+
+def test_map_entries_sort_by_key_bytes_only() -> None:
+    """The canonical map is its entries ordered by key bytes alone: b"b" before b"c" whatever
+    the values are (a (key + value) sort would be the same here, since keys self-delimit)."""
+    data = message(BINARY, "m", [(1, MAP_SI, [(b"c", 0), (b"b", 1)])])
+    entry_b = b"\x00\x00\x00\x01b" + b"\x00\x00\x00\x01"
+    entry_c = b"\x00\x00\x00\x01c" + b"\x00\x00\x00\x00"
+    canonical = canonical_args(data, BINARY)
+    assert canonical == b"\x0d\x00\x01" + b"\x0b\x08\x00\x00\x00\x02" + entry_b + entry_c + b"\x00"
+
+
+def test_repeated_field_ids_keep_wire_order() -> None:
+    """A struct with field 1 twice keeps the two in wire order (generated code keeps the last)."""
+    a = [(1, TType.STRING, b"x"), (1, TType.STRING, b"y")]
+    b = [(1, TType.STRING, b"y"), (1, TType.STRING, b"x")]
+    assert _key(a) != _key(b)
+
+
+def test_repeated_field_ids_keep_wire_order_when_fields_are_reordered() -> None:
+    """Sorting fields by id is stable: field 2 moves, the two field 1s keep their order."""
+    a = [(2, TType.I32, 7), (1, TType.STRING, b"x"), (1, TType.STRING, b"y")]
+    b = [(1, TType.STRING, b"x"), (2, TType.I32, 7), (1, TType.STRING, b"y")]
+    c = [(1, TType.STRING, b"y"), (2, TType.I32, 7), (1, TType.STRING, b"x")]
+    assert _key(a) == _key(b) != _key(c)
+
+
+def test_sets_with_repeated_elements_are_order_free() -> None:
+    """Set elements sort by their bytes; equal elements are identical, so order cannot matter."""
+    desc = (TType.SET, TType.STRING)
+    assert _key([(1, desc, [b"a", b"b", b"a"])]) == _key([(1, desc, [b"a", b"a", b"b"])])
+
+
+def _per_key_values(entries: list[tuple[bytes, int]]) -> dict[bytes, list[int]]:
+    """What any backend can observe of a map: for each key, its values in wire order."""
+    seen: dict[bytes, list[int]] = {}
+    for key, value in entries:
+        seen.setdefault(key, []).append(value)
+    return seen
+
+
+_ENTRIES = st.lists(st.tuples(st.sampled_from([b"a", b"b", b"ab"]), st.integers(0, 2)), max_size=5)
+
+
+@given(_ENTRIES, _ENTRIES)
+def test_maps_share_a_key_exactly_when_each_key_has_the_same_values_in_order(
+    a: list[tuple[bytes, int]], b: list[tuple[bytes, int]]
+) -> None:
+    """Two maps canonicalise alike iff every key carries the same values in the same wire order,
+    so first-wins and last-wins decoders alike see equal arguments whenever the keys are equal."""
+    same_key = _key([(1, MAP_SI, a)]) == _key([(1, MAP_SI, b)])
+    assert same_key == (_per_key_values(a) == _per_key_values(b))

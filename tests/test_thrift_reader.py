@@ -6,6 +6,8 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from thrift.Thrift import TType
 from thrift_messages import ALL_PROTOCOLS, RICH_ARGS, message, nest
 
@@ -15,9 +17,11 @@ from gateway.thrift import (
     MalformedMessage,
     MessageReader,
     ProtocolKind,
+    SkippedFrame,
     TransportKind,
     encode,
     frame,
+    read_header,
 )
 from gateway.thrift import framing as framing_module
 
@@ -265,3 +269,106 @@ def test_list_of_fixed_size_values_is_walked_about_once(monkeypatch: pytest.Monk
         out += reader.feed(data[i : i + 1000])
     assert out == [data]
     assert len(walks) <= 3
+
+
+# -- oversized frames skipped instead of fatal (issue 8, item 7b) -----------------------------
+
+
+def _big(seqid: int, size: int, protocol: ProtocolKind = BINARY) -> bytes:
+    """A whole message of about ``size`` bytes (one string argument), unframed."""
+    return message(protocol, "Svc:big", [(1, TType.STRING, b"x" * size)], seqid=seqid)
+
+
+@pytest.mark.parametrize("protocol", ALL_PROTOCOLS)
+def test_oversized_frame_is_skipped_and_reported_with_its_header(protocol: ProtocolKind) -> None:
+    """With skip_oversized, a frame over max_frame_size is reported (header, size) and the
+    messages around it in the same feed still come back."""
+    small_1, small_2 = message(protocol, "a", [], seqid=1), message(protocol, "b", [], seqid=3)
+    big = _big(2, 500, protocol)
+    reader = MessageReader(FRAMED, protocol, Limits(max_frame_size=100), skip_oversized=True)
+    assert reader.feed(frame(small_1) + frame(big) + frame(small_2)) == [small_1, small_2]
+    assert reader.take_skipped() == [SkippedFrame(read_header(big, protocol), len(big))]
+    assert reader.take_skipped() == []
+
+
+def test_oversized_frame_streams_through_without_being_buffered() -> None:
+    """Fed in small chunks, a skipped frame never occupies the buffer beyond its header."""
+    big, after = _big(7, 5000), message(BINARY, "after", [], seqid=8)
+    stream = frame(big) + frame(after)
+    reader = MessageReader(FRAMED, BINARY, Limits(max_frame_size=100), skip_oversized=True)
+    out: list[bytes] = []
+    for i in range(0, len(stream), 64):
+        out += reader.feed(stream[i : i + 64])
+        assert reader.buffered <= 64
+    assert out == [after]
+    (skipped,) = reader.take_skipped()
+    assert skipped.header.seqid == 7 and skipped.header.name == "Svc:big"
+
+
+def test_oversized_frame_header_arriving_byte_by_byte() -> None:
+    """The header of a skipped frame may arrive in pieces; it is decoded once it is whole."""
+    big = _big(9, 300)
+    data = frame(big)
+    reader = MessageReader(FRAMED, BINARY, Limits(max_frame_size=100), skip_oversized=True)
+    for i in range(len(data)):
+        assert reader.feed(data[i : i + 1]) == []
+    assert [s.header.seqid for s in reader.take_skipped()] == [9]
+    assert reader.buffered == 0
+
+
+def test_oversized_frame_with_a_garbage_header_is_malformed() -> None:
+    """A skipped frame still needs a readable header (to know whose it is), else the stream
+    is MalformedMessage."""
+    reader = MessageReader(FRAMED, BINARY, Limits(max_frame_size=10), skip_oversized=True)
+    with pytest.raises(MalformedMessage):
+        reader.feed(frame(b"\x00\x01\x02\x03" * 10))
+
+
+def test_oversized_frame_ending_inside_its_header_is_malformed() -> None:
+    """A frame too short for its own header is MalformedMessage, even with more bytes after."""
+    header_and_more = _big(1, 50)
+    reader = MessageReader(FRAMED, BINARY, Limits(max_frame_size=4), skip_oversized=True)
+    with pytest.raises(MalformedMessage):
+        reader.feed(struct.pack(">i", 6) + header_and_more)
+
+
+def test_without_skip_oversized_a_big_frame_stays_fatal() -> None:
+    """By default (the client side of older callers) a big frame is still FrameTooLarge."""
+    reader = MessageReader(FRAMED, BINARY, Limits(max_frame_size=100))
+    with pytest.raises(FrameTooLarge):
+        reader.feed(frame(_big(1, 500)))
+
+
+def test_buffered_frame_too_large_carries_the_header() -> None:
+    """An unframed message over max_frame_size raises FrameTooLarge with its header, so the
+    one call (or reply) it belongs to can be answered (or failed) by seqid."""
+    data = _big(12, 1000)
+    reader = MessageReader(BUFFERED, BINARY, Limits(max_frame_size=200, max_string_size=5000))
+    with pytest.raises(FrameTooLarge) as info:
+        reader.feed(data)
+    assert info.value.header is not None and info.value.header.seqid == 12
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 300)), min_size=1, max_size=8),
+    st.integers(1, 200),
+)
+def test_skipping_keeps_every_small_frame_whatever_the_chunking(
+    frames: list[tuple[bool, int]], chunk: int
+) -> None:
+    """Any mix of small and oversized frames, cut anywhere: the small ones come back in order,
+    the big ones are reported in order, and nothing is left buffered."""
+    limits = Limits(max_frame_size=200)
+    small, big, stream = [], [], b""
+    for seqid, (oversized, size) in enumerate(frames):
+        data = _big(seqid, 250 + size) if oversized else message(BINARY, "s", [], seqid=seqid)
+        (big if oversized else small).append(data)
+        stream += frame(data)
+    reader = MessageReader(FRAMED, BINARY, limits, skip_oversized=True)
+    out: list[bytes] = []
+    for i in range(0, len(stream), chunk):
+        out += reader.feed(stream[i : i + chunk])
+    assert out == small
+    assert [s.header for s in reader.take_skipped()] == [read_header(b, BINARY) for b in big]
+    assert reader.buffered == 0

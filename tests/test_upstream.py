@@ -11,10 +11,19 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from gateway.errors import BackendTimeout, BackendUnavailable, Overloaded
+from gateway.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    ConnectionLost,
+    GatewayError,
+    Origin,
+    Overloaded,
+    ReplyTooLarge,
+)
 from gateway.proxy.upstream import UpstreamConnection, UpstreamPool
 from gateway.thrift import (
     DEFAULT_LIMITS,
+    Limits,
     MessageReader,
     ProtocolKind,
     TransportKind,
@@ -25,6 +34,7 @@ from gateway.thrift import (
 pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
 
 BINARY, FRAMED = ProtocolKind.BINARY, TransportKind.FRAMED
+BUFFERED = TransportKind.BUFFERED
 
 
 def call(text: bytes, seqid: int = 1) -> bytes:
@@ -43,13 +53,15 @@ def reply(text: bytes, seqid: int) -> bytes:
     )
 
 
-def sent_seqids(transport: StringTransport) -> list[int]:
-    reader = MessageReader(FRAMED, BINARY, DEFAULT_LIMITS)
+def sent_seqids(transport: StringTransport, kind: TransportKind = FRAMED) -> list[int]:
+    reader = MessageReader(kind, BINARY, DEFAULT_LIMITS)
     return [read_header(m, BINARY).seqid for m in reader.feed(transport.value())]
 
 
-def connected() -> tuple[UpstreamConnection, StringTransport]:
-    conn = UpstreamConnection(FRAMED, BINARY, DEFAULT_LIMITS)
+def connected(
+    limits: Limits = DEFAULT_LIMITS, transport_kind: TransportKind = FRAMED
+) -> tuple[UpstreamConnection, StringTransport]:
+    conn = UpstreamConnection(transport_kind, BINARY, limits)
     transport = StringTransport()
     conn.makeConnection(transport)
     return conn, transport
@@ -105,6 +117,62 @@ def test_garbage_from_the_backend_drops_the_connection() -> None:
     conn, transport = connected()
     conn.dataReceived(b"\xff\xff\xff\xff")
     assert transport.disconnecting or getattr(transport, "disconnected", False)
+
+
+def test_replies_ahead_of_bad_bytes_in_one_read_are_delivered() -> None:
+    """A reply that arrived whole in the same read as later garbage goes to its caller; only
+    the calls still pending when the connection drops fail (ConnectionLost)."""
+    conn, transport = connected()
+    first = collect(conn.send(call(b"a"), oneway=False))
+    second = collect(conn.send(call(b"b"), oneway=False))
+    id_a, _ = sent_seqids(transport)
+    conn.dataReceived(reply(b"ack:a", id_a) + b"\xff\xff\xff\xff")
+    assert first and isinstance(first[0], bytes) and b"ack:a" in first[0]
+    assert transport.disconnecting and not second
+    conn.connectionLost(Failure(ConnectionError("aborted")))
+    assert second[0].check(ConnectionLost)
+
+
+def _big_reply(seqid: int, size: int) -> bytes:
+    return reply(b"x" * size, seqid)
+
+
+def test_oversized_reply_fails_only_its_own_call() -> None:
+    """A framed reply over max_frame_size fails its call alone (ReplyTooLarge, origin BACKEND);
+    the replies around it, later calls and the connection itself are unaffected."""
+    conn, transport = connected(Limits(max_frame_size=200, max_string_size=10_000))
+    outs = [collect(conn.send(call(t), oneway=False)) for t in (b"a", b"b", b"c")]
+    id_a, id_b, id_c = sent_seqids(transport)
+    stream = reply(b"ack:a", id_a) + _big_reply(id_b, 5000) + reply(b"ack:c", id_c)
+    for i in range(0, len(stream), 700):  # the big reply streams in over several reads
+        conn.dataReceived(stream[i : i + 700])
+    assert b"ack:a" in outs[0][0] and b"ack:c" in outs[2][0]
+    (failure,) = outs[1]
+    assert failure.check(ReplyTooLarge) and failure.value.origin is Origin.BACKEND
+    assert "reply of 5" in failure.getErrorMessage()
+    assert "exceeds max_frame_size 200" in failure.getErrorMessage()
+    assert not transport.disconnecting and conn.outstanding == 0
+    transport.clear()
+    later = collect(conn.send(call(b"d"), oneway=False))
+    (id_d,) = sent_seqids(transport)
+    conn.dataReceived(reply(b"ack:d", id_d))
+    assert b"ack:d" in later[0]
+
+
+def test_oversized_buffered_reply_delivers_what_came_before_then_drops() -> None:
+    """Unframed, a reply over max_frame_size cannot be skipped: replies ahead of it are
+    delivered, its own call fails with ReplyTooLarge, the others once the connection drops."""
+    conn, transport = connected(Limits(max_frame_size=200, max_string_size=10_000), BUFFERED)
+    outs = [collect(conn.send(call(t), oneway=False)) for t in (b"a", b"b", b"c")]
+    id_a, id_b, _ = sent_seqids(transport, BUFFERED)
+    unframed = [r[4:] for r in (reply(b"ack:a", id_a), _big_reply(id_b, 5000))]
+    conn.dataReceived(b"".join(unframed))
+    assert b"ack:a" in outs[0][0]
+    assert outs[1][0].check(ReplyTooLarge)
+    assert transport.disconnecting and not outs[2]
+    conn.connectionLost(Failure(ConnectionError("aborted")))
+    assert outs[2][0].check(ConnectionLost)
+    assert isinstance(outs[1][0].value, GatewayError)
 
 
 # -- the pool, on a memory reactor ------------------------------------------------------------

@@ -24,7 +24,19 @@ _COUNTERS = {
     "coalesced_remote": "Calls answered by following another node's leader",
     "cache_hits": "Calls answered from the cache (fresh or stale)",
     "errors": "Calls answered with a gateway-made TApplicationException",
+    "connections_refused": "Client connections closed at once because max_connections was reached",
+    "idle_closed": "Client connections closed after idle_timeout without bytes or calls",
+    "oversized_calls": "Framed client calls over max_frame_size, answered with PROTOCOL_ERROR",
 }
+
+_GAUGES = {
+    "in_flight": "Client calls waiting for an answer",
+    "client_connections": "Client connections open",
+    "clients_paused": "Client connections whose calls are not being read (backpressure)",
+}
+
+# reason label -> NodeStats counter of the times a client's socket stopped being read.
+_PAUSE_REASONS = {"unsent": "reads_paused_unsent", "pipelined": "reads_paused_pipelined"}
 
 
 MAX_METHOD_LABELS = 200  # distinct method label values; further methods count as "_other"
@@ -50,11 +62,19 @@ class _StatsCollector(Collector):
             family = CounterMetricFamily(f"gateway_{name}", doc, labels=["node"])
             family.add_metric([self._node_id], float(getattr(self._stats, name)))
             yield family
-        in_flight = GaugeMetricFamily(
-            "gateway_in_flight", "Client calls waiting for an answer", labels=["node"]
+        for name, doc in _GAUGES.items():
+            gauge = GaugeMetricFamily(f"gateway_{name}", doc, labels=["node"])
+            gauge.add_metric([self._node_id], float(getattr(self._stats, name)))
+            yield gauge
+        paused = CounterMetricFamily(
+            "gateway_reads_paused",
+            "Times a client's socket stopped being read: replies unread beyond max_unsent_bytes"
+            " (reason unsent) or max_pipelined calls unanswered (reason pipelined)",
+            labels=["node", "reason"],
         )
-        in_flight.add_metric([self._node_id], float(self._stats.in_flight))
-        yield in_flight
+        for reason, name in _PAUSE_REASONS.items():
+            paused.add_metric([self._node_id, reason], float(getattr(self._stats, name)))
+        yield paused
         mode = GaugeMetricFamily(
             "gateway_redis_mode", "1 for the node's current coordination mode", labels=["mode"]
         )

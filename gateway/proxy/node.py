@@ -22,6 +22,7 @@ from gateway.observe import Observations
 from gateway.primitives import DeferredPool
 from gateway.proxy.admin import admin_site
 from gateway.proxy.backend import Backend
+from gateway.proxy.connections import ClientLimits
 from gateway.proxy.handler import CallHandler
 from gateway.proxy.metrics import Metrics
 from gateway.proxy.router import Router
@@ -116,7 +117,19 @@ class GatewayNode:
             errors=self.observations.errors,
         )
         self.calls = DeferredPool(reactor)
-        self.factory = GatewayFactory(self.handler, self.limits, self.calls)
+        self.factory = GatewayFactory(
+            self.handler,
+            self.limits,
+            self.calls,
+            clock=reactor,
+            stats=self.stats,
+            client_limits=ClientLimits(
+                max_pipelined=config.max_pipelined,
+                max_unsent_bytes=config.max_unsent_bytes,
+                idle_timeout=config.idle_timeout,
+                max_connections=config.max_connections,
+            ),
+        )
         self.port: ListeningPort | None = None
         self.admin_port: ListeningPort | None = None
 

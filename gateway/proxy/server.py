@@ -3,22 +3,42 @@
 Each connection detects its transport (framed / buffered) and protocol (binary, non-strict
 binary, compact) from its first bytes, splits messages, and hands each to the shared
 :class:`CallHandler`. Replies go back as they complete (Thrift clients match by seqid;
-synchronous clients send one call at a time). Bad input closes only that connection.
+synchronous clients send one call at a time). Bad input closes only that connection; a
+framed call over ``max_frame_size`` is skipped unread and answered with a PROTOCOL_ERROR
+``TApplicationException``, and the connection goes on.
+
+Backpressure (limits in :class:`ClientLimits`, bookkeeping in :class:`ConnectionTable`):
+
+* the connection is its transport's *streaming producer*: once more than
+  ``max_unsent_bytes`` of replies wait in the transport's buffer (the client does not read
+  them), the transport calls :meth:`ClientConnection.pauseProducing` and the connection
+  stops reading the client's socket until the buffer has drained (``resumeProducing``);
+* at most ``max_pipelined`` calls per connection are dispatched and unanswered; messages
+  parsed beyond that wait in a small per-connection queue (at most one read's worth, since
+  reading stops at once) and are dispatched, in order, as answers go out.
+
+Either way the client's unread calls stay in the kernel's socket buffers and its writes
+block, instead of the gateway's memory growing without bound.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.errors import PROTOCOL_ERROR
 from gateway.primitives import DeferredPool
+from gateway.proxy.connections import DEFAULT_CLIENT_LIMITS, ClientLimits, ConnectionTable
 from gateway.proxy.handler import CallHandler
 from gateway.reactors import as_transport
+from gateway.stats import NodeStats
 from gateway.thrift import (
     MAX_DETECT_PREFIX,
     FrameTooLarge,
@@ -26,6 +46,7 @@ from gateway.thrift import (
     MalformedMessage,
     MessageHeader,
     MessageReader,
+    MessageType,
     NotThrift,
     ProtocolKind,
     TransportKind,
@@ -37,19 +58,34 @@ from gateway.thrift import (
 
 log = logging.getLogger("gateway.server")
 
+_ONEWAY = MessageType.ONEWAY
 
+
+@implementer(IPushProducer)
 class ClientConnection(Protocol):
-    def __init__(self, handler: CallHandler, limits: Limits, calls: DeferredPool) -> None:
+    def __init__(
+        self, handler: CallHandler, limits: Limits, calls: DeferredPool, table: ConnectionTable
+    ) -> None:
         self._handler = handler
         self._limits = limits
         self._calls = calls
+        self._table = table
+        self._max_pipelined = table.limits.max_pipelined
         self._prefix = b""
         self._reader: MessageReader | None = None
         self._transport_kind: TransportKind | None = None
         self._protocol: ProtocolKind | None = None
         self._pending: set[Deferred[bytes | None]] = set()
+        # Parsed beyond max_pipelined, dispatched in order as answers go out.
+        self._held: deque[tuple[bytes, MessageHeader | None]] = deque()
+        self._pumping = False  # _pump is running (a synchronous answer must not re-enter)
+        self._unsent_full = False  # the transport's buffer is over max_unsent_bytes
+        self._reading = True  # the socket is being read
+        self._producing = False  # registered as the transport's producer
         self._closing = False  # bad input seen: read nothing more
         self._hung_up = False  # loseConnection called: write nothing more
+        self.active = False  # bytes arrived since the last idle sweep (ConnectionTable)
+        self.idle_since = 0.0
 
     def _peer(self) -> str:
         if self.transport is None:
@@ -57,7 +93,18 @@ class ClientConnection(Protocol):
         peer = as_transport(self.transport).getPeer()
         return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
 
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        # The transport pauses its producer once more than bufferSize bytes wait unsent.
+        transport.bufferSize = self._table.limits.max_unsent_bytes
+        transport.registerProducer(self, True)
+        self._producing = True
+        self._table.opened(self)
+
+    # -- reading ---------------------------------------------------------------------------
+
     def dataReceived(self, data: bytes) -> None:
+        self.active = True  # all the idle sweep needs: no clock read per chunk
         if self._closing:
             return
         if self._reader is None:
@@ -72,40 +119,105 @@ class ClientConnection(Protocol):
                     self._close("could not detect the Thrift transport/protocol")
                 return
             self._transport_kind, self._protocol = kinds
-            self._reader = MessageReader(self._transport_kind, self._protocol, self._limits)
+            self._reader = MessageReader(
+                self._transport_kind, self._protocol, self._limits, skip_oversized=True
+            )
             data, self._prefix = self._prefix, b""
+        reader = self._reader
         try:
             # With their headers: the reader decoded them to split the stream, and the
             # handler would otherwise decode each one again.
-            messages = self._reader.feed_parsed(data)
-        except FrameTooLarge as exc:
-            self._dispatch_all(exc.complete)
-            self._close(f"frame too large ({exc})")
-            return
-        except MalformedMessage as exc:
-            # Calls pipelined ahead of the bad bytes are still answered.
-            self._dispatch_all(exc.complete)
-            # The stream lost its message boundaries: answer the call if we know its seqid,
-            # then close (later bytes cannot be trusted).
-            if exc.header is not None and self._protocol is not None:
-                self._write(
-                    application_exception(
-                        self._protocol, exc.header.method, exc.header.seqid, PROTOCOL_ERROR,
-                        f"gateway: malformed message: {exc}",
-                    )
-                )  # fmt: skip
-            self._close(f"malformed message ({exc})")
-            return
+            messages = reader.feed_parsed(data)
         except WireError as exc:
-            self._dispatch_all(exc.complete)
+            self._answer_skipped()
+            # Calls pipelined ahead of the bad bytes are still answered.
+            for message in exc.complete:
+                self._accept(message, None)
+            self._bad_input(exc)
+            return
+        if reader.skipped:
+            self._answer_skipped()
+        # _accept, inlined: this loop runs once per call.
+        pending, held, limit = self._pending, self._held, self._max_pipelined
+        for message, header in messages:
+            if held or len(pending) >= limit:
+                held.append((message, header))
+            else:
+                self._dispatch(message, header)
+        if held or len(pending) >= limit:
+            self._update_reading()
+
+    def _bad_input(self, exc: WireError) -> None:
+        # The stream lost its message boundaries: answer the call if we know its seqid, then
+        # close (later bytes cannot be trusted). An unframed call over max_frame_size lands
+        # here too: it cannot be skipped without parsing all of it.
+        if isinstance(exc, MalformedMessage):
+            text, why = f"gateway: malformed message: {exc}", f"malformed message ({exc})"
+        elif isinstance(exc, FrameTooLarge):
+            limit = self._limits.max_frame_size
+            text, why = f"gateway: call exceeds max_frame_size {limit}", f"call too large ({exc})"
+        else:
             self._close(f"wire error ({exc})")
             return
-        for message, header in messages:
+        if exc.header is not None:
+            self._table.stats.calls += 1
+            if exc.header.type is not _ONEWAY:
+                self._write_error(exc.header, text)
+        self._close(why)
+
+    def _answer_skipped(self) -> None:
+        """Answer the framed calls over max_frame_size that the reader skipped unread."""
+        assert self._reader is not None
+        table = self._table
+        for skipped in self._reader.take_skipped():
+            header, size = skipped.header, skipped.size
+            table.stats.calls += 1
+            table.stats.oversized_calls += 1
+            limit = self._limits.max_frame_size
+            table.oversized_log.warning(
+                "client %s sent %s (seqid %d) of %d bytes, over max_frame_size %d; "
+                "answered PROTOCOL_ERROR",
+                self._peer(), header.name, header.seqid, size, limit,
+            )  # fmt: skip
+            if header.type is not _ONEWAY:
+                self._write_error(
+                    header, f"gateway: call of {size} bytes exceeds max_frame_size {limit}"
+                )
+
+    def _write_error(self, header: MessageHeader, text: str) -> None:
+        """Answer ``header``'s call with a PROTOCOL_ERROR made here (counted as an error)."""
+        assert self._protocol is not None
+        self._table.stats.errors += 1
+        self._write(
+            application_exception(self._protocol, header.method, header.seqid, PROTOCOL_ERROR, text)
+        )
+
+    # -- dispatching, within max_pipelined -------------------------------------------------
+
+    def _accept(self, message: bytes, header: MessageHeader | None) -> None:
+        """Dispatch now, or hold while max_pipelined calls are underway (or others wait)."""
+        if self._held or len(self._pending) >= self._max_pipelined:
+            self._held.append((message, header))
+        else:
             self._dispatch(message, header)
 
-    def _dispatch_all(self, messages: list[bytes]) -> None:
-        for message in messages:
-            self._dispatch(message)
+    def _pump(self) -> None:
+        """Dispatch held calls while below max_pipelined, then read again if nothing holds
+        us back; hang up once closing and everything is answered."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._held and len(self._pending) < self._max_pipelined:
+                message, header = self._held.popleft()
+                self._dispatch(message, header)
+        finally:
+            self._pumping = False
+        if self._closing:
+            if not self._pending and not self._held:
+                self._hang_up()  # the last call pipelined before the bad bytes is answered
+        else:
+            self._update_reading()
 
     def _dispatch(self, message: bytes, header: MessageHeader | None = None) -> None:
         assert self._protocol is not None
@@ -124,13 +236,51 @@ class ClientConnection(Protocol):
                 return None
             if result is not None:
                 self._write(result)
-            if self._closing and not self._pending:
-                self._hang_up()  # the last call pipelined before the bad bytes is answered
+            if self._held or not self._reading or self._closing:
+                self._pump()
             return None
 
         d.addBoth(reply)
         # Added after reply(): a drain waiting on the pool resumes only once the reply is written.
         self._calls.add(d)
+
+    # -- backpressure ----------------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer holds over max_unsent_bytes: stop reading calls."""
+        if not self._unsent_full:
+            self._unsent_full = True
+            self._update_reading()
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer drained: read calls again (unless max_pipelined holds)."""
+        if self._unsent_full:
+            self._unsent_full = False
+            self._update_reading()
+
+    def stopProducing(self) -> None:
+        """The transport is gone; connectionLost follows and cleans up."""
+
+    def _update_reading(self) -> None:
+        transport: Any = self.transport
+        if self._hung_up or transport is None:
+            return
+        if self._unsent_full:
+            reason: str | None = "unsent"
+        elif self._held or len(self._pending) >= self._max_pipelined:
+            reason = "pipelined"
+        else:
+            reason = None
+        if reason is not None and self._reading:
+            self._reading = False
+            transport.pauseProducing()
+            self._table.paused(self, reason, self._peer())
+        elif reason is None and not self._reading:
+            self._reading = True
+            transport.resumeProducing()
+            self._table.resumed(self)
+
+    # -- writing and closing ---------------------------------------------------------------
 
     def _write(self, message: bytes) -> None:
         if self.transport is not None and self._transport_kind is not None and not self._hung_up:
@@ -141,26 +291,70 @@ class ClientConnection(Protocol):
         if not self._closing:
             log.warning("closing client %s: %s", self._peer(), why)
             self._closing = True
-            if not self._pending:
+            if not self._pending and not self._held:
                 self._hang_up()
 
-    def _hang_up(self) -> None:
-        if not self._hung_up and self.transport is not None:
-            self._hung_up = True
-            as_transport(self.transport).loseConnection()
+    def _hang_up(self, abort: bool = False) -> None:
+        transport: Any = self.transport
+        if transport is None or (self._hung_up and not abort):
+            return
+        self._hung_up = True
+        if self._producing:
+            # A registered producer keeps loseConnection waiting for it: unregister first.
+            self._producing = False
+            transport.unregisterProducer()
+        if abort:
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
+
+    def busy(self) -> bool:
+        """A call of this connection is dispatched or waiting to be (never idle then)."""
+        return bool(self._pending or self._held)
+
+    def close_idle(self, abort: bool) -> None:
+        """Close for idleness (the table's sweep); ``abort`` when the graceful close is stuck
+        behind replies the client does not read."""
+        self._closing = True
+        self._hang_up(abort=abort)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Drop only this client's waiters; the Coalescer keeps shared calls for the others.
+        self._held.clear()
         pending, self._pending = self._pending, set()
         for d in pending:
             d.cancel()
+        self._table.closed(self)
 
 
 class GatewayFactory(Factory):
-    def __init__(self, handler: CallHandler, limits: Limits, calls: DeferredPool) -> None:
+    def __init__(
+        self,
+        handler: CallHandler,
+        limits: Limits,
+        calls: DeferredPool,
+        *,
+        clock: Any,
+        stats: NodeStats,
+        client_limits: ClientLimits = DEFAULT_CLIENT_LIMITS,
+    ) -> None:
         self.handler = handler
         self.limits = limits
         self.calls = calls
+        self.connections = ConnectionTable(client_limits, stats, clock)
 
-    def buildProtocol(self, addr: IAddress | None) -> ClientConnection:
-        return ClientConnection(self.handler, self.limits, self.calls)
+    def startFactory(self) -> None:
+        self.connections.start()
+
+    def stopFactory(self) -> None:
+        self.connections.stop()
+
+    def buildProtocol(self, addr: IAddress | None) -> ClientConnection | None:
+        # None makes the listening port close the new socket at once.
+        if not self.connections.admit(_address(addr)):
+            return None
+        return ClientConnection(self.handler, self.limits, self.calls, self.connections)
+
+
+def _address(addr: IAddress | None) -> str:
+    return f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}"

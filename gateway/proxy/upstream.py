@@ -5,6 +5,14 @@ Each connection carries many calls at once (pipelining): the pool rewrites every
 seqid to one unique on that connection and matches replies **by seqid only** — Thrift servers
 such as ``TTwisted`` answer out of order, and multiplexed replies carry the bare method name.
 
+A reply over ``max_frame_size`` fails only its own call (:class:`ReplyTooLarge`): on a framed
+connection its header is read from the frame's first bytes, the rest is discarded as it
+streams in, and the connection with every other call on it goes on. An unframed (buffered)
+connection cannot skip a message without parsing all of it, so there the replies that came
+whole before it are delivered, its own call fails with ReplyTooLarge, and the connection is
+dropped (the other calls on it fail with :class:`ConnectionLost`). Replies that arrived whole
+ahead of any other bad bytes are likewise delivered before the connection drops.
+
 Concurrency is capped by a :class:`DispatchQueue` (``max_concurrency`` underway, ``queue_size``
 waiting); overflow fails at once with :class:`Overloaded`. Lost connections reconnect in the
 background with exponential backoff (:class:`RetryingCall`); while no connection is up and
@@ -30,6 +38,7 @@ from gateway.errors import (
     ConnectionLost,
     GatewayError,
     Overloaded,
+    ReplyTooLarge,
     ShuttingDown,
 )
 from gateway.primitives import (
@@ -39,8 +48,10 @@ from gateway.primitives import (
     RetryingCall,
     exponential_backoff,
 )
+from gateway.proxy.connections import RateLimitedLog
 from gateway.reactors import as_clock, as_transport
 from gateway.thrift import (
+    FrameTooLarge,
     Limits,
     MessageHeader,
     MessageReader,
@@ -48,6 +59,7 @@ from gateway.thrift import (
     TransportKind,
     WireError,
     encode,
+    read_header,
     replace_header,
 )
 
@@ -59,10 +71,21 @@ _SEQID_LIMIT = 2**31 - 1
 class UpstreamConnection(TwistedProtocol):
     """One backend connection with any number of calls outstanding, matched by seqid."""
 
-    def __init__(self, transport_kind: TransportKind, protocol: ProtocolKind, limits: Limits):
+    def __init__(
+        self,
+        transport_kind: TransportKind,
+        protocol: ProtocolKind,
+        limits: Limits,
+        oversized_log: RateLimitedLog | None = None,
+    ):
         self._transport_kind = transport_kind
+        # Shared by the pool's connections: clients choosing arguments that make big replies
+        # could otherwise fill the log one line per call.
+        self._oversized_log = oversized_log
         self._protocol = protocol
-        self._reader = MessageReader(transport_kind, protocol, limits)
+        self._limits = limits
+        # Oversized framed replies are skipped, not fatal: they fail only their own call.
+        self._reader = MessageReader(transport_kind, protocol, limits, skip_oversized=True)
         self._pending: dict[int, Deferred[bytes]] = {}
         self._next_seqid = 0
         self.lost: Deferred[None] = Deferred()
@@ -102,20 +125,52 @@ class UpstreamConnection(TwistedProtocol):
         return d
 
     def dataReceived(self, data: bytes) -> None:
+        reader = self._reader
         try:
             # The reader decodes every reply's header to split the stream (an unreadable
             # header is a WireError here), so the seqid is taken from it, not decoded again.
-            messages = self._reader.feed_parsed(data)
+            messages = reader.feed_parsed(data)
         except WireError as exc:
-            # The byte stream can no longer be trusted: drop it; pending calls fail below.
+            self._fail_skipped()
+            # Replies that arrived whole ahead of the bad bytes are good: deliver them.
+            for message in exc.complete:
+                self._deliver(message, read_header(message, self._protocol).seqid)
+            if isinstance(exc, FrameTooLarge) and exc.header is not None:
+                # Unframed: this reply cannot be skipped, but its call can be told why.
+                self._fail_too_large(exc.header, None)
+            # The byte stream can no longer be trusted: drop it; calls still pending fail
+            # with ConnectionLost in connectionLost.
             log.warning("backend sent malformed data (%s); dropping the connection", exc)
             if self.transport is not None:
                 as_transport(self.transport).abortConnection()
             return
+        if reader.skipped:
+            self._fail_skipped()
         for message, header in messages:
-            d = self._pending.pop(header.seqid, None)
-            if d is not None:
-                d.callback(message)
+            self._deliver(message, header.seqid)
+
+    def _deliver(self, message: bytes, seqid: int) -> None:
+        d = self._pending.pop(seqid, None)
+        if d is not None:
+            d.callback(message)
+
+    def _fail_skipped(self) -> None:
+        for skipped in self._reader.take_skipped():
+            self._fail_too_large(skipped.header, skipped.size)
+
+    def _fail_too_large(self, header: MessageHeader, size: int | None) -> None:
+        limit = self._limits.max_frame_size
+        of = f"of {size} bytes " if size is not None else ""
+        warn = self._oversized_log.warning if self._oversized_log is not None else log.warning
+        warn(
+            "backend reply %sfor %s exceeds max_frame_size %d; failing that call",
+            of,
+            header.name,
+            limit,
+        )
+        d = self._pending.pop(header.seqid, None)
+        if d is not None:
+            d.errback(ReplyTooLarge(f"gateway: backend reply {of}exceeds max_frame_size {limit}"))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected_ok = False
@@ -158,6 +213,7 @@ class UpstreamPool:
         self._retries: list[RetryingCall[UpstreamConnection]] = []
         self._next = 0
         self._stopped = False
+        self._oversized_log = RateLimitedLog(reactor, logger=log)
         self._queue: DispatchQueue[Callable[[], Deferred[bytes]], bytes] = DispatchQueue(
             lambda job: job(), width=max_concurrency, capacity=queue_size
         )
@@ -174,7 +230,9 @@ class UpstreamPool:
         self._connecting += 1
 
         def attempt() -> Deferred[UpstreamConnection]:
-            conn = UpstreamConnection(self._transport_kind, self.protocol, self._limits)
+            conn = UpstreamConnection(
+                self._transport_kind, self.protocol, self._limits, self._oversized_log
+            )
             connected: Deferred[UpstreamConnection] = connectProtocol(  # type: ignore[no-untyped-call]  # untyped in Twisted
                 self._endpoint, conn
             )

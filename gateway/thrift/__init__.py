@@ -19,7 +19,7 @@ from gateway.thrift.answers import error_answer
 from gateway.thrift.appexc import application_exception, parse_application_exception, reply_kind
 from gateway.thrift.callkey import CallIdentity, call_identity, canonical_args, key_parts
 from gateway.thrift.detect import MAX_DETECT_PREFIX, detect
-from gateway.thrift.framing import Frame, MessageReader, encode, frame
+from gateway.thrift.framing import Frame, MessageReader, SkippedFrame, encode, frame
 from gateway.thrift.kinds import (
     DEFAULT_LIMITS,
     FrameTooLarge,
@@ -58,6 +58,7 @@ __all__ = [
     "MessageType",
     "NotThrift",
     "ProtocolKind",
+    "SkippedFrame",
     "TransportKind",
     "WireError",
     "application_exception",

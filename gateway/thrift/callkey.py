@@ -8,11 +8,31 @@ Canonical form (big-endian, every value self-delimiting, so concatenations sort 
   uuid its 16 bytes;
 * list ``etype:u8 size:u32`` then the elements in order;
 * set ``etype:u8 size:u32`` then the elements sorted by their canonical bytes;
-* map ``ktype:u8 vtype:u8 size:u32`` then the entries (key bytes + value bytes) sorted;
-  an empty map has types 0/0 because compact does not carry them.
+* map ``ktype:u8 vtype:u8 size:u32`` then the entries (key bytes + value bytes) sorted by
+  their key bytes alone, with a stable sort; an empty map has types 0/0 because compact
+  does not carry them.
 
 Type ids are thrift's ``TType`` values as the protocol readers report them, so binary and
 compact encodings of the same call have the same canonical form.
+
+What is order-free, and why it is safe: two calls share a key only if the backend cannot tell
+them apart. Decoders keep one value per struct field id and per map key (generated code keeps
+the last one read, some keep the first), so
+
+* struct fields are sorted by id with a *stable* sort: fields sent twice under one id keep
+  their wire order, and ``{1: "x", 1: "y"}`` differs from ``{1: "y", 1: "x"}``;
+* map entries are sorted by key only, stably: entries whose keys repeat keep their wire
+  order, so ``{k: v1, k: v2}`` and ``{k: v2, k: v1}`` differ (a backend sees ``k = v2`` for
+  one and ``k = v1`` for the other), while ``{a: 1, b: 2}`` and ``{b: 2, a: 1}`` are one call.
+  Two maps canonicalise alike exactly when every key carries the same values in the same
+  order. (With unique keys this order is the one a sort by key + value gives, because
+  canonical keys are self-delimiting: keys of gateways before and after this rule agree.)
+* set elements are sorted by their bytes; repeated elements are byte-identical, so their
+  order cannot matter.
+
+Maps and sets are taken to be unordered, as the Thrift IDL defines them: a backend whose
+answer depends on the *iteration* order of a map or set it decoded (e.g. into an
+insertion-ordered dict or a list) should not be coalesced on such arguments.
 """
 
 from __future__ import annotations
@@ -36,6 +56,10 @@ _U32 = struct.Struct(">I")
 _FIELD = struct.Struct(">Bh")
 _COLLECTION = struct.Struct(">BI")
 _MAP = struct.Struct(">BBI")
+
+
+def _entry_key(entry: tuple[bytes, bytes]) -> bytes:
+    return entry[0]
 
 
 class CanonicalSink:
@@ -107,7 +131,19 @@ class CanonicalSink:
         self._ends = []
 
     def writeSetEnd(self) -> None:
-        self._sort_elements(1)
+        ends = self._ends
+        assert ends is not None
+        parent_ends, _, start = self._stack.pop()
+        if len(ends) > 1:
+            out = self.out
+            bounds = [start, *ends]
+            elements = [bytes(out[bounds[i] : bounds[i + 1]]) for i in range(len(ends))]
+            elements.sort()  # equal elements are identical bytes: their order cannot show
+            del out[start:]
+            for element in elements:
+                out += element
+        self._ends = parent_ends
+        self._done()
 
     def writeMapBegin(self, ktype: int, vtype: int, size: int) -> None:
         if size == 0:
@@ -117,20 +153,24 @@ class CanonicalSink:
         self._ends = []
 
     def writeMapEnd(self) -> None:
-        self._sort_elements(2)
-
-    def _sort_elements(self, values_per_element: int) -> None:
+        # ``ends`` alternates key end, value end. Entries are ordered by their key bytes only
+        # and the sort is stable, so entries whose keys repeat keep their wire order (see the
+        # module docstring: a backend keeps one of them, so their order is observable).
         ends = self._ends
         assert ends is not None
         parent_ends, _, start = self._stack.pop()
-        if len(ends) > values_per_element:
+        if len(ends) > 2:
             out = self.out
-            bounds = [start, *ends[values_per_element - 1 :: values_per_element]]
-            elements = [bytes(out[bounds[i] : bounds[i + 1]]) for i in range(len(bounds) - 1)]
-            elements.sort()
+            entries = []
+            entry_start = start
+            for i in range(0, len(ends), 2):
+                key_end, entry_end = ends[i], ends[i + 1]
+                entries.append((bytes(out[entry_start:key_end]), bytes(out[entry_start:entry_end])))
+                entry_start = entry_end
+            entries.sort(key=_entry_key)
             del out[start:]
-            for element in elements:
-                out += element
+            for _, entry in entries:
+                out += entry
         self._ends = parent_ends
         self._done()
 

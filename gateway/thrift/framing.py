@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from thrift.Thrift import TApplicationException
 
@@ -30,6 +31,10 @@ _HEADER = TransportKind.HEADER
 # its header, and the THeader frame fields (None on framed and buffered connections).
 Frame = tuple[bytes, MessageHeader, HeaderInfo | None]
 
+# The longest message name accepted in the header of a frame that is being skipped: the header
+# is the only part of such a frame that is ever buffered.
+_MAX_SKIPPED_NAME = 64 * 1024
+
 
 def frame(message: bytes) -> bytes:
     """``message`` behind its 4-byte big-endian length (TFramedTransport)."""
@@ -48,6 +53,18 @@ def encode(transport: TransportKind, message: bytes, request: HeaderInfo | None 
     if transport is _HEADER:
         raise ValueError("a THeader reply needs the request's HeaderInfo")
     return frame(message) if transport is _FRAMED else message
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFrame:
+    """A frame over ``max_frame_size`` that a ``skip_oversized`` reader discarded.
+
+    ``header`` was decoded from the frame's first bytes (so its seqid says whose it was);
+    ``size`` is the frame's announced length, without the 4-byte prefix.
+    """
+
+    header: MessageHeader
+    size: int
 
 
 class MessageReader:
@@ -78,6 +95,14 @@ class MessageReader:
     the caller can be answered (``gateway.thrift.answers.error_answer``). Use
     :meth:`feed_frames` to get the frame fields each reply must echo.
 
+    *Skipping* (``skip_oversized=True``, framed only): a frame over ``max_frame_size`` is not
+    an error. Its header is decoded from its first bytes (only they are buffered; a frame
+    without a readable header is :class:`MalformedMessage`), the rest is discarded as it
+    streams in, and the frame is reported as a :class:`SkippedFrame` by :meth:`take_skipped`,
+    so the connection keeps going and only that one message's call fails. Unframed streams
+    cannot skip a message without parsing it: there :class:`FrameTooLarge` stays final (with
+    ``header`` set when it decoded).
+
     Errors are final: the reader keeps raising the same error. Messages that were complete
     before the error in the same :meth:`feed` are on the error's ``complete`` list (and,
     with their headers and frame fields, on ``frames`` when fed by :meth:`feed_frames`).
@@ -88,6 +113,8 @@ class MessageReader:
         transport: TransportKind,
         protocol: ProtocolKind,
         limits: Limits = DEFAULT_LIMITS,
+        *,
+        skip_oversized: bool = False,
     ) -> None:
         self.transport = transport
         self.protocol = protocol
@@ -95,11 +122,19 @@ class MessageReader:
         self._buf = bytearray()  # bytes of the messages not yet complete
         self._need = 0  # len(self._buf) below which parsing cannot progress
         self._error: WireError | None = None
+        self._skip_oversized = skip_oversized and transport is _FRAMED
+        self._skipping = 0  # bytes of a skipped frame still to discard (never buffered)
+        self.skipped: list[SkippedFrame] = []  # frames skipped, in order, until taken
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as part of a message."""
         return len(self._buf)
+
+    def take_skipped(self) -> list[SkippedFrame]:
+        """The frames skipped since the last call (see ``skip_oversized``), in stream order."""
+        skipped, self.skipped = self.skipped, []
+        return skipped
 
     def feed(self, data: bytes) -> list[bytes]:
         """The messages completed by ``data``, in order (possibly none)."""
@@ -144,6 +179,13 @@ class MessageReader:
     ) -> list[bytes]:
         if self._error is not None:
             raise self._error
+        if self._skipping:
+            # The rest of a skipped frame: dropped as it arrives (self._buf is empty here).
+            dropped = min(self._skipping, len(data))
+            self._skipping -= dropped
+            if dropped == len(data):
+                return messages
+            data = data[dropped:]
         buf: Buffer
         if self._buf:
             self._buf += data
@@ -182,9 +224,20 @@ class MessageReader:
             if length < 0:
                 raise MalformedMessage(f"negative frame length {length}")
             if length > self.limits.max_frame_size:
-                raise FrameTooLarge(
-                    f"frame of {length} bytes exceeds max_frame_size {self.limits.max_frame_size}"
-                )
+                if not self._skip_oversized:
+                    raise FrameTooLarge(
+                        f"frame of {length} bytes exceeds max_frame_size "
+                        f"{self.limits.max_frame_size}"
+                    )
+                try:
+                    skipped_to = self._skip_frame(buf, pos, length)
+                except Truncated as exc:  # its header has not arrived whole yet
+                    return pos, exc.need
+                if skipped_to > end:  # the rest of it streams in later: drop it then
+                    self._skipping = skipped_to - end
+                    return end, end
+                pos = skipped_to
+                continue
             stop = pos + 4 + length
             if stop > end:
                 return pos, stop
@@ -235,6 +288,22 @@ class MessageReader:
             pos = stop
         return pos, pos + 4
 
+    def _skip_frame(self, buf: Buffer, pos: int, length: int) -> int:
+        """Record the oversized frame at ``pos`` as skipped; return where it ends (possibly
+        beyond ``buf``). :class:`Truncated` while its header is incomplete."""
+        start = pos + 4
+        max_name = min(self.limits.max_string_size, _MAX_SKIPPED_NAME)
+        try:
+            header = parse_header(buf, start, self.protocol, max_name)
+        except Truncated as exc:
+            if exc.need > start + length:
+                raise MalformedMessage("frame ends inside its message header") from None
+            raise
+        if header.body_offset > length:
+            raise MalformedMessage("frame ends inside its message header")
+        self.skipped.append(SkippedFrame(header, length))
+        return start + length
+
     def _split_buffered(
         self, buf: Buffer, messages: list[bytes], headers: list[MessageHeader]
     ) -> tuple[int, int]:
@@ -252,10 +321,10 @@ class MessageReader:
                 try:
                     walk_struct(reader(self.protocol, inp, limits), NULL_SINK, limits)
                 except Truncated as exc:  # not malformed: the rest has yet to arrive
-                    return _await_more(pos, exc.need, limits)
+                    return _await_more(pos, exc.need, limits, header)
             if inp.pos - pos > limits.max_frame_size:
                 raise FrameTooLarge(
-                    f"unframed message exceeds max_frame_size {limits.max_frame_size}"
+                    f"unframed message exceeds max_frame_size {limits.max_frame_size}", header
                 )
             if pos == 0 and inp.pos == end and isinstance(buf, bytes):
                 messages.append(buf)  # exactly one whole message: hand the caller's bytes back
@@ -267,10 +336,12 @@ class MessageReader:
         return pos, pos + 1
 
 
-def _await_more(pos: int, need: int, limits: Limits) -> tuple[int, int]:
+def _await_more(
+    pos: int, need: int, limits: Limits, header: MessageHeader | None = None
+) -> tuple[int, int]:
     """``_split_buffered``'s result when the message at ``pos`` needs ``need`` bytes."""
     if need - pos > limits.max_frame_size:
         raise FrameTooLarge(
-            f"unframed message exceeds max_frame_size {limits.max_frame_size}"
+            f"unframed message exceeds max_frame_size {limits.max_frame_size}", header
         ) from None
     return pos, need

@@ -91,8 +91,17 @@ class WireError(Exception):
 
 
 class FrameTooLarge(WireError):
-    """A message is (or announces it will be) larger than ``max_frame_size``: close the
-    connection."""
+    """A message is (or announces it will be) larger than ``max_frame_size``.
+
+    ``header`` is set when the message header decoded before the limit was hit (unframed
+    streams), so the call or reply it belongs to can be answered or failed by its seqid; the
+    stream itself cannot be resynchronised. (Framed streams can skip such a frame instead:
+    ``MessageReader(skip_oversized=True)``.)
+    """
+
+    def __init__(self, message: str, header: MessageHeader | None = None) -> None:
+        super().__init__(message)
+        self.header = header
 
 
 class MalformedMessage(WireError):
