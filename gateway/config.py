@@ -72,7 +72,7 @@ class RedisConfig:
     max_shared_bytes: int = 1 << 20
     lease_ttl: float = 5.0
     handoff_ttl: float = 30.0
-    reply_timeout: float = 0.4  # seconds Redis has to answer one command (see parse_redis)
+    reply_timeout: float = 1.0  # seconds Redis has to answer one command (see parse_redis)
     session_ttl: float = 1.0  # seconds a node's session outlives its last renewal
 
 
@@ -261,10 +261,9 @@ def parse_redis(raw: dict[str, Any]) -> RedisConfig:
             _positive(kwargs[name], f"redis.{name}")
     _reject_unknown(table, "redis")
     if "reply_timeout" not in kwargs:
-        # Never more than the lease and session renewal periods allow (see below).
+        # Never more than the lease renewal period allows (see below).
         lease = kwargs.get("lease_ttl", RedisConfig.lease_ttl)
-        session = kwargs.get("session_ttl", RedisConfig.session_ttl)
-        kwargs["reply_timeout"] = min(RedisConfig.reply_timeout, lease / 3, session / 2.5)
+        kwargs["reply_timeout"] = min(RedisConfig.reply_timeout, lease / 3)
     config = RedisConfig(**kwargs)
     check_redis_timing(config)
     return config
@@ -275,8 +274,9 @@ def check_redis_timing(redis: RedisConfig) -> None:
 
     A leader renews its lease every ``lease_ttl / 3``; a renewal that gets no answer within
     ``reply_timeout`` is retried at the next tick. So ``reply_timeout <= lease_ttl / 3``
-    lets one renewal fail outright and the next still land before the lease lapses; the
-    same holds for the node's session, renewed every ``session_ttl / 2.5``. A
+    lets one renewal fail outright and the next still land before the lease lapses. (The
+    node's session is renewed every ``session_ttl / 2.5`` without waiting for replies, so
+    it needs no such rule.) A
     follower reads its leader's result at the latest one lease period (plus a Redis round
     trip) after the leader finished, so the result must live at least that long:
     ``handoff_ttl >= lease_ttl + reply_timeout``. (Method timeouts need no check here: a
@@ -287,11 +287,6 @@ def check_redis_timing(redis: RedisConfig) -> None:
         raise ConfigError(
             f"redis.reply_timeout: {redis.reply_timeout:g}s is more than redis.lease_ttl / 3 "
             f"({redis.lease_ttl / 3:g}s): a slow renewal would let a live leader's lease lapse"
-        )
-    if redis.reply_timeout * 2.5 > redis.session_ttl + 1e-9:
-        raise ConfigError(
-            f"redis.reply_timeout: {redis.reply_timeout:g}s is more than redis.session_ttl / 2.5"
-            f" ({redis.session_ttl / 2.5:g}s): one slow renewal would end this node's session"
         )
     if redis.handoff_ttl < redis.lease_ttl + redis.reply_timeout:
         raise ConfigError(

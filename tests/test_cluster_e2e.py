@@ -500,5 +500,5 @@ def test_node_logs_redis_down_and_up_once_each(own_cluster: Cluster) -> None:
     wait_for_redis_mode([node], "cluster", timeout=20.0)
 
     lines = list(node.process.stderr_lines)
-    assert sum(down in line for line in lines) == 1
+    assert sum(down in line for line in lines) == 1, "\n".join(lines[-30:])
     assert sum(up in line for line in lines) == 2  # at start, and after the restart

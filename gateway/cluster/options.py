@@ -20,7 +20,7 @@ class ClusterOptions:
     follower_wait: float | None = None  # per followed leader; None: policy.timeout + lease_ttl
     poll_margin: float = 0.02  # seconds past the lease's expiry before a follower polls
     poll_interval: float = 0.1  # seconds between a follower's polls while notices are down
-    reply_timeout: float = 0.4  # seconds Redis has to answer a command
+    reply_timeout: float = 1.0  # seconds Redis has to answer a command
     session_ttl: float = 1.0  # seconds a node's session outlives its last renewal
     session_check_interval: float = 0.1  # seconds between checks of followed leaders' sessions
     max_clock_skew: float = 10.0  # seconds a signed envelope is still accepted past its expiry

@@ -5,7 +5,8 @@ session), and every lease token it takes starts with it (``<session>/<random>``)
 keeps two liveness signals in Redis, both on connections it has anyway:
 
 * ``<prefix>session:<session>`` - a string with a ``session_ttl`` expiry (default 1 s),
-  renewed every ``session_ttl / 2.5``. It lapses when the node stops renewing it: process
+  renewed every ``session_ttl / 2.5`` (each renewal sent on time, whether or not the
+  previous one was answered yet). It lapses when the node stops renewing it: process
   gone, host gone, partitioned away, or paused (GC, SIGSTOP) for longer than that.
 * a subscription to the channel ``<prefix>alive:<session>`` on the node's pub/sub
   connection. Redis drops it the moment that connection closes - a killed process's kernel
@@ -85,7 +86,9 @@ class SessionKeeper:
         self._redis = redis
         self._key = keys.session(session)
         self._ttl_ms = max(1, int(session_ttl * 1000))
-        self._loop = LoopingCall(self.renew)
+        # Each tick sends a renewal without waiting for the previous one's reply: a slow
+        # answer must not delay the next renewal (LoopingCall would wait for a Deferred).
+        self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         self._interval = session_ttl / RENEWALS_PER_TTL
         redis.add_state_callback(self._state)
@@ -102,6 +105,9 @@ class SessionKeeper:
             return succeed(None)
         d = self._redis.execute("DEL", self._key)
         return d.addBoth(lambda _: None)
+
+    def _tick(self) -> None:
+        self.renew()
 
     def renew(self) -> Deferred[None]:
         """One renewal; never fails (the next one tries again)."""
