@@ -1,0 +1,579 @@
+"""A cheap Thrift load generator: one thread, one epoll loop, raw non-blocking sockets.
+
+    python -m benchmarks.rawload --target 127.0.0.1:9090 [--connections 64] [--depth 1]
+        [--rate CALLS_PER_S] [--seconds 2] [--warmup 0.3] [--method alertSupervisor|getPoem]
+        [--hot] [--protocol binary|compact] [--transport framed|buffered] [--json]
+
+Closed loop (no ``--rate``): every connection keeps ``--depth`` calls outstanding; a reply
+sends that slot's next call at once (``--depth 1`` is a synchronous Thrift client per
+connection). Open loop (``--rate``): calls are due at a fixed rate over all connections,
+round-robin, whatever the replies do; each latency runs from the call's due time, so a slow
+target cannot hide its queue (no coordinated omission). ``--depth`` then caps the calls in
+flight per connection; calls due beyond that wait in the generator (their wait counts).
+
+Calls are pre-encoded by the stock thrift library (:mod:`benchmarks.wire`); a call costs a
+seqid patched into its slot's buffer, the reply a ``startswith`` against the expected bytes.
+Slot ``i`` (of ``connections x depth``) always sends argument ``i`` (``--hot``: all send the
+same), so no two calls in flight share a key; every reply must carry the seqid of a call in
+flight on its connection AND exactly that call's answer, or it counts as wrong.
+
+Timeline: connect, ``--warmup`` seconds unrecorded, ``--seconds`` recorded (throughput,
+latency of the calls that complete in the window, the generator's own CPU: utime+stime of
+its process), then the calls still in flight drain (checked, not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import resource
+import select
+import socket
+import sys
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from struct import pack_into, unpack_from
+from typing import Any
+
+from benchmarks.wire import METHODS, PROTOCOLS, TRANSPORTS, CallSet, build_callset
+
+WindowHook = Callable[[], dict[str, float]]
+MAX_FRAME = 16 * 1024 * 1024
+READ_SIZE = 64 * 1024  # below glibc's mmap threshold: a bigger read buffer costs an mmap per read
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    connections: int = 64
+    depth: int = 1  # closed loop: calls in flight per connection; open loop: the cap
+    rate: float | None = None  # calls/s over all connections (open loop); None: closed loop
+    seconds: float = 2.0
+    warmup: float = 0.3
+    method: str = "alertSupervisor"
+    hot: bool = False  # every call the same argument (joins, cache hits)
+    protocol: str = "binary"
+    transport: str = "framed"
+    tag: str = "k"  # argument prefix, e.g. to keep runs apart
+    drain_timeout: float = 5.0
+    connect_timeout: float = 5.0
+
+    def shape(self) -> str:
+        loop = f"open {self.rate:,.0f}/s" if self.rate else "closed"
+        keys = "hot key" if self.hot else "distinct keys"
+        return f"{self.connections}x{self.depth} {loop}, {keys}, {self.protocol}/{self.transport}"
+
+
+@dataclass
+class LoadResult:
+    spec: dict[str, Any]
+    window_s: float = 0.0
+    ok: int = 0  # correct replies completed in the window
+    wrong: int = 0  # replies to a call in flight, but not its answer (in the window)
+    all_ok: int = 0  # the same over the whole run, warm-up and drain included
+    all_wrong: int = 0
+    unmatched: int = 0  # replies whose seqid matches no call in flight on that connection
+    lost: int = 0  # calls in flight when their connection closed or the drain timed out
+    lost_connections: int = 0
+    not_sent: int = 0  # open loop: calls due but still waiting for a free slot at the end
+    calls_per_s: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    generator_cpu_s: float = 0.0
+    generator_cpu_us_per_call: float | None = None
+    max_in_flight: int = 0
+    window_marks: list[dict[str, float]] = field(default_factory=list)
+    wrong_samples: list[str] = field(default_factory=list)
+    latencies_ns: array[int] = field(default_factory=lambda: array("q"), repr=False)
+
+    @property
+    def errors(self) -> int:
+        return self.all_wrong + self.unmatched + self.lost + self.not_sent
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures (without the latencies themselves), JSON-ready."""
+        out = {k: v for k, v in vars(self).items() if k != "latencies_ns"}
+        out["errors"] = self.errors
+        return out
+
+
+def percentiles(latencies_ns: Sequence[int]) -> dict[str, float]:
+    """p50/p90/p99/p99.9/max (milliseconds, nearest rank) and the sample count."""
+    ordered = sorted(latencies_ns)
+    n = len(ordered)
+    if not n:
+        return {"n": 0}
+
+    def rank(q: float) -> float:
+        return round(ordered[min(n - 1, max(0, math.ceil(q * n - 1e-9) - 1))] / 1e6, 4)
+
+    out = {f"p{name}": rank(q) for name, q in (("50", 0.5), ("90", 0.9), ("99", 0.99))}
+    out["p99.9"] = rank(0.999)
+    out["max"] = round(ordered[-1] / 1e6, 4)
+    out["n"] = n
+    return out
+
+
+class _Conn:
+    __slots__ = ("alive", "fd", "free", "index", "rest", "sock", "unsent", "waiting")
+
+    def __init__(self, index: int, sock: socket.socket) -> None:
+        self.index = index
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.rest = b""  # bytes of a reply not yet complete
+        self.unsent = b""  # bytes the socket did not take yet
+        self.free: list[int] = []  # open loop: this connection's idle slots
+        self.waiting: deque[int] = deque()  # open loop: due times of calls without a slot
+        self.alive = True
+
+
+def _connect(host: str, port: int, count: int, timeout: float) -> list[_Conn]:
+    conns = []
+    try:
+        for i in range(count):
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            conns.append(_Conn(i, sock))
+    except BaseException:
+        for conn in conns:
+            conn.sock.close()
+        raise
+    return conns
+
+
+def cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_load(
+    host: str, port: int, spec: LoadSpec, window_hook: WindowHook | None = None
+) -> LoadResult:
+    """One run against ``host:port``; ``window_hook`` is called as the recorded window opens
+    and closes (e.g. to read other processes' CPU), its readings kept in ``window_marks``."""
+    if spec.connections < 1 or spec.depth < 1 or spec.seconds <= 0 or spec.warmup < 0:
+        raise ValueError("need connections, depth >= 1, seconds > 0, warmup >= 0")
+    slots = spec.connections * spec.depth
+    width = len(str(slots - 1))
+    arguments = (
+        [f"{spec.tag}-hot"] if spec.hot else [f"{spec.tag}-{i:0{width}d}" for i in range(slots)]
+    )
+    callset = build_callset(spec.method, spec.protocol, spec.transport, arguments)
+    conns = _connect(host, port, spec.connections, spec.connect_timeout)
+    gc.collect()
+    gc.disable()  # the loop allocates no cycles; a collection would land in a random call
+    try:
+        return _Loop(callset, spec, conns, window_hook).run()
+    finally:
+        gc.enable()
+        for conn in conns:
+            conn.sock.close()
+
+
+class _Loop:
+    """The epoll loop of one run. The per-call code is inlined in :meth:`_read` on purpose:
+    at ~10 µs per call, every Python function call on the path shows."""
+
+    def __init__(
+        self, callset: CallSet, spec: LoadSpec, conns: list[_Conn], hook: WindowHook | None
+    ) -> None:
+        self.spec = spec
+        self.conns = conns
+        self.hook = hook
+        self.cs = callset
+        self.result = LoadResult(spec=asdict(spec))
+        depth = spec.depth
+        nslots = len(conns) * depth
+        self.nslots = nslots
+        codec = callset.codec
+        self.low = codec.low
+        self.high = codec.high - (codec.high - codec.low + 1) % nslots  # whole laps only
+        if self.high - self.low + 1 < nslots:
+            raise ValueError(f"{nslots} slots do not fit the {codec.protocol} seqid range")
+        variant = [0] * nslots if spec.hot else list(range(nslots))
+        self.bufs = [bytearray(callset.calls[v]) for v in variant]
+        self.tails = [callset.reply_tails[v] for v in variant]
+        self.seq = [self.low + s for s in range(nslots)]  # seq[s] % nslots stays s - low
+        self.start = [0] * nslots  # due/sent time (ns) of the slot's call; 0: idle
+        self.latencies = self.result.latencies_ns
+        self.in_flight = 0
+        self.ep = select.epoll()
+        self.by_fd = {c.fd: c for c in conns}
+        for c in conns:
+            self.ep.register(c.fd, select.EPOLLIN)
+            if spec.rate:
+                c.free = list(range(c.index * depth, (c.index + 1) * depth))[::-1]
+        self.issuing = True
+        self.recording = False
+        self.closed_loop = not spec.rate  # cleared when the window closes (drain)
+        self.consts = (
+            callset.reply_head,
+            callset.reply_size,
+            len(callset.reply_head),  # where the seqid starts
+            len(callset.reply_head) + codec.width,  # where the rest of the reply starts
+            callset.protocol == "binary",
+            self.low,
+            self.high,
+            nslots,
+            depth,
+        )
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _patch(self, slot: int) -> bytearray:
+        """Give ``slot`` its next seqid; returns its call buffer, patched in place."""
+        s = self.seq[slot] + self.nslots
+        if s > self.high:
+            s = self.low + slot
+        self.seq[slot] = s
+        buf = self.bufs[slot]
+        at = self.cs.call_seqid_at
+        if self.cs.protocol == "binary":
+            pack_into(">I", buf, at, s)
+        else:
+            buf[at] = s & 0x7F | 0x80
+            buf[at + 1] = (s >> 7) & 0x7F | 0x80
+            buf[at + 2] = s >> 14
+        self.in_flight += 1
+        return buf
+
+    def _write(self, conn: _Conn, data: bytes | bytearray) -> None:
+        if conn.unsent:
+            conn.unsent += data  # keep the order behind what is already queued
+            return
+        try:
+            n = os.write(conn.fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._lose(conn)
+            return
+        if n < len(data):
+            conn.unsent = bytes(data[n:])
+            self.ep.modify(conn.fd, select.EPOLLIN | select.EPOLLOUT)
+
+    def _flush(self, conn: _Conn) -> None:
+        try:
+            n = os.write(conn.fd, conn.unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._lose(conn)
+            return
+        conn.unsent = conn.unsent[n:]
+        if not conn.unsent:
+            self.ep.modify(conn.fd, select.EPOLLIN)
+
+    def _lose(self, conn: _Conn) -> None:
+        """The connection is gone (closed, reset, or out of step): its calls are lost."""
+        if not conn.alive:
+            return
+        conn.alive = False
+        self.result.lost_connections += 1
+        depth = self.spec.depth
+        for slot in range(conn.index * depth, (conn.index + 1) * depth):
+            if self.start[slot]:
+                self.start[slot] = 0
+                self.in_flight -= 1
+                self.result.lost += 1
+        self.result.not_sent += len(conn.waiting)
+        conn.waiting.clear()
+        self.ep.unregister(conn.fd)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def _read(self, conn: _Conn, now: int) -> None:
+        """Check every whole reply that arrived on ``conn``; in the closed loop, send each
+        answered slot's next call straight away (one write for all of them)."""
+        fd = conn.fd
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lose(conn)
+            return
+        if conn.rest:
+            data = conn.rest + data
+            conn.rest = b""
+        head, size, seq_at, tail_at, binary, low, high, nslots, depth = self.consts
+        seq, start, tails, lat, bufs = self.seq, self.start, self.tails, self.latencies, self.bufs
+        first = conn.index * depth
+        recording = self.recording
+        result = self.result
+        again: list[int] = []
+        pos, end = 0, len(data)
+        while True:
+            if end - pos >= size and data.startswith(head, pos):
+                p = pos + seq_at
+                if binary:
+                    s = unpack_from(">I", data, p)[0]
+                else:
+                    s = (data[p] & 0x7F) | (data[p + 1] & 0x7F) << 7 | data[p + 2] << 14
+                slot = (s - low) % nslots
+                if seq[slot] != s or not start[slot] or not first <= slot < first + depth:
+                    result.unmatched += 1
+                else:
+                    if data.startswith(tails[slot], pos + tail_at):
+                        result.all_ok += 1
+                        if recording:
+                            result.ok += 1
+                            lat.append(now - start[slot])
+                    else:
+                        self._wrong(data[pos : pos + size], recording)
+                    start[slot] = 0
+                    again.append(slot)
+                pos += size
+                continue
+            if pos == end:
+                break
+            if self.cs.framed:
+                skipped = self._odd_frame(conn, data, pos, again)
+                if skipped < 0:
+                    return
+                if skipped == 0:
+                    conn.rest = data[pos:]
+                    break
+                pos += skipped
+            elif end - pos >= size:  # unframed and not the expected reply: out of step
+                self._wrong(data[pos : pos + size], recording)
+                self._lose(conn)
+                return
+            else:
+                conn.rest = data[pos:]
+                break
+        if not again:
+            return
+        self.in_flight -= len(again)
+        if not self.closed_loop or conn.unsent:
+            self._refill(conn, again, self.closed_loop)
+            return
+        # The hot path of the closed loop, inlined (see _patch): next seqid, patch, send.
+        call_at = self.cs.call_seqid_at
+        for slot in again:
+            s = seq[slot] + nslots
+            if s > high:
+                s = low + slot
+            seq[slot] = s
+            if binary:
+                pack_into(">I", bufs[slot], call_at, s)
+            else:
+                buf = bufs[slot]
+                buf[call_at] = s & 0x7F | 0x80
+                buf[call_at + 1] = (s >> 7) & 0x7F | 0x80
+                buf[call_at + 2] = s >> 14
+        self.in_flight += len(again)
+        out = bufs[again[0]] if len(again) == 1 else b"".join([bufs[s] for s in again])
+        sent = time.perf_counter_ns()
+        for slot in again:
+            start[slot] = sent
+        self._write(conn, out)
+
+    def _odd_frame(self, conn: _Conn, data: bytes, pos: int, again: list[int]) -> int:
+        """A frame that is not a correct reply: bytes consumed (0: incomplete; -1: the
+        connection was dropped). If its seqid is one in flight, that call failed."""
+        if len(data) - pos < 4:
+            return 0
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if length == self.cs.reply_size - 4 and len(data) - pos < self.cs.reply_size:
+            return 0  # a reply of the right size, still arriving
+        if length > MAX_FRAME:
+            self._wrong(data[pos : pos + 64], self.recording)
+            self._lose(conn)
+            return -1
+        if len(data) - pos < 4 + length:
+            return 0
+        frame = data[pos : pos + 4 + length]
+        self._wrong(frame, self.recording)
+        at = len(self.cs.reply_head)
+        if len(frame) >= at + self.cs.codec.width:
+            s = self.cs.codec.decode(frame, at)
+            slot = (s - self.low) % self.nslots
+            first = conn.index * self.spec.depth
+            if self.seq[slot] == s and self.start[slot] and first <= slot < first + self.spec.depth:
+                self.start[slot] = 0
+                again.append(slot)
+                return 4 + length
+        self.result.unmatched += 1
+        return 4 + length
+
+    def _wrong(self, reply: bytes, recording: bool) -> None:
+        self.result.all_wrong += 1
+        if recording:
+            self.result.wrong += 1
+        if len(self.result.wrong_samples) < 5:
+            self.result.wrong_samples.append(repr(reply[:200]))
+
+    def _refill(self, conn: _Conn, slots: list[int], closed: bool) -> None:
+        """Slots whose calls just finished: closed loop sends each one's next call; open
+        loop gives them to calls waiting for a slot, or back to the free list."""
+        if not conn.alive:
+            return
+        start = self.start
+        if closed:
+            if len(slots) == 1:
+                buf = self._patch(slots[0])
+                start[slots[0]] = time.perf_counter_ns()
+                self._write(conn, buf)
+                return
+            out = b"".join([self._patch(s) for s in slots])
+            now = time.perf_counter_ns()
+            for s in slots:
+                start[s] = now
+            self._write(conn, out)
+            return
+        parts = []
+        for s in slots:
+            if conn.waiting and self.issuing:
+                parts.append(self._patch(s))
+                start[s] = conn.waiting.popleft()
+            else:
+                conn.free.append(s)
+        if parts:
+            self._write(conn, b"".join(parts))
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _mark(self) -> None:
+        self.result.window_marks.append(self.hook() if self.hook else {})
+
+    def run(self) -> LoadResult:
+        spec, result, conns = self.spec, self.result, self.conns
+        perf = time.perf_counter_ns
+        t0 = perf()
+        w0 = t0 + int(spec.warmup * 1e9)
+        w1 = w0 + int(spec.seconds * 1e9)
+        next_mark = w0  # when the window opens, then when it closes, then the drain's end
+        period = int(1e9 / spec.rate) if spec.rate else 0
+        next_due = t0
+        rr = 0
+        if not period:  # closed loop: every slot starts at once
+            depth = spec.depth
+            for conn in conns:
+                self._refill(conn, list(range(conn.index * depth, (conn.index + 1) * depth)), True)
+        cpu0 = 0.0
+        opened = closed_at = 0
+        epfd = self.ep.fileno()
+        poll = self.ep.poll
+        while True:
+            now = perf()
+            if now >= next_mark:
+                if not opened:
+                    self._mark()
+                    cpu0, opened = cpu_self(), perf()
+                    self.recording = True
+                    next_mark = w1
+                elif not closed_at:
+                    result.generator_cpu_s = round(cpu_self() - cpu0, 6)
+                    closed_at = perf()
+                    self._mark()
+                    self.recording = self.issuing = self.closed_loop = False
+                    next_mark = now + int(spec.drain_timeout * 1e9)
+                else:
+                    break  # the drain timed out
+            if not self.issuing and self.in_flight == 0:
+                break
+            if period and self.issuing:
+                while next_due <= now:
+                    conn = conns[rr]
+                    rr = rr + 1 if rr + 1 < len(conns) else 0
+                    if conn.alive:
+                        if conn.free:
+                            slot = conn.free.pop()
+                            buf = self._patch(slot)
+                            self.start[slot] = next_due
+                            self._write(conn, buf)
+                        else:
+                            conn.waiting.append(next_due)
+                    next_due += period
+                # epoll waits in whole milliseconds; select() on the epoll fd itself waits
+                # in microseconds, so calls go out on time at any rate.
+                wait = (min(next_due, next_mark) - perf()) / 1e9
+                if wait > 0:
+                    select.select([epfd], [], [], wait)
+                events = poll(0)
+            else:
+                events = poll(max(0.0, (next_mark - now) / 1e9) + 1e-3)
+            now = perf()
+            for fd, ev in events:
+                conn = self.by_fd[fd]
+                if ev & select.EPOLLOUT and conn.unsent:
+                    self._flush(conn)
+                if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and conn.alive:
+                    self._read(conn, now)
+            if self.in_flight > result.max_in_flight:
+                result.max_in_flight = self.in_flight
+        for conn in conns:
+            if conn.alive:
+                result.not_sent += len(conn.waiting)
+        result.lost += self.in_flight
+        self.ep.close()
+        result.window_s = round((closed_at - opened) / 1e9, 4)
+        if result.window_s > 0:
+            result.calls_per_s = round(result.ok / result.window_s, 1)
+        if result.ok:
+            result.generator_cpu_us_per_call = round(1e6 * result.generator_cpu_s / result.ok, 3)
+        result.latency_ms = percentiles(self.latencies)
+        return result
+
+
+def parse_target(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.rawload",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--target", type=parse_target, required=True, metavar="HOST:PORT")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=1, help="calls in flight per connection")
+    parser.add_argument("--rate", type=float, help="open loop: calls per second in all")
+    parser.add_argument("--seconds", type=float, default=2.0, help="recorded window")
+    parser.add_argument("--warmup", type=float, default=0.3, help="unrecorded seconds first")
+    parser.add_argument("--method", choices=list(METHODS), default="alertSupervisor")
+    parser.add_argument("--hot", action="store_true", help="every call the same argument")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="binary")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="framed")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    spec = LoadSpec(
+        connections=args.connections,
+        depth=args.depth,
+        rate=args.rate,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        method=args.method,
+        hot=args.hot,
+        protocol=args.protocol,
+        transport=args.transport,
+    )
+    host, port = args.target
+    result = run_load(host, port, spec)
+    if args.json:
+        print(json.dumps(result.to_dict(), sort_keys=True))
+    else:
+        lat = result.latency_ms
+        print(
+            f"{spec.shape()}: {result.calls_per_s:,.0f} calls/s, ok {result.ok}, errors"
+            f" {result.errors}; latency ms p50 {lat.get('p50')} p99 {lat.get('p99')} p99.9"
+            f" {lat.get('p99.9')}; generator CPU {result.generator_cpu_us_per_call} µs/call"
+        )
+    return 0 if result.errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
