@@ -495,11 +495,11 @@ class _Loop:
                             conn.waiting.append(next_due)
                     next_due += period
                 # epoll waits in whole milliseconds; select() on the epoll fd itself waits
-                # in microseconds, so calls go out on time at any rate.
+                # in microseconds, so calls go out on time at any rate. Woken by the clock
+                # with nothing ready, the poll is skipped.
                 wait = (min(next_due, next_mark) - perf()) / 1e9
-                if wait > 0:
-                    select.select([epfd], [], [], wait)
-                events = poll(0)
+                ready = wait <= 0 or select.select([epfd], [], [], wait)[0]
+                events = poll(0) if ready else []
             else:
                 events = poll(max(0.0, (next_mark - now) / 1e9) + 1e-3)
             now = perf()

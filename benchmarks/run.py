@@ -1,12 +1,13 @@
 """The whole benchmark suite (``make bench``): runs each benchmark in its own process and
 writes benchmarks/results.md and benchmarks/results.json.
 
-    python -m benchmarks.run [--only primitives,proxy,nginx,cluster] [--out DIR]
+    python -m benchmarks.run [--only primitives,compare,cluster] [--baseline-rev REV] [--out DIR]
 
-Each benchmark is a separate ``python -m benchmarks.<name> --json`` child (each needs its own
-Twisted reactor), bounded by a time limit. A benchmark that fails is reported in both files
-and makes the exit status 1; nothing here judges the figures themselves. nginx is optional:
-without it that section says "nginx not available — skipped".
+Each benchmark is a separate ``python -m benchmarks.<name> --json`` child (the cluster one
+needs its own Twisted reactor), bounded by a time limit. A benchmark that fails is reported
+in both files and makes the exit status 1; nothing here judges the figures themselves.
+nginx and haproxy are optional: the comparison skips each that is missing, with the reason.
+``--baseline-rev`` goes to the comparison (a gateway of that git revision, side by side).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cluster, nginx_baseline, primitives, proxy
+from benchmarks import cluster, compare_report, primitives
 from benchmarks.common import machine_info, markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -35,17 +36,11 @@ SUITE: dict[str, tuple[str, list[str], Callable[[dict[str, Any]], str], float]] 
         primitives.render,
         120.0,
     ),
-    "proxy": (
-        "One gateway node vs. direct to the backend",
-        ["benchmarks.proxy"],
-        proxy.render,
-        240.0,
-    ),
-    "nginx": (
-        "Baseline: nginx TCP stream proxy vs. gateway passthrough",
-        ["benchmarks.nginx_baseline"],
-        nginx_baseline.render,
-        120.0,
+    "compare": (
+        "One gateway node vs. direct, nginx and haproxy (cheap load generator)",
+        ["benchmarks.compare"],
+        compare_report.render,
+        900.0,  # ~3 min; ~5 with --baseline-rev; the limit is only a backstop
     ),
     "cluster": (
         "Cluster: 3 nodes under a thundering herd",
@@ -56,9 +51,10 @@ SUITE: dict[str, tuple[str, list[str], Callable[[dict[str, Any]], str], float]] 
 }
 
 
-def run_one(name: str) -> dict[str, Any]:
+def run_one(name: str, extra: Sequence[str] = ()) -> dict[str, Any]:
     """Run one benchmark child; its JSON, or ``{"error": ...}``."""
     _, module, _, limit = SUITE[name]
+    module = [*module, *extra]
     argv = [sys.executable, "-m", *module, "--json"]
     print(f"bench: {' '.join(['python', '-m', *module])} ...", file=sys.stderr, flush=True)
     started = time.monotonic()
@@ -66,6 +62,11 @@ def run_one(name: str) -> dict[str, Any]:
     child = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         stdout, _ = child.communicate(timeout=limit)
+    except KeyboardInterrupt:
+        # Ctrl-C reached the child too (same process group): let it stop its processes.
+        child.terminate()
+        child.communicate(timeout=60)
+        raise
     except subprocess.TimeoutExpired:
         # SIGTERM first: the child then stops the processes it started (see
         # common.stop_children_on_sigterm); SIGKILL only if that hangs.
@@ -126,13 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--only", default=",".join(SUITE), help="comma list of benchmarks")
     parser.add_argument("--out", default=str(HERE), help="where results.md/.json go")
+    parser.add_argument("--baseline-rev", metavar="REV", help="compare: also this git revision")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in SUITE]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(SUITE)}")
     started = time.monotonic()
-    results = {name: run_one(name) for name in names}
+    extra = {"compare": ["--baseline-rev", args.baseline_rev] if args.baseline_rev else []}
+    results = {name: run_one(name, extra.get(name, [])) for name in names}
     elapsed = time.monotonic() - started
     machine = machine_info()
     markdown = render_markdown(machine, results, elapsed)
