@@ -119,7 +119,8 @@ def summarise(runs: list[dict[str, Any]], latencies: list[int]) -> dict[str, Any
     median = ordered[(len(ordered) - 1) // 2]
     out = {k: v for k, v in median.items() if k not in ("latency_ms", "wrong_samples")}
     out["latency_ms"] = percentiles(latencies)
-    out["errors"] = sum(r["errors"] for r in runs)
+    out["errors"] = sum(r["errors"] - r.get("not_sent", 0) for r in runs)
+    out["not_sent"] = sum(r.get("not_sent", 0) for r in runs)
     out["wrong_samples"] = [s for r in runs for s in r["wrong_samples"]][:5]
     out["runs"] = len(runs)
     out["calls_per_s_runs"] = [r["calls_per_s"] for r in runs]

@@ -99,18 +99,19 @@ def open_table(result: dict[str, Any]) -> str:
     headers = ["target"]
     for name in names:
         headers += [f"{name}: calls/s", "p50 ms", "p99 ms", "p99.9 ms", "proxy CPU µs/call"]
-    headers.append("errors + not sent")
+    headers += ["errors", "not sent"]
     rows = []
     for slug, _ in _in_order(result, open_loop["summary"][names[0]]):
         row: list[Any] = [labels[slug]]
-        problems = 0
+        errors = not_sent = 0
         for name in names:
             r = open_loop["summary"][name][slug]
             lat = r["latency_ms"]
             row += [r["calls_per_s"], lat.get("p50"), lat.get("p99"), lat.get("p99.9")]
             row.append(r["proxy_cpu_us_per_call_median"])
-            problems += r["errors"]
-        row.append(problems)
+            errors += r["errors"]
+            not_sent += r["not_sent"]
+        row += [errors, not_sent]
         rows.append(row)
     return markdown_table(headers, rows)
 
@@ -199,9 +200,10 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"Each closed-loop row: {settings['repeat']} runs interleaved with every other target"
         f" (order rotated per round), each {settings['warmup']:g} s warm-up + a recorded window"
-        f" ({settings['seconds']:g} s for sync and open loop, x0.7 for the others); calls/s and"
-        " CPU from the median-throughput run, latency over every call of every run. CPU per"
-        " call = utime+stime over the window / correct replies in it. The generator is"
+        f" ({settings['seconds']:g} s for sync and open loop, x0.7 for the others). Proxy CPU:"
+        " the median of the runs (each listed); calls/s, backend and generator CPU: the"
+        " median-throughput run; latency: over every call of every run. CPU per call ="
+        " utime+stime over the window / correct replies in it. The generator is"
         " `benchmarks.rawload` (one Python thread, epoll, pre-encoded calls, every reply"
         " checked by seqid and content); every target fronts the cheap backend"
         " `benchmarks.responder` unless it says otherwise.",
@@ -234,7 +236,10 @@ def render(result: dict[str, Any]) -> str:
             "",
             f"Calls due at a fixed rate, round-robin over {ol['connections']} connections (at"
             f" most {ol['max_in_flight_per_connection']} in flight each); latency from each"
-            " call's due time, so queueing in front of a slow target counts.",
+            " call's due time, so queueing in front of a slow target counts. Not sent: calls"
+            " due but still waiting for a free slot when the window closed (the target fell"
+            " behind the rate); they are not in the latencies. Proxy CPU per call is higher"
+            " than in the closed loop: at these rates every call wakes the proxy on its own.",
             "",
             open_table(result),
         ]
