@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,101 +180,100 @@ def progress(message: str) -> None:
     print(f"compare: {message}", file=sys.stderr, flush=True)
 
 
+Load = tuple[str, Callable[[Target], LoadSpec]]  # (shape name, the spec it sends a target)
+
+
+def interleaved(
+    targets: Sequence[Target], repeat: int, loads: Sequence[Load]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """``repeat`` rounds, each every target (order rotated per round) with every load: all
+    runs, and one summary row per load and target."""
+    runs: list[dict[str, Any]] = []
+    pooled: dict[tuple[str, str], list[int]] = {}
+    for r in range(repeat):
+        for order, target in enumerate(rotate(targets, r)):
+            for name, spec_for in loads:
+                row, lat = measure(target, spec_for(target))
+                row.update(shape=name, repeat=r, order=order)
+                runs.append(row)
+                pooled.setdefault((target.slug, name), []).extend(lat)
+                progress(
+                    f"round {r + 1}/{repeat} {target.slug} {name}:"
+                    f" {row['calls_per_s']:,.0f} calls/s,"
+                    f" proxy {row['proxy_cpu_us_per_call']} µs/call,"
+                    f" generator {row['generator_cpu_us_per_call']} µs/call,"
+                    f" p99 {row['latency_ms'].get('p99')} ms"
+                )
+    summary = {
+        name: {
+            t.slug: summarise(
+                [x for x in runs if x["target"] == t.slug and x["shape"] == name],
+                pooled[(t.slug, name)],
+            )
+            for t in targets
+        }
+        for name, _ in loads
+    }
+    return runs, summary
+
+
+def closed_loads(args: argparse.Namespace) -> list[Load]:
+    def spec_for(shape: Shape) -> Callable[[Target], LoadSpec]:
+        return lambda target: LoadSpec(
+            connections=shape.connections,
+            depth=shape.depth,
+            seconds=args.seconds * shape.share,
+            warmup=args.warmup,
+            hot=target.hot,
+        )
+
+    return [(shape.slug, spec_for(shape)) for shape in SHAPES]
+
+
+def open_loop_phase(
+    args: argparse.Namespace, targets: Sequence[Target], sync: dict[str, Any]
+) -> dict[str, Any]:
+    """Open loop at OPEN_FRACTIONS of the passthrough gateway's ``sync`` calls/s (or of the
+    first target's, without one), the same rate for every target."""
+    capacity_from = next((s for s in ("passthrough", "direct", *sync) if s in sync), None)
+    if capacity_from is None or args.open_repeat == 0:
+        return {}
+    capacity = sync[capacity_from]["calls_per_s"]
+    rates = {f"{int(f * 100)}%": round(f * capacity) for f in OPEN_FRACTIONS}
+
+    def spec_for(rate: int) -> Callable[[Target], LoadSpec]:
+        return lambda target: LoadSpec(
+            connections=OPEN_CONNECTIONS,
+            depth=OPEN_DEPTH,
+            rate=rate,
+            seconds=args.seconds,
+            warmup=args.warmup,
+            hot=target.hot,
+        )
+
+    open_targets = [t for t in targets if t.slug not in NOT_OPEN]
+    loads = [(f"open {name}", spec_for(rate)) for name, rate in rates.items()]
+    runs, summary = interleaved(open_targets, args.open_repeat, loads)
+    return {
+        "capacity_from": capacity_from,
+        "capacity_calls_per_s": capacity,
+        "rates": rates,
+        "connections": OPEN_CONNECTIONS,
+        "max_in_flight_per_connection": OPEN_DEPTH,
+        "summary": {name.removeprefix("open "): rows for name, rows in summary.items()},
+        "runs": runs,
+    }
+
+
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     raise_fd_limit()
     load_before = round(os.getloadavg()[0], 2)
     started = time.monotonic()
-    runs: list[dict[str, Any]] = []
-    pooled: dict[tuple[str, str], list[int]] = {}
     with Fleet() as fleet:
         baseline = start_fleet(fleet, args.only, args.baseline_rev)
         targets = fleet.targets
-        for r in range(args.repeat):
-            for order, target in enumerate(rotate(targets, r)):
-                for shape in SHAPES:
-                    spec = LoadSpec(
-                        connections=shape.connections,
-                        depth=shape.depth,
-                        seconds=args.seconds * shape.share,
-                        warmup=args.warmup,
-                        hot=target.hot,
-                    )
-                    row, lat = measure(target, spec)
-                    row.update(shape=shape.slug, repeat=r, order=order)
-                    runs.append(row)
-                    pooled.setdefault((target.slug, shape.slug), []).extend(lat)
-                    progress(
-                        f"repeat {r + 1}/{args.repeat} {target.slug} {shape.slug}:"
-                        f" {row['calls_per_s']:,.0f} calls/s,"
-                        f" proxy {row['proxy_cpu_us_per_call']} µs/call,"
-                        f" generator {row['generator_cpu_us_per_call']} µs/call"
-                    )
-        summary = {
-            shape.slug: {
-                t.slug: summarise(
-                    [x for x in runs if x["target"] == t.slug and x["shape"] == shape.slug],
-                    pooled[(t.slug, shape.slug)],
-                )
-                for t in targets
-            }
-            for shape in SHAPES
-        }
-        capacity_from = next(
-            (
-                s
-                for s in ("passthrough", "direct", *[t.slug for t in targets])
-                if s in summary["sync"]
-            ),
-            None,
-        )
-        open_loop: dict[str, Any] = {}
-        if capacity_from is not None and args.open_repeat > 0:
-            capacity = summary["sync"][capacity_from]["calls_per_s"]
-            rates = {f"{int(f * 100)}%": round(f * capacity) for f in OPEN_FRACTIONS}
-            open_targets = [t for t in targets if t.slug not in NOT_OPEN]
-            open_runs: list[dict[str, Any]] = []
-            open_pooled: dict[tuple[str, str], list[int]] = {}
-            for r in range(args.open_repeat):
-                for order, target in enumerate(rotate(open_targets, r)):
-                    for name, rate in rates.items():
-                        spec = LoadSpec(
-                            connections=OPEN_CONNECTIONS,
-                            depth=OPEN_DEPTH,
-                            rate=rate,
-                            seconds=args.seconds,
-                            warmup=args.warmup,
-                            hot=target.hot,
-                        )
-                        row, lat = measure(target, spec)
-                        row.update(shape=f"open {name}", repeat=r, order=order)
-                        open_runs.append(row)
-                        open_pooled.setdefault((target.slug, name), []).extend(lat)
-                        progress(
-                            f"open {r + 1}/{args.open_repeat} {target.slug} {name} ({rate}/s):"
-                            f" p99 {row['latency_ms'].get('p99')} ms"
-                        )
-            open_loop = {
-                "capacity_from": capacity_from,
-                "capacity_calls_per_s": capacity,
-                "rates": rates,
-                "connections": OPEN_CONNECTIONS,
-                "max_in_flight_per_connection": OPEN_DEPTH,
-                "summary": {
-                    name: {
-                        t.slug: summarise(
-                            [
-                                x
-                                for x in open_runs
-                                if x["target"] == t.slug and x["shape"] == f"open {name}"
-                            ],
-                            open_pooled[(t.slug, name)],
-                        )
-                        for t in open_targets
-                    }
-                    for name in rates
-                },
-                "runs": open_runs,
-            }
+        runs, summary = interleaved(targets, args.repeat, closed_loads(args))
+        open_loop = open_loop_phase(args, targets, summary["sync"])
         described = [
             {
                 "slug": t.slug,
@@ -351,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"python -m benchmarks.compare --repeat {args.repeat}"
         f" --open-repeat {args.open_repeat} --seconds {args.seconds:g}"
     )
+    if args.warmup != parser.get_default("warmup"):
+        command += f" --warmup {args.warmup:g}"
     if args.baseline_rev:
         command += f" --baseline-rev {args.baseline_rev}"
     if args.only != list(ALL_TARGETS):
