@@ -29,8 +29,9 @@ integration: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gateway demo
 
+# `make bench BASELINE=<rev>` also runs the gateway of that git revision in the comparison.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(if $(BASELINE),--baseline-rev $(BASELINE))
 
 # Regenerates the committed example code; needs Debian's thrift-compiler (0.17).
 # Each IDL file becomes a package named after it (gateway.examples.gen.supervisor, ...) whose
