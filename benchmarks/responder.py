@@ -69,9 +69,12 @@ def answer(protocol: str, message: bytes) -> bytes | None:
 
 
 class Responder:
-    def __init__(self, listener: socket.socket, delay: float) -> None:
+    def __init__(self, listener: socket.socket, delay: float, record: bool = False) -> None:
         self.listener = listener
         self.delay_ns = int(delay * 1e9)
+        # With ``record``: (time.monotonic() of arrival, call bytes without seqid) per call,
+        # for benchmarks that time when calls reach the backend (benchmarks.failover).
+        self.arrivals: list[tuple[float, bytes]] | None = [] if record else None
         self.ep = select.epoll()
         self.ep.register(listener.fileno(), select.EPOLLIN)
         self.conns: dict[int, socket.socket] = {}
@@ -159,6 +162,8 @@ class Responder:
             else:
                 self._close(fd)  # not a protocol this responder speaks
                 return
+            if self.arrivals is not None:
+                self.arrivals.append((time.monotonic(), key))
             parts = cache.get((kind, key))
             if parts is None:
                 parts = self._learn(kind, data[m:stop], seq_at - m, len(seq))

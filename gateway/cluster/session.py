@@ -38,6 +38,7 @@ from gateway.primitives import DeferredDict
 log = Logger(namespace="gateway.cluster")
 
 RENEWALS_PER_TTL = 2.5  # a renewal may be lost (or slow) once without the session lapsing
+OVERDUE_MARGIN_MS = 60  # how late a renewal may be (scheduling jitter) before it is "missed"
 
 
 def new_session(node_id: str) -> str:
@@ -67,7 +68,7 @@ def is_dead(pttl_ms: int, subscribers: int | None, ttl_ms: int, renew_ms: float)
         return True
     if subscribers == 0 and pttl_ms >= 0:
         since_renewal = ttl_ms - pttl_ms
-        return since_renewal > renew_ms * 1.25
+        return since_renewal > renew_ms + OVERDUE_MARGIN_MS
     return False
 
 
