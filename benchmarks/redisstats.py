@@ -21,10 +21,18 @@ from typing import Any
 
 import redis
 
-# The heartbeat (HSET, PEXPIRE, ZADD, ZREMRANGEBYSCORE once a second, pipelined) and the
-# connections' keepalive PING run whatever the traffic; everything else is the call path.
-BACKGROUND = frozenset({"hset", "pexpire", "zadd", "zremrangebyscore", "ping"})
-_LINE = re.compile(r'^\S+ \[\d+ ([^\]]*)\] "([^"]*)"')
+from gateway.cluster.heartbeat import BEAT
+
+# What a node sends whatever the traffic: the heartbeat (the BEAT script, a node-index ZADD
+# every 10 beats, an hourly trim; hot-key ZINCRBYs when there are some), the session
+# renewals (SET) and the connections' keepalive PING. Everything else is the call path
+# (decide/poll/complete/renew scripts, result GETs, and the session checks - PTTL, PUBSUB
+# NUMSUB - a node makes only while it follows another node's leader).
+BACKGROUND = frozenset(
+    {"beat", "set", "zadd", "zremrangebyscore", "zincrby", "zremrangebyrank", "pexpire", "ping"}
+)
+_BEAT_SHA = BEAT.sha
+_LINE = re.compile(r'^\S+ \[\d+ ([^\]]*)\] "([^"]*)"(?: "([^"]*)")?')
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,10 @@ class CommandLog:
             if self._sentinel in line:
                 return
             if match := _LINE.match(line):
-                self.commands.append(Command(match.group(1), match.group(2).lower()))
+                name = match.group(2).lower()
+                if name == "evalsha" and match.group(3) == _BEAT_SHA:
+                    name = "beat"  # the heartbeat script, not a call's coordination step
+                self.commands.append(Command(match.group(1), name))
 
     def stop(self) -> list[Command]:
         with redis.Redis(port=self.port, socket_timeout=10) as client:

@@ -1,7 +1,8 @@
 """The whole benchmark suite (``make bench``): runs each benchmark in its own process and
 writes benchmarks/results.md and benchmarks/results.json.
 
-    python -m benchmarks.run [--only primitives,compare,cluster] [--baseline-rev REV] [--out DIR]
+    python -m benchmarks.run [--only primitives,compare,cluster,failover] [--baseline-rev REV]
+                             [--out DIR]
 
 Each benchmark is a separate ``python -m benchmarks.<name> --json`` child (the cluster one
 needs its own Twisted reactor), bounded by a time limit. A benchmark that fails is reported
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cluster, compare_report, primitives
+from benchmarks import cluster, compare_report, failover, primitives
 from benchmarks.common import machine_info, markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -44,8 +45,18 @@ SUITE: dict[str, tuple[str, list[str], Callable[[dict[str, Any]], str], float]] 
     ),
     "cluster": (
         "Cluster: 3 nodes under a thundering herd",
-        ["benchmarks.cluster"],
+        # 10,000 identical calls in one window: a 5 s backend call outlasts sending them all.
+        [
+            "benchmarks.cluster",
+            *("--clients", "10000", "--delay", "5", "--herds", "2", "--waiters", "10000"),
+        ],
         cluster.render,
+        300.0,
+    ),
+    "failover": (
+        "Leader killed mid-call (kill -9): takeover through node sessions",
+        ["benchmarks.failover", "--runs", "10"],
+        failover.render,
         180.0,
     ),
 }
