@@ -288,9 +288,11 @@ def test_call_in_flight_finishes_on_the_replaced_backend_before_it_closes() -> N
     assert wires.open(9001) == 2  # the old connection closed once its call was answered
 
 
-def test_retired_backend_closes_after_the_longest_timeout_even_if_a_flight_is_stuck() -> None:
+def test_retired_backend_closes_after_the_longest_timeout_even_if_a_flight_is_stuck(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A flight running at the reload that never ends holds the old pools open only until
-    the old config's longest method timeout has passed."""
+    the old config's longest method timeout has passed, which is logged."""
     methods = {"*": {"timeout": 2}, "slow": {"timeout": 4}}
     node, reactor, wires = started_node(config(backends=backends(default=9001), methods=methods))
     stuck: Deferred[Any] = Deferred()
@@ -298,8 +300,14 @@ def test_retired_backend_closes_after_the_longest_timeout_even_if_a_flight_is_st
     node.reload(config(backends=backends(default=9002)))
     reactor.advance(3.9)
     assert wires.open(9001) == 1
+    caplog.set_level(logging.INFO, logger="gateway")
     reactor.advance(0.1)
     assert wires.open(9001) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "backend default: calls from before the reload still underway after 4s (the longest "
+        "method timeout); closing its old connections",
+        "backend default: closed 1 retired pool(s) (127.0.0.1:9001)",
+    ]
     stuck.callback(None)
 
 

@@ -166,10 +166,9 @@ def retire_when_idle(
     def stop_waiting(reason: Failure) -> None:
         if isinstance(reason.value, defer.TimeoutError):
             log.warning(
-                "backend %s: %d call(s) still underway %gs after the reload; closing its old "
-                "connections",
+                "backend %s: calls from before the reload still underway after %gs (the "
+                "longest method timeout); closing its old connections",
                 backend.name,
-                backend.in_flight,
                 bound,
             )
         elif not isinstance(reason.value, CancelledError):
