@@ -11,13 +11,14 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from gateway.config import ConfigError, GatewayConfig, advertised_address, load_config
+from gateway.config import ConfigError, GatewayConfig, advertised_address, load_config_file
 from gateway.contracts import Coordinator
 from gateway.flights import FlightTable
 from gateway.logs import setup_logging
 from gateway.observe import Observations
 from gateway.proxy.local import LocalCoordinator
 from gateway.proxy.node import DrainSummary, GatewayNode
+from gateway.proxy.reload import reload_from
 from gateway.reactors import as_reactor
 from gateway.stats import NodeStats
 
@@ -81,11 +82,16 @@ def build_cluster(
 
 def load_from_args(args: argparse.Namespace) -> GatewayConfig:
     """The config of ``serve`` / ``check-config``: the file (may be None) plus the flags."""
+    return load_file_from_args(args)[0]
+
+
+def load_file_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, str | None]:
+    """:func:`load_from_args`, plus the SHA-256 of the config file (None without one)."""
     overrides = {
         name: getattr(args, name)
         for name in ("listen", "backend", "node_id", "admin", "advertise", "redis", "log_format")
     }
-    return load_config(args.config, overrides)
+    return load_config_file(args.config, overrides)
 
 
 def run_check_config(args: argparse.Namespace) -> int:
@@ -105,7 +111,7 @@ def run_check_config(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
-        config = load_from_args(args)
+        config, config_sha256 = load_file_from_args(args)
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2
@@ -129,6 +135,7 @@ def run_serve(args: argparse.Namespace) -> int:
         mode=cluster.mode,
         flights=flights,
         observations=observations,
+        config_sha256=config_sha256,
     )
     try:
         node.start()
@@ -150,7 +157,8 @@ def run_serve(args: argparse.Namespace) -> int:
         if stopping[0]:
             return
         stopping[0] = True
-        log.info("signal %d: draining (up to %gs)", signum, config.drain_timeout)
+        drain_timeout = node.config.drain_timeout  # a reload may have changed it
+        log.info("signal %d: draining (up to %gs)", signum, drain_timeout)
 
         def finished(summary: DrainSummary) -> Deferred[None] | None:
             print(summary.line(config.node_id), flush=True)
@@ -167,10 +175,23 @@ def run_serve(args: argparse.Namespace) -> int:
                 return None
             return stopped.addBoth(exit_reactor)
 
-        reactor.callFromThread(lambda: node.stop(config.drain_timeout).addCallback(finished))
+        reactor.callFromThread(lambda: node.stop(drain_timeout).addCallback(finished))
+
+    def reload(_signum: int, _frame: object) -> None:
+        def apply() -> None:
+            if stopping[0]:
+                log.info("SIGHUP ignored: the node is shutting down")
+                return
+            # The same file and flags serve started with; see gateway.proxy.reload.
+            reload_from(
+                node, lambda: load_file_from_args(args), args.config or "the command-line flags"
+            )
+
+        reactor.callFromThread(apply)
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGHUP, reload)
 
     # Everything alive now (modules, config, the node) lives as long as the process. Frozen,
     # it is left out of the cyclic collector's full collections, which the objects of calls

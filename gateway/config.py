@@ -6,6 +6,7 @@ every error names the offending key. README "Configuration reference" documents 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import tomllib
@@ -301,15 +302,33 @@ def load_config(path: str | None, overrides: dict[str, str | None]) -> GatewayCo
 
     Override keys: listen, backend, node_id, admin, advertise, redis, log_format.
     """
+    return load_config_file(path, overrides)[0]
+
+
+def load_config_file(
+    path: str | None, overrides: dict[str, str | None]
+) -> tuple[GatewayConfig, str | None]:
+    """:func:`load_config`, plus the SHA-256 (hex) of the file's bytes (None without a file).
+
+    The digest is of the very bytes parsed (read once), so what ``/healthz`` reports matches
+    ``sha256sum`` of the file the running config came from, even if it is rewritten later.
+    """
     raw: dict[str, Any] = {}
+    digest = None
     if path is not None:
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            data = Path(path).read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            raw = tomllib.loads(data.decode())
         except FileNotFoundError:
             raise ConfigError(f"config file {path}: not found") from None
+        except OSError as exc:  # unreadable (permissions, a directory): still one line
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: not UTF-8 ({exc.reason})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
-    return build_config(raw, overrides)
+    return build_config(raw, overrides), digest
 
 
 def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> GatewayConfig:

@@ -123,6 +123,18 @@ class FlightTable:
             key=lambda info: -info.age,
         )
 
+    def settled(self) -> Deferred[None]:
+        """Fires once every flight and background task running *now* has finished.
+
+        Flights started later do not count: a config reload waits for the calls that may
+        still use the backends it replaced (a flight may reach its backend only after a
+        Redis round trip), not for the traffic that follows it.
+        """
+        running_now = DeferredPool()
+        for flight in self._running:
+            running_now.add(flight.deferred)  # transparent: passes every result through
+        return running_now.notify_when_empty()
+
     def drain(self, timeout: float) -> Deferred[int]:
         """Wait up to ``timeout`` seconds for everything running; abandon what is left.
 

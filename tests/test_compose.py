@@ -193,6 +193,15 @@ def test_nodes_advertise_their_service_address() -> None:
         assert (host, int(advertised_port)) == (name, port)
 
 
+def test_nodes_read_their_config_from_the_mounted_deploy_directory() -> None:
+    """Each node's --config lies in the host's deploy/ directory, mounted read-only, so an
+    edited deploy/gateway.toml reaches the node on SIGHUP (`docker compose kill -s HUP`)."""
+    services = compose()
+    for name, args in serve_nodes(services).items():
+        assert "./deploy:/app/deploy:ro" in services[name]["volumes"], name
+        assert args.config.startswith("/app/deploy/"), name
+
+
 def test_prometheus_scrapes_exactly_the_nodes_admin_ports() -> None:
     """The mounted prometheus.yml scrapes every node's admin endpoint, and loads the alerts
     from the same mounted directory."""

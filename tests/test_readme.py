@@ -76,11 +76,16 @@ def test_commands_parse(line: str) -> None:
     elif argv[:2] == ["docker", "compose"]:
         services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
         command = argv[2]
-        assert command in ("up", "down", "logs", "run", "ps"), line
-        if command in ("up", "logs", "run"):
+        assert command in ("up", "down", "logs", "run", "ps", "kill"), line
+        if command in ("up", "logs", "run", "kill"):
             # Service names are the positional words: after the flags (and, for run, the
-            # first one is the service, the rest its command).
-            names = [word for word in argv[3:] if not word.startswith("-")]
+            # first one is the service, the rest its command). kill's `-s SIGNAL` takes a value.
+            words = argv[3:]
+            names = [
+                word
+                for i, word in enumerate(words)
+                if not word.startswith("-") and (i == 0 or words[i - 1] not in ("-s", "--signal"))
+            ]
             if command == "run":
                 names = names[:1]
                 assert names, line

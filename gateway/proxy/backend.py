@@ -21,7 +21,13 @@ from twisted.python.failure import Failure
 
 from gateway.contracts import MethodPolicy
 from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError
-from gateway.primitives import AllAttemptsFailed, RetryingCall, exponential_backoff, first_success
+from gateway.primitives import (
+    AllAttemptsFailed,
+    DeferredPool,
+    RetryingCall,
+    exponential_backoff,
+    first_success,
+)
 from gateway.proxy.upstream import UpstreamPool
 from gateway.reactors import as_clock
 from gateway.thrift import MessageHeader, ProtocolKind
@@ -48,6 +54,18 @@ class Backend:
         self._hedge_after = hedge_after
         self._rr = 0
         self._retry_backoff = retry_backoff or (lambda: exponential_backoff(0.02, 2.0, 0.5))
+        # Calls underway through this backend (retries and hedges included): a config reload
+        # that replaces or removes it closes its pools only once they are over (idle()).
+        self._calls = DeferredPool(clock)
+
+    @property
+    def in_flight(self) -> int:
+        """Calls underway through this backend now."""
+        return len(self._calls)
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no call is underway through this backend (at once if none is)."""
+        return self._calls.notify_when_empty()
 
     def start(self) -> None:
         for pool in self.pools:
@@ -72,6 +90,11 @@ class Backend:
         ``header``, if given, must be ``read_header(message, self.protocol)``; it goes along
         to the connection (every attempt sends the same bytes) to spare decoding it again.
         """
+        return self._calls.add(self._call(message, policy, oneway, header))
+
+    def _call(
+        self, message: bytes, policy: MethodPolicy, oneway: bool, header: MessageHeader | None
+    ) -> Deferred[bytes]:
         self._rr += 1
         if oneway:
             return self._pool().call(message, timeout=policy.timeout, oneway=True, header=header)

@@ -94,6 +94,15 @@ class CallHandler:
         self._limits = limits
         self._metrics = metrics
 
+    def reroute(self, router: Router, backends: Mapping[str, BackendLike]) -> None:
+        """Route calls that arrive from now on with ``router`` to ``backends`` (a reload).
+
+        Calls already underway keep the route and backend they resolved on arrival: both
+        are looked up once, at the top of :meth:`handle`, and held by the call from there.
+        """
+        self._router = router
+        self._backends = backends
+
     def handle(
         self, message: bytes, protocol: ProtocolKind, header: MessageHeader | None = None
     ) -> Deferred[bytes | None]:

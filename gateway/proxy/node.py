@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
 from gateway.config import GatewayConfig
 from gateway.contracts import Coordinator
@@ -25,6 +26,16 @@ from gateway.proxy.backend import Backend
 from gateway.proxy.connections import ClientLimits
 from gateway.proxy.handler import CallHandler
 from gateway.proxy.metrics import Metrics
+from gateway.proxy.reload import (
+    ConfigStatus,
+    ConfigStatusCollector,
+    ReloadReport,
+    longest_timeout,
+    merged,
+    plan_backends,
+    restart_needed,
+    retire_when_idle,
+)
 from gateway.proxy.router import Router
 from gateway.proxy.server import GatewayFactory
 from gateway.proxy.upstream import UpstreamPool
@@ -87,11 +98,14 @@ class GatewayNode:
         mode: Callable[[], str] = lambda: "disabled",
         flights: FlightTable | None = None,
         observations: Observations | None = None,
+        config_sha256: str | None = None,
     ) -> None:
+        """``config_sha256``: of the config file ``config`` was read from (for /healthz)."""
         self.config = config
         self.stats = stats or NodeStats()
         self.observations = observations or Observations()
         self._reactor = as_reactor(reactor)
+        self._timer: IReactorTime = reactor
         self._mode = mode
         self.limits = Limits(
             max_frame_size=config.max_frame_size,
@@ -102,6 +116,10 @@ class GatewayNode:
         self.metrics = Metrics(
             self.stats, config.node_id, mode, self.observations, now=self._reactor.seconds
         )
+        self.config_status = ConfigStatus(config_sha256, self._reactor.seconds())
+        self.metrics.registry.register(ConfigStatusCollector(self.config_status, config.node_id))
+        # Backends a reload replaced or removed, until their calls in flight are over.
+        self._retiring: dict[Backend, Deferred[None]] = {}
         self.flights = flights or FlightTable(reactor, hot_keys=self.observations.hot_keys)
         if self.observations.flights is None:
             self.observations.flights = self.flights  # the "oldest call in flight" gauge
@@ -139,6 +157,7 @@ class GatewayNode:
             "node_id": self.config.node_id,
             "redis": self._mode(),
             "in_flight": self.stats.in_flight,
+            "config": self.config_status.health(),
         }
 
     def start(self) -> None:
@@ -171,6 +190,69 @@ class GatewayNode:
         assert self.admin_port is not None
         port: int = self.admin_port.getHost().port
         return port
+
+    def reload(self, loaded: GatewayConfig, sha256: str | None = None) -> ReloadReport:
+        """Apply ``loaded`` (a complete, validated config) to the running node.
+
+        New calls use it at once; calls underway finish on the routes and backends they
+        started with; client connections are untouched. Settings a reload cannot change
+        keep their running values (``restart_needed`` in the report). Everything that can
+        fail (building backends) happens before the first change, so a failure leaves the
+        node as it was. See :mod:`gateway.proxy.reload`.
+        """
+        running = self.config
+        config = merged(running, loaded)
+        plan = plan_backends(
+            running.backends,
+            self.backends,
+            config.backends,
+            lambda changed: build_backends(
+                replace(config, backends=changed), self._reactor, self.limits
+            ),
+        )
+        router = Router(config)
+        # Applied in one reactor turn, so no call sees half of it. New pools connect first:
+        # a call routed to them in the meantime waits for the first connection.
+        for pool in plan.fresh_pools:
+            pool.start()
+        self.handler.reroute(router, plan.backends)
+        self.backends = plan.backends
+        self.config = config
+        bound = longest_timeout(running)  # every call the old config started ends by then
+        for backend in plan.retired:
+            self._retire(backend, bound)
+        restart = tuple(restart_needed(running, loaded))
+        self.config_status.succeeded(sha256, self._reactor.seconds(), restart)
+        return ReloadReport(
+            backends=len(config.backends),
+            methods=len(config.methods),
+            added=tuple(plan.added),
+            changed=tuple(plan.changed),
+            removed=tuple(plan.removed),
+            restart_needed=restart,
+        )
+
+    def _retire(self, backend: Backend, bound: float) -> None:
+        retired = retire_when_idle(backend, self.flights.settled(), self._timer, bound)
+        self._retiring[backend] = retired
+        retired.addCallback(lambda _: self._close_retired(backend))
+
+    def _close_retired(self, backend: Backend) -> None:
+        """Stop the pools of a retired ``backend`` that no backend in use shares."""
+        self._retiring.pop(backend, None)
+        in_use = {
+            pool for live in (*self.backends.values(), *self._retiring) for pool in live.pools
+        }
+        closing = [pool for pool in backend.pools if pool not in in_use]
+        for pool in closing:
+            pool.stop()
+        if closing:
+            log.info(
+                "backend %s: closed %d retired pool(s) (%s)",
+                backend.name,
+                len(closing),
+                ", ".join(pool.address for pool in closing),
+            )
 
     def stop(self, drain_timeout: float) -> Deferred[DrainSummary]:
         """Stop accepting; wait up to ``drain_timeout`` for client calls and flights; close.
@@ -205,6 +287,8 @@ class GatewayNode:
                 abandoned_flights,
                 calls_left,
             )
+        for retiring in list(self._retiring.values()):
+            retiring.cancel()  # fires it: its pools close now (shared ones below)
         for backend in self.backends.values():
             backend.stop()
         if self.admin_port is not None:
