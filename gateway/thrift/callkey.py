@@ -45,7 +45,7 @@ from uuid import UUID
 
 from gateway.thrift.kinds import DEFAULT_LIMITS, Limits, ProtocolKind
 from gateway.thrift.message import MessageHeader, read_header
-from gateway.thrift.walk import walk_body
+from gateway.thrift.walk import scan_body, walk_body
 
 _B = struct.Struct(">b")
 _H = struct.Struct(">h")
@@ -56,6 +56,7 @@ _U32 = struct.Struct(">I")
 _FIELD = struct.Struct(">Bh")
 _COLLECTION = struct.Struct(">BI")
 _MAP = struct.Struct(">BBI")
+_COMPACT = ProtocolKind.COMPACT
 
 
 def _entry_key(entry: tuple[bytes, bytes]) -> bytes:
@@ -224,6 +225,10 @@ def canonical_args(
     """
     if header is None:
         header = read_header(message, protocol)
+    # Binary bodies are usually canonical already (see binscan): then the body bytes are
+    # the canonical form, checked in one quick pass instead of a walk.
+    if not exclude_fields and protocol is not _COMPACT and scan_body(message, header, limits):
+        return message[header.body_offset :]
     sink = CanonicalSink()
     walk_body(message, header, protocol, sink, limits, exclude_fields)
     return bytes(sink.out)

@@ -21,6 +21,7 @@ from typing import Any
 from thrift.protocol.TCompactProtocol import TCompactProtocol
 from thrift.Thrift import TType
 
+from gateway.thrift.binscan import scan_struct
 from gateway.thrift.kinds import Limits, MalformedMessage, ProtocolKind
 from gateway.thrift.message import MessageHeader
 from gateway.thrift.protocols import DECODE_ERRORS, InputBuffer, Truncated, reader
@@ -266,4 +267,21 @@ def validate_body(
     cannot decode a call may drop its connection, and with it other clients' calls.
     Raises :class:`MalformedMessage` carrying ``header``.
     """
+    if protocol is not ProtocolKind.COMPACT:  # binary bodies: the fast scanner
+        scan_body(message, header, limits)
+        return
     walk_body(message, header, protocol, NULL_SINK, limits)
+
+
+def scan_body(message: bytes, header: MessageHeader, limits: Limits) -> bool:
+    """Check a binary message's body with the fast scanner; True if it is canonical.
+
+    The same checks as :func:`walk_body` (same limits, same errors, carrying ``header``).
+    """
+    try:
+        end, canonical = scan_struct(message, header.body_offset, limits)
+    except MalformedMessage as exc:
+        raise MalformedMessage(str(exc), header) from None
+    if end != len(message):
+        raise MalformedMessage("bytes after the message body", header)
+    return canonical
