@@ -12,8 +12,8 @@ frames, split by :meth:`MessageReader.feed_parsed`, their info headers ignored, 
 by the message seqid like any other.
 
 A reply over ``max_frame_size`` fails only its own call (:class:`ReplyTooLarge`): on a framed
-or THeader connection its header is read from the frame's first bytes, the rest is discarded as it
-streams in, and the connection with every other call on it goes on. An unframed (buffered)
+or THeader connection its header is read from the frame's first bytes, the rest is discarded
+as it streams in, and the connection with every other call on it goes on. An unframed (buffered)
 connection cannot skip a message without parsing all of it, so there the replies that came
 whole before it are delivered, its own call fails with ReplyTooLarge, and the connection is
 dropped (the other calls on it fail with :class:`ConnectionLost`). Replies that arrived whole
