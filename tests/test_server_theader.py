@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_server import Setup
+from test_server import BufferingTransport, Setup
 from test_thrift_theader import raw_frame, stock_call, stock_read
 from thrift.Thrift import TApplicationException, TMessageType, TType
 from thrift_messages import message
@@ -303,6 +303,23 @@ def test_max_pipelined_holds_theader_calls() -> None:
         s.backend.reply(b"ack")
     assert [g["seqid"] for g in stock_replies(s.transport.value())] == [1, 2, 3, 4, 5]
     assert s.transport.producerState == "producing"
+
+
+def test_unread_theader_replies_stop_reading_until_drained() -> None:
+    """A THeader client that does not read its reply frames stops being read once more than
+    max_unsent_bytes wait, and is read again once they drained."""
+    s = Setup(client_limits=ClientLimits(max_unsent_bytes=200))
+    transport = BufferingTransport()
+    conn = s.factory.buildProtocol(None)
+    assert conn is not None
+    conn.makeConnection(transport)
+    conn.dataReceived(b"".join(header_call(i, b"m%d" % i) for i in range(1, 11)))
+    s.answer_all()
+    assert transport.unsent > 200 and transport.producerState == "paused"
+    assert s.stats.reads_paused_unsent == 1
+    transport.flush()
+    assert transport.producerState == "producing"
+    assert [g["seqid"] for g in stock_replies(transport.value())] == list(range(1, 11))
 
 
 def test_held_theader_calls_before_a_bad_frame_are_answered_then_closed() -> None:
