@@ -192,7 +192,8 @@ class ClientConnection(Protocol):
         self._close(f"bad THeader frame ({exc})")
 
     def _answer_skipped(self) -> None:
-        """Answer the framed calls over max_frame_size that the reader skipped unread."""
+        """Answer the framed or THeader calls over max_frame_size that the reader skipped
+        unread (THeader ones in a frame echoing theirs)."""
         assert self._reader is not None
         table = self._table
         for skipped in self._reader.take_skipped():
