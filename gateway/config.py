@@ -21,7 +21,7 @@ from gateway.contracts import MethodPolicy
 from gateway.observe import PREVIEW_LIMIT
 
 MODES = ("coalesce", "cache", "passthrough")
-TRANSPORTS = ("framed", "buffered")
+TRANSPORTS = ("framed", "buffered", "header")
 PROTOCOLS = ("binary", "binary-nonstrict", "compact")
 
 
@@ -185,6 +185,11 @@ def parse_policy(raw: dict[str, Any], where: str, base: MethodPolicy) -> MethodC
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise ConfigError(f"{where}.exclude_fields: expected a list of field ids")
         kwargs["exclude_fields"] = frozenset(ids)
+    if "key_headers" in table:
+        names = _take(table, "key_headers", list, where)
+        if not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"{where}.key_headers: expected a list of non-empty header names")
+        kwargs["key_headers"] = frozenset(names)
     backend = _take(table, "backend", str, where) if "backend" in table else None
     preview = 0
     if "preview" in table:
@@ -238,6 +243,9 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
             kwargs[name_] = float(_take(table, name_, (int, float), where))
             _positive(kwargs[name_], f"{where}.{name_}")
     _reject_unknown(table, where)
+    if kwargs.get("transport") == "header" and kwargs.get("protocol") == "binary-nonstrict":
+        # A THeader frame names its protocol: binary (strict) or compact, nothing else.
+        raise ConfigError(f"{where}.protocol: transport 'header' carries binary or compact")
     return BackendConfig(name=name, **kwargs)
 
 

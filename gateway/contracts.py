@@ -46,6 +46,8 @@ class MethodPolicy:
     idempotent: bool = False  # may be retried on connection failures and hedged
     timeout: float = 30.0  # per-call backend timeout, seconds
     exclude_fields: frozenset[int] = field(default_factory=frozenset)
+    # THeader info headers that are part of the call key (names as sent, case-sensitive).
+    key_headers: frozenset[str] = field(default_factory=frozenset)
 
     def may_cache(self, kind: ReplyKind) -> bool:
         """True when a reply of ``kind`` may be stored as a cache entry."""

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from clients.sync_client import ExampleClient
 from gateway.contracts import BackendCall, MethodPolicy, Outcome, Source
-from gateway.thrift import MessageHeader, MessageType, ProtocolKind, read_header
+from gateway.thrift import Headers, MessageHeader, MessageType, ProtocolKind, read_header
 from gateway.thrift.message import encode_header
 from gateway.thrift.protocols import OutputBuffer, writer
 
@@ -39,14 +39,16 @@ from gateway.thrift.protocols import OutputBuffer, writer
 class ScriptedBackend:
     """A backend double (``proxy.handler.BackendLike``): records calls, the test answers them.
 
-    ``calls`` holds (message, policy, oneway) per call; ``pending`` the (message, Deferred)
-    pairs of calls not yet answered, in arrival order (oneway calls never wait, so they are
-    only in ``calls``). Cancelling one records it in ``cancelled``.
+    ``calls`` holds (message, policy, oneway) per call and ``headers`` the THeader info
+    headers each was sent with; ``pending`` the (message, Deferred) pairs of calls not yet
+    answered, in arrival order (oneway calls never wait, so they are only in ``calls``).
+    Cancelling one records it in ``cancelled``.
     """
 
     def __init__(self, protocol: ProtocolKind = ProtocolKind.BINARY) -> None:
         self._protocol = protocol
         self.calls: list[tuple[bytes, MethodPolicy, bool]] = []
+        self.headers: list[Headers] = []
         self.pending: list[tuple[bytes, Deferred[bytes]]] = []
         self.cancelled = 0
 
@@ -60,8 +62,10 @@ class ScriptedBackend:
         policy: MethodPolicy,
         oneway: bool = False,
         header: MessageHeader | None = None,
+        headers: Headers = (),
     ) -> Deferred[bytes]:
         self.calls.append((message, policy, oneway))
+        self.headers.append(headers)
         if oneway:
             return succeed(b"")
 

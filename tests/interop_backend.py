@@ -8,7 +8,10 @@ Run as a process by tests/test_interop.py (and stopped by PID)::
 One process serves every transport/protocol configuration of its stack, each on its own
 OS-chosen loopback port, and prints ``interop-backend CONFIG listening on 127.0.0.1:PORT``
 per configuration, then ``interop-backend ready``. The handler is the same for both stacks:
-echo every argument back, raise the declared exceptions on request, count oneway calls.
+echo every argument back, raise the declared exceptions on request, count oneway calls. The
+stock THeader configuration also prints the info headers of every call that carries a
+``probe`` header (``interop-backend headers METHOD KEY=VALUE ...``), so a test can see which
+headers reached the backend.
 """
 
 from __future__ import annotations
@@ -70,6 +73,24 @@ class Handler:
         return len(blob)
 
 
+class HeaderProbe:
+    """A stock processor that prints the info headers of calls carrying a ``probe`` header.
+
+    Printed after the call is answered: a client may see its reply a moment before the line.
+    """
+
+    def __init__(self, processor: Any) -> None:
+        self._processor = processor
+
+    def process(self, iprot: Any, oprot: Any) -> Any:
+        result = self._processor.process(iprot, oprot)
+        headers = iprot.trans.get_headers()
+        if b"probe" in headers:
+            pairs = " ".join(f"{k.decode()}={v.decode()}" for k, v in sorted(headers.items()))
+            print(f"interop-backend headers {pairs}", flush=True)
+        return result
+
+
 def _serve(name: str, server: Any, port_of: Any) -> None:
     """Run ``server.serve()`` in a daemon thread and print its real port once bound."""
     threading.Thread(target=server.serve, name=name, daemon=True).start()
@@ -107,7 +128,11 @@ def _stock(gen_dir: str) -> None:
         for t in transports
         for p in protocols
     }
-    configs["thrift-header"] = (processor, TTransportFactoryBase(), THeaderProtocolFactory())
+    configs["thrift-header"] = (
+        HeaderProbe(processor),
+        TTransportFactoryBase(),
+        THeaderProtocolFactory(),
+    )
     configs["thrift-multiplexed"] = (multiplexed, transports["framed"], protocols["binary"])
     for name, (proc, trans, prot) in configs.items():
         socket = TServerSocket(host=HOST, port=0)

@@ -316,13 +316,18 @@ def stock_types(gen_dir: Path) -> Any:
 
 @contextmanager
 def stock_client(
-    gen_dir: Path, host: str, port: int, dialect: str, service: str | None = None
+    gen_dir: Path,
+    host: str,
+    port: int,
+    dialect: str,
+    service: str | None = None,
+    headers: dict[bytes, bytes] | None = None,
 ) -> Iterator[Any]:
     """A stock Apache Thrift Python client (sync TSocket) speaking ``dialect``.
 
     ``service``: wrap the protocol in TMultiplexedProtocol with that service name. Header
     dialects use THeaderProtocol (binary or compact inside, optionally zlib, with two info
-    headers).
+    headers, plus ``headers``).
     """
     if str(gen_dir) not in sys.path:
         sys.path.insert(0, str(gen_dir))
@@ -363,7 +368,7 @@ def stock_client(
         protocol = TMultiplexedProtocol(protocol, service)
     client = Interop.Client(protocol)
     if header_protocol is not None:
-        _add_headers_per_call(client, header_protocol)
+        _add_headers_per_call(client, header_protocol, headers or {})
     transport.open()
     try:
         yield client
@@ -371,14 +376,16 @@ def stock_client(
         transport.close()
 
 
-def _add_headers_per_call(client: Any, header_protocol: Any) -> None:
+def _add_headers_per_call(client: Any, header_protocol: Any, extra: dict[bytes, bytes]) -> None:
     """Send two info headers with every call (THeaderTransport clears them on each flush):
-    a fresh trace id, which must stay out of the call key, and a tenant."""
+    a fresh trace id, which must stay out of the call key, and a tenant; then ``extra``."""
 
     def wrap(send: Callable[..., Any]) -> Callable[..., Any]:
         def sending(*args: Any) -> Any:
             header_protocol.set_header(b"trace-id", uuid.uuid4().hex.encode())
             header_protocol.set_header(b"tenant", b"interop")
+            for key, value in extra.items():
+                header_protocol.set_header(key, value)
             return send(*args)
 
         return sending

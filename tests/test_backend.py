@@ -15,7 +15,7 @@ from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError
 from gateway.primitives import AllAttemptsFailed
 from gateway.proxy.backend import RETRY_ATTEMPTS, Backend, _unwrap_all_failed
 from gateway.proxy.upstream import UpstreamPool
-from gateway.thrift import MessageHeader, ProtocolKind
+from gateway.thrift import Headers, MessageHeader, ProtocolKind
 
 pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
 
@@ -48,6 +48,7 @@ class FakePool:
         timeout: float,
         oneway: bool = False,
         header: MessageHeader | None = None,
+        headers: Headers = (),
     ) -> Deferred[bytes]:
         self.calls.append((message, timeout, oneway))
         if oneway:

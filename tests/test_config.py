@@ -127,6 +127,30 @@ def test_flags_override_file_values() -> None:
             "backends.a.b: backend names may only use",
         ),
         ({"gateway": {"node_id": "a/b"}}, {"listen": "h:1", "backend": "h:2"}, "gateway.node_id"),
+        (
+            {
+                "backends": {
+                    "t": {"address": "h:2", "transport": "header", "protocol": "binary-nonstrict"}
+                }
+            },
+            {"listen": "h:1"},
+            "backends.t.protocol: transport 'header' carries binary or compact",
+        ),
+        (
+            {"backends": {"t": {"address": "h:2", "transport": "http"}}},
+            {"listen": "h:1"},
+            "backends.t.transport: expected one of framed, buffered, header",
+        ),
+        (
+            {"methods": {"m": {"key_headers": "tenant"}}},
+            {"listen": "h:1", "backend": "h:2"},
+            "methods.m.key_headers: expected list",
+        ),
+        (
+            {"methods": {"m": {"key_headers": ["tenant", ""]}}},
+            {"listen": "h:1", "backend": "h:2"},
+            "methods.m.key_headers: expected a list of non-empty header names",
+        ),
     ],
 )
 def test_bad_config_names_the_key(
@@ -191,3 +215,21 @@ def test_bad_client_connection_limit_names_the_key(key: str, value: object, need
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")) as info:
         build_config({"gateway": {key: value}}, FLAGS)
     assert "\n" not in str(info.value)
+
+
+def test_header_transport_and_key_headers_parse() -> None:
+    """transport = "header" is a backend transport; key_headers are per method, inherited from
+    methods."*" unless a method sets its own list."""
+    config = build_config(
+        {
+            "backends": {"default": {"address": "h:2", "transport": "header",
+                                     "protocol": "compact"}},
+            "methods": {"*": {"key_headers": ["tenant"]}, "getPoem": {"key_headers": ["zone"]},
+                        "other": {"mode": "passthrough"}},
+        },
+        {"listen": "h:1"},
+    )  # fmt: skip
+    assert config.backends["default"].transport == "header"
+    assert config.default_policy.key_headers == frozenset({"tenant"})
+    assert config.methods["getPoem"].policy.key_headers == frozenset({"zone"})
+    assert config.methods["other"].policy.key_headers == frozenset({"tenant"})

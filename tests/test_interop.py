@@ -9,9 +9,9 @@ extremes, NaN/inf/-0.0, unicode, non-UTF-8 binary, nested containers, unions, en
 optionals, declared exceptions, a TApplicationException, oneway, void, 1 MiB each way) through
 the gateway and compares each reply with the same call made directly to the backend.
 
-Processes are shared by the whole module (module-scoped fixtures), and the C++ and Node.js
-clients run once each over every target; THeader rows are strict xfails until phase 2 wires
-THeader into the proxy.
+Processes are shared by the whole module (module-scoped fixtures: one gateway in front of
+every backend configuration, the THeader one included as ``transport = "header"``), and the
+C++ and Node.js clients run once each over every target.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,6 @@ pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
 BACKEND_LINE = re.compile(r"interop-backend (\S+) listening on (\S+):(\d+)")
-PHASE_2 = pytest.mark.xfail(strict=True, reason="THeader not wired into the proxy yet (phase 2)")
 NO_COMPILER = "needs the thrift compiler (Debian thrift-compiler) to generate the stock client"
 STOCK_BACKENDS = [f"thrift-{d}" for d in STOCK_DIALECTS[:4]]
 THRIFTPY2_BACKENDS = [f"thriftpy2-{d}" for d in STOCK_DIALECTS[:4]]
@@ -84,22 +84,30 @@ def _start_backend(argv: list[str]) -> ManagedProcess:
 
 
 @pytest.fixture(scope="module")
-def backends(gen_py: Path | None) -> Iterator[dict[str, int]]:
-    """Backend configuration -> loopback port, for both stacks (both processes stopped by PID)."""
-    processes = [_start_backend(["thriftpy2"])]
+def backend_processes(gen_py: Path | None) -> Iterator[dict[str, ManagedProcess]]:
+    """The backend process of each stack, "thriftpy2" and (with the compiler) "thrift", ready
+    (both stopped by PID)."""
+    processes = {"thriftpy2": _start_backend(["thriftpy2"])}
     if gen_py is not None:
-        processes.append(_start_backend(["thrift", str(gen_py)]))
+        processes["thrift"] = _start_backend(["thrift", str(gen_py)])
     try:
-        ports: dict[str, int] = {}
-        for process in processes:
+        for process in processes.values():
             process.wait_for_line(r"^interop-backend ready$", timeout=30)
-            for line in process.stdout_lines:
-                if match := BACKEND_LINE.match(line):
-                    ports[match.group(1)] = int(match.group(3))
-        yield ports
+        yield processes
     finally:
-        for process in processes:
+        for process in processes.values():
             process.stop()
+
+
+@pytest.fixture(scope="module")
+def backends(backend_processes: dict[str, ManagedProcess]) -> dict[str, int]:
+    """Backend configuration -> loopback port, for both stacks."""
+    ports: dict[str, int] = {}
+    for process in backend_processes.values():
+        for line in process.stdout_lines:
+            if match := BACKEND_LINE.match(line):
+                ports[match.group(1)] = int(match.group(3))
+    return ports
 
 
 def _default_backend(backends: dict[str, int]) -> str:
@@ -108,17 +116,17 @@ def _default_backend(backends: dict[str, int]) -> str:
     )
 
 
-def gateway_config(backends: dict[str, int], extra: dict[str, dict[str, Any]] | None = None) -> str:
+def gateway_config(backends: dict[str, int]) -> str:
     """A gateway config: one backend per configuration, each reachable as a multiplexed service
     of its own name; plain calls go to the default backend, "Interop:..." to the multiplexed one."""
     lines = ["[gateway]", f'default_backend = "{_backend_name(_default_backend(backends))}"', ""]
     routes = []
     tables: dict[str, dict[str, Any]] = {}
     for config, port in backends.items():
-        if config == "thrift-header":
-            continue  # the gateway has no THeader upstream yet: see the phase-2 row
         transport, protocol = ("framed", "binary")
-        if config != "thrift-multiplexed":
+        if config == "thrift-header":
+            transport = "header"
+        elif config != "thrift-multiplexed":
             transport, protocol = config.split("-")[1:3]
         table: dict[str, Any] = {
             "address": f"{HOST}:{port}",
@@ -132,7 +140,6 @@ def gateway_config(backends: dict[str, int], extra: dict[str, dict[str, Any]] | 
         else:
             routes.append(f'{_backend_name(config)} = "{_backend_name(config)}"')
         tables[_backend_name(config)] = table
-    tables |= extra or {}
     for name, table in tables.items():
         lines.append(f"[backends.{name}]")
         for key, value in table.items():
@@ -218,7 +225,7 @@ def test_stock_client_through_gateway(
     assert_same(direct, stock_through(gen, gateway, dialect))
 
 
-@pytest.mark.parametrize("dialect", [pytest.param(d, marks=PHASE_2) for d in HEADER_DIALECTS])
+@pytest.mark.parametrize("dialect", HEADER_DIALECTS)
 def test_stock_header_client_through_gateway(
     gen_py: Path | None, backends: dict[str, int], gateway: GatewayProcess, dialect: str
 ) -> None:
@@ -260,27 +267,37 @@ def test_upstream_configuration(
     assert_same(direct, stock_through(gen, gateway, "framed-binary", _backend_name(config)))
 
 
-@PHASE_2
+@pytest.mark.parametrize("dialect", ["framed-binary", "header-compact-zlib"])
 def test_header_upstream_configuration(
-    gen_py: Path | None, backends: dict[str, int], tmp_path: Path
+    gen_py: Path | None, backends: dict[str, int], gateway: GatewayProcess, dialect: str
 ) -> None:
-    """A THeader backend (``transport = "header"``) answers through the gateway as it answers a
-    THeader client directly."""
+    """A THeader backend (``transport = "header"``) answers a framed or a THeader client through
+    the gateway as it answers a THeader client directly."""
     gen = _need_stock(gen_py)
-    header = {
-        "address": f"{HOST}:{backends['thrift-header']}",
-        "transport": "header",
-        "protocol": "binary",
-    }
-    config = tmp_path / "gateway.toml"
-    text = gateway_config(backends, {"thrift_header": header})
-    config.write_text(text.replace("[routes]\n", '[routes]\nthrift_header = "thrift_header"\n'))
-    node = start_gateway(config=config, node_id="interop-header")
-    try:
-        direct = stock_direct(gen, backends, "thrift-header", "header-binary")
-        assert_same(direct, stock_through(gen, node, "framed-binary", "thrift_header"))
-    finally:
-        node.stop()
+    direct = stock_direct(gen, backends, "thrift-header", "header-binary")
+    assert_same(direct, stock_through(gen, gateway, dialect, "thrift_header"))
+
+
+def test_header_upstream_gets_the_callers_info_headers(
+    gen_py: Path | None,
+    backend_processes: dict[str, ManagedProcess],
+    gateway: GatewayProcess,
+) -> None:
+    """A THeader caller's info headers (trace id included) reach a THeader backend with its
+    call."""
+    gen = _need_stock(gen_py)
+    probe = uuid.uuid4().hex
+    with stock_client(
+        gen,
+        gateway.host,
+        gateway.port,
+        "header-binary",
+        "thrift_header",
+        {b"probe": probe.encode()},
+    ) as client:
+        assert client.echoString("headers") == "headers"
+    line = backend_processes["thrift"].wait_for_line(rf"interop-backend headers .*probe={probe}")
+    assert "tenant=interop" in line.string and re.search(r"trace-id=[0-9a-f]{32}", line.string)
 
 
 # -- thriftpy2 ------------------------------------------------------------------------------------
@@ -353,9 +370,7 @@ def cpp_results(backends: dict[str, int], gateway: GatewayProcess) -> dict[str, 
     return _parse_driver_output(done.stdout)
 
 
-@pytest.mark.parametrize(
-    "dialect", CPP_DIALECTS + [pytest.param(d, marks=PHASE_2) for d in CPP_HEADER_DIALECTS]
-)
+@pytest.mark.parametrize("dialect", CPP_DIALECTS + CPP_HEADER_DIALECTS)
 def test_cpp_client_through_gateway(cpp_results: dict[str, dict[str, str]], dialect: str) -> None:
     """An Apache Thrift C++ client in each dialect gets the backend's own answers."""
     assert len(cpp_results["direct"]) > 30

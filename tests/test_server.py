@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -37,9 +38,13 @@ class Setup:
     """A ClientConnection over a StringTransport, in front of test_handler's Harness."""
 
     def __init__(
-        self, limits: Limits = DEFAULT_LIMITS, client_limits: ClientLimits = DEFAULT_CLIENT_LIMITS
+        self,
+        limits: Limits = DEFAULT_LIMITS,
+        client_limits: ClientLimits = DEFAULT_CLIENT_LIMITS,
+        raw: dict[str, Any] | None = None,
     ) -> None:
-        self.harness = Harness()
+        """``raw``: the gateway config (as parsed TOML) of the Harness, default none."""
+        self.harness = Harness(raw)
         self.backend = self.harness.backend
         self.stats = self.harness.stats
         self.clock = self.harness.clock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -301,3 +302,19 @@ def test_maps_share_a_key_exactly_when_each_key_has_the_same_values_in_order(
     so first-wins and last-wins decoders alike see equal arguments whenever the keys are equal."""
     same_key = _key([(1, MAP_SI, a)]) == _key([(1, MAP_SI, b)])
     assert same_key == (_per_key_values(a) == _per_key_values(b))
+
+
+def test_key_is_the_hash_of_backend_name_and_args_alone_without_key_headers() -> None:
+    """Without key headers the key is sha256(len backend, backend, len name, name, canonical
+    args), as it was before key headers existed; key-header bytes give another key, and equal
+    ones the same."""
+    data = message(BINARY, "m", HELLO)
+    args = canonical_args(data, BINARY)
+    digest = hashlib.sha256(b"\x00\x00\x00\x01s\x00\x00\x00\x01m" + args).hexdigest()[:32]
+    plain = call_identity(data, BINARY, backend="s", upstream_name="m")
+    assert plain.key == f"s.m:{digest}"
+    tenant = call_identity(data, BINARY, backend="s", upstream_name="m", headers=b"\x01t")
+    assert tenant.key != plain.key
+    compact = message(COMPACT, "m", HELLO)
+    same = call_identity(compact, COMPACT, backend="s", upstream_name="m", headers=b"\x01t")
+    assert same.key == tenant.key

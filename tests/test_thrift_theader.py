@@ -3,6 +3,7 @@ the stock Apache Thrift Python THeader implementation (no gateway code on the ot
 
 from __future__ import annotations
 
+import random
 import struct
 import zlib
 from typing import Any
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.protocol.THeaderProtocol import THeaderProtocol
-from thrift.Thrift import TApplicationException, TMessageType
+from thrift.Thrift import TApplicationException, TMessageType, TType
 from thrift.transport.THeaderTransport import (
     THeaderClientType,
     THeaderSubprotocolID,
@@ -244,7 +245,7 @@ def test_header_get_returns_the_last_value() -> None:
 
 def test_key_headers_is_canonical() -> None:
     """Selected headers give bytes independent of order and of other headers; absent differs
-    from empty; no names gives no bytes."""
+    from empty; no names, or none of them present, gives no bytes (a plain caller's key)."""
     one = HeaderInfo(1, 0, BINARY, (), ((b"tenant", b"t1"), (b"trace", b"x")))
     two = HeaderInfo(2, 0, COMPACT, (), ((b"trace", b"y"), (b"tenant", b"t1")))
     assert key_headers(one, [b"tenant"]) == key_headers(two, [b"tenant"])
@@ -253,6 +254,8 @@ def test_key_headers_is_canonical() -> None:
     assert key_headers(empty, [b"tenant"]) != key_headers(None, [b"tenant"])
     assert key_headers(one, [b"tenant", b"zone"]) == key_headers(one, [b"zone", b"tenant"])
     assert key_headers(one, []) == b""
+    assert key_headers(one, [b"zone"]) == key_headers(None, [b"zone"]) == b""
+    assert key_headers(one, [b"zone", b"tenant"]) != key_headers(one, [b"tenant"])
 
 
 # -- detection -------------------------------------------------------------------------------
@@ -505,3 +508,97 @@ def test_random_headers_only_raise_wire_errors(
         answer = error_answer(exc, HEADER, BINARY)
         if answer is not None:
             assert stock_read(answer, exc.frame.protocol if exc.frame else BINARY)["seqid"] == 1
+
+
+# -- oversized frames, skipped ------------------------------------------------------------------
+
+SMALL = Limits(max_frame_size=1024)
+
+
+def _big_call(seqid: int, *, compress: bool = False, protocol: ProtocolKind = BINARY) -> bytes:
+    """A stock THeader call over SMALL's max_frame_size, even when zlib-compressed."""
+    blob = random.Random(seqid).randbytes(4096)  # incompressible
+    return stock_call(
+        protocol, seqid=seqid, compress=compress, headers={b"tenant": b"t"},
+        args=[(1, TType.STRING, blob)],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("protocol", [BINARY, COMPACT])
+def test_oversized_frame_is_skipped_with_its_headers(
+    compress: bool, protocol: ProtocolKind
+) -> None:
+    """With skip_oversized, a THeader call over max_frame_size (zlib or not), fed in small
+    pieces, is reported with its message header and frame fields, never buffered whole, and
+    the call after it comes out."""
+    big = _big_call(5, compress=compress, protocol=protocol)
+    assert len(big) > 2 * SMALL.max_frame_size
+    stream = big + stock_call(protocol, seqid=6)
+    reader = MessageReader(HEADER, protocol, SMALL, skip_oversized=True)
+    out: list[Any] = []
+    most = 0
+    for i in range(0, len(stream), 100):
+        out += reader.feed_frames(stream[i : i + 100])
+        most = max(most, reader.buffered)
+    assert most < SMALL.max_frame_size
+    (skipped,) = reader.take_skipped()
+    assert (skipped.header.name, skipped.header.seqid, skipped.size) == ("echo", 5, len(big) - 4)
+    assert skipped.frame is not None
+    assert (skipped.frame.seqid, skipped.frame.get(b"tenant")) == (5, b"t")
+    assert skipped.frame.transforms == ((TRANSFORM_ZLIB,) if compress else ())
+    assert [h.seqid for _, h, _ in out] == [6]
+
+
+def test_oversized_frame_with_a_bad_header_is_answered() -> None:
+    """An oversized THeader frame whose header cannot be used (unknown transform) is a
+    HeaderError with its frame fields, as a small one is, without waiting for its payload."""
+    data = raw_frame(bytes((0, 1, 3)), b"x" * 2000, seqid=8)[:64]
+    reader = MessageReader(HEADER, BINARY, SMALL, skip_oversized=True)
+    with pytest.raises(HeaderError) as info:
+        reader.feed_frames(data)
+    assert info.value.code == TApplicationException.INVALID_TRANSFORM
+    got = _answer(info.value)
+    assert got is not None and got["seqid"] == 8
+
+
+def test_oversized_frame_with_a_huge_header_is_refused_on_its_first_bytes() -> None:
+    """A header over max_header_size in an oversized frame is refused once its protocol id
+    arrived (not after max_header_size bytes)."""
+    data = struct.pack(">iHHiH", 1 << 20, HEADER_MAGIC, 0, 4, 0xFFFF) + b"\x00\x00\x00\x00\x00"
+    reader = MessageReader(HEADER, BINARY, SMALL, skip_oversized=True)
+    with pytest.raises(HeaderError, match="max_header_size") as info:
+        reader.feed_frames(data)
+    assert info.value.frame is not None and info.value.frame.seqid == 4
+
+
+def test_oversized_compressed_frame_without_a_message_header_is_malformed() -> None:
+    """A zlib payload that yields no message header from its first bytes (here: endless empty
+    stored blocks) is refused with the frame fields once the bound is reached."""
+    empty_blocks = b"\x00\x00\x00\xff\xff" * 60_000  # BFINAL 0, stored, LEN 0
+    data = raw_frame(b"\x00\x01\x01", b"\x78\x01" + empty_blocks, seqid=9)
+    reader = MessageReader(HEADER, BINARY, SMALL, skip_oversized=True)
+    with pytest.raises(MalformedMessage, match="no message header") as info:
+        for i in range(0, len(data), 4096):
+            reader.feed_frames(data[i : i + 4096])
+    assert info.value.frame is not None and info.value.frame.seqid == 9
+    assert reader.buffered == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=80), st.integers(0, 0xFFFF), st.integers(1, 40))
+def test_random_oversized_frames_only_skip_or_raise_wire_errors(
+    tail: bytes, words: int, chunk: int
+) -> None:
+    """Whatever an oversized THeader frame holds, a skipping reader skips it (reporting its
+    frame fields) or waits or raises a WireError; nothing else escapes."""
+    head = struct.pack(">iHHiH", 10_000, HEADER_MAGIC, 0, 1, words % 64)
+    data = head + tail
+    reader = MessageReader(HEADER, BINARY, Limits(max_frame_size=64), skip_oversized=True)
+    try:
+        for i in range(0, len(data), chunk):
+            reader.feed_frames(data[i : i + chunk])
+    except WireError:
+        return
+    for skipped in reader.take_skipped():
+        assert skipped.frame is not None and skipped.frame.seqid == 1

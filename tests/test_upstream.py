@@ -5,8 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_server_theader import frames_of
+from test_thrift_theader import STOCK_IDS, stock_read
+from thrift.protocol.THeaderProtocol import THeaderProtocol
 from thrift.Thrift import TMessageType, TType
-from thrift_messages import message
+from thrift.transport.THeaderTransport import THeaderClientType, THeaderTransport
+from thrift.transport.TTransport import TMemoryBuffer
+from thrift_messages import message, write_struct
 from twisted.internet.defer import CancelledError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -34,6 +39,7 @@ from gateway.thrift import (
 pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
 
 BINARY, FRAMED = ProtocolKind.BINARY, TransportKind.FRAMED
+COMPACT = ProtocolKind.COMPACT
 BUFFERED = TransportKind.BUFFERED
 
 
@@ -173,6 +179,80 @@ def test_oversized_buffered_reply_delivers_what_came_before_then_drops() -> None
     conn.connectionLost(Failure(ConnectionError("aborted")))
     assert outs[2][0].check(ConnectionLost)
     assert isinstance(outs[1][0].value, GatewayError)
+
+
+# -- THeader backends (transport = "header") ---------------------------------------------------
+
+HEADER = TransportKind.HEADER
+
+
+def stock_reply(protocol: ProtocolKind, seqid: int, text: bytes, size: int = 0) -> bytes:
+    """A REPLY as the stock Apache Thrift Python THeader server writes it (with an info header
+    of its own, which the gateway ignores); ``size`` pads the result to that many bytes."""
+    out = TMemoryBuffer()
+    trans = THeaderTransport(out, [THeaderClientType.HEADERS], STOCK_IDS[protocol])
+    trans.set_header(b"server", b"stock")
+    prot = THeaderProtocol(trans, [THeaderClientType.HEADERS], STOCK_IDS[protocol])
+    prot.writeMessageBegin("alertSupervisor", TMessageType.REPLY, seqid)
+    write_struct(prot, [(0, TType.STRING, text + b"x" * size)])
+    prot.writeMessageEnd()
+    trans.flush()
+    return bytes(out.getvalue())
+
+
+@pytest.mark.parametrize("protocol", [BINARY, COMPACT])
+def test_header_backend_gets_frames_the_stock_server_reads(protocol: ProtocolKind) -> None:
+    """Calls to a THeader backend go in THeader frames of its protocol that the stock server
+    reads, with the given info headers and frame seqid = message seqid (unique per
+    connection); its THeader replies are matched back by seqid."""
+    conn = UpstreamConnection(HEADER, protocol, DEFAULT_LIMITS)
+    transport = StringTransport()
+    conn.makeConnection(transport)
+    calls = [
+        message(protocol, "alertSupervisor", [(1, TType.STRING, t)], seqid=5) for t in (b"a", b"b")
+    ]
+    out_a = collect(conn.send(calls[0], oneway=False, headers=((b"trace", b"t-a"),)))
+    out_b = collect(conn.send(calls[1], oneway=False))
+    sent = [stock_read(f, protocol) for f in frames_of(transport.value())]
+    assert [g["headers"] for g in sent] == [{b"trace": b"t-a"}, {}]
+    assert [g["seqid"] == g["frame_seqid"] for g in sent] == [True, True]
+    id_a, id_b = (g["seqid"] for g in sent)
+    assert id_a != id_b and sent[0]["body"] == [(1, TType.STRING, (TType.STRING, b"a"))]
+    conn.dataReceived(stock_reply(protocol, id_b, b"ack:b") + stock_reply(protocol, id_a, b"ack:a"))
+    assert b"ack:a" in out_a[0] and b"ack:b" in out_b[0]
+    assert read_header(out_a[0], protocol).seqid == id_a
+
+
+def test_oversized_header_reply_fails_only_its_own_call() -> None:
+    """A THeader reply over max_frame_size fails its call alone (ReplyTooLarge); the reply
+    after it is delivered and the connection stays."""
+    limits = Limits(max_frame_size=300, max_string_size=10_000)
+    conn = UpstreamConnection(HEADER, BINARY, limits)
+    transport = StringTransport()
+    conn.makeConnection(transport)
+    outs = [collect(conn.send(call(t), oneway=False)) for t in (b"a", b"b")]
+    id_a, id_b = (stock_read(f, BINARY)["seqid"] for f in frames_of(transport.value()))
+    stream = stock_reply(BINARY, id_a, b"", size=5000) + stock_reply(BINARY, id_b, b"ack:b")
+    for i in range(0, len(stream), 700):
+        conn.dataReceived(stream[i : i + 700])
+    assert outs[0][0].check(ReplyTooLarge)
+    assert b"ack:b" in outs[1][0]
+    assert not transport.disconnecting and conn.outstanding == 0
+
+
+def test_header_pool_passes_info_headers_to_the_connection() -> None:
+    """UpstreamPool.call(headers=...) on a THeader backend puts them in the call's frame."""
+    reactor = MemoryReactorClock()
+    p = UpstreamPool(
+        reactor, "127.0.0.1", 9, transport=HEADER, protocol=BINARY, limits=DEFAULT_LIMITS,
+        connections=1,
+    )  # fmt: skip
+    p.start()
+    [(_, transport)] = connect_all(reactor)
+    p.call(call(b"m"), timeout=5, headers=((b"tenant", b"t1"),))
+    (sent,) = [stock_read(f, BINARY) for f in frames_of(transport.value())]
+    assert sent["headers"] == {b"tenant": b"t1"}
+    p.stop()
 
 
 # -- the pool, on a memory reactor ------------------------------------------------------------

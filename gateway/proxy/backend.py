@@ -30,7 +30,7 @@ from gateway.primitives import (
 )
 from gateway.proxy.upstream import UpstreamPool
 from gateway.reactors import as_clock
-from gateway.thrift import MessageHeader, ProtocolKind
+from gateway.thrift import Headers, MessageHeader, ProtocolKind
 
 RETRY_ATTEMPTS = 3
 
@@ -84,11 +84,13 @@ class Backend:
         policy: MethodPolicy,
         oneway: bool = False,
         header: MessageHeader | None = None,
+        headers: Headers = (),
     ) -> Deferred[bytes]:
         """Send ``message`` (in this backend's protocol) and fire with the reply message.
 
         ``header``, if given, must be ``read_header(message, self.protocol)``; it goes along
         to the connection (every attempt sends the same bytes) to spare decoding it again.
+        ``headers``: THeader info headers, sent with every attempt to a THeader backend.
         """
         return self._calls.add(self._call(message, policy, oneway, header))
 
@@ -97,16 +99,20 @@ class Backend:
     ) -> Deferred[bytes]:
         self._rr += 1
         if oneway:
-            return self._pool().call(message, timeout=policy.timeout, oneway=True, header=header)
+            return self._pool().call(
+                message, timeout=policy.timeout, oneway=True, header=header, headers=headers
+            )
         if not policy.idempotent:
-            return self._pool().call(message, timeout=policy.timeout, header=header)
+            return self._pool().call(
+                message, timeout=policy.timeout, header=header, headers=headers
+            )
         deadline = self._seconds() + policy.timeout
 
         def attempt_on(pool: UpstreamPool) -> Deferred[bytes]:
             left = deadline - self._seconds()
             if left <= 0:
                 return fail(BackendTimeout(f"gateway: backend timeout after {policy.timeout:g}s"))
-            return pool.call(message, timeout=left, header=header)
+            return pool.call(message, timeout=left, header=header, headers=headers)
 
         if self._hedge_after is not None and len(self.pools) > 1:
             attempts = [partial(attempt_on, self._pool(i)) for i in range(len(self.pools))]

@@ -4,6 +4,11 @@ Path of a call: route -> (passthrough | call identity -> the node's flight table
 flight in progress for that key, or start one in which the coordinator decides: cache /
 follow another node / call the backend) -> reply re-encoded in the caller's own protocol with
 the caller's own seqid.
+
+THeader callers: the frame's info headers are not part of the call key, except those the
+method names in ``key_headers`` (see :meth:`Route.identify`). The call that reaches the
+backend is the leader's (the caller whose call started the flight), so only the leader's info
+headers go upstream (to a ``transport = "header"`` backend); followers' headers do not.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from gateway.proxy.router import Route, Router
 from gateway.reactors import as_clock
 from gateway.stats import NodeStats
 from gateway.thrift import (
+    HeaderInfo,
+    Headers,
     Limits,
     MalformedMessage,
     MessageHeader,
@@ -64,8 +71,10 @@ class BackendLike(Protocol):
         policy: MethodPolicy,
         oneway: bool = False,
         header: MessageHeader | None = None,
+        headers: Headers = (),
     ) -> Deferred[bytes]:
-        """``header``, if given, is ``read_header(message, protocol)`` (spares a decode)."""
+        """``header``, if given, is ``read_header(message, protocol)`` (spares a decode);
+        ``headers`` are THeader info headers for a backend that speaks THeader."""
         ...
 
 
@@ -104,7 +113,11 @@ class CallHandler:
         self._backends = backends
 
     def handle(
-        self, message: bytes, protocol: ProtocolKind, header: MessageHeader | None = None
+        self,
+        message: bytes,
+        protocol: ProtocolKind,
+        header: MessageHeader | None = None,
+        info: HeaderInfo | None = None,
     ) -> Deferred[bytes | None]:
         """Fire with the reply message for the client (None for oneway); never fails.
 
@@ -112,6 +125,9 @@ class CallHandler:
         ``header``, if given, must be ``read_header(message, protocol)``: the server's
         reader decodes it while splitting the stream, and it is passed on (here and to the
         wire functions below) so that a call's header is decoded once, not once per step.
+        ``info``: the THeader frame the call came in (None for framed/buffered callers): its
+        ``key_headers`` join the call key, its info headers go upstream if this call leads.
+        The reply is the bare message; the server frames it.
         """
         if header is None:
             try:
@@ -130,7 +146,7 @@ class CallHandler:
             same_protocol = protocol is backend.protocol
             if header.type is _CALL and route.policy.mode != "passthrough":
                 # Walks the body: malformed arguments stop here.
-                key: str | None = route.identify(message, protocol, header, self._limits).key
+                key: str | None = route.identify(message, protocol, header, self._limits, info).key
                 eager: tuple[bytes, MessageHeader | None] | None = None
             else:
                 key = None
@@ -145,11 +161,15 @@ class CallHandler:
             message_text = f"gateway: malformed call: {exc}"
             return self._error(header, protocol, PROTOCOL_ERROR, message_text, "malformed")
 
+        # This caller's info headers travel with its call if it reaches the backend.
+        upstream_headers = info.headers if info is not None else ()
         if header.type is _ONEWAY:
             assert eager is not None
             # Oneway calls carry no reply to share, so they are forwarded, never coalesced.
             self._stats.backend_calls += 1
-            oneway = backend.call(eager[0], route.policy, oneway=True, header=eager[1])
+            oneway = backend.call(
+                eager[0], route.policy, oneway=True, header=eager[1], headers=upstream_headers
+            )
             oneway.addErrback(_log_oneway_failure)
             return defer.succeed(None)
 
@@ -167,9 +187,11 @@ class CallHandler:
                 message, protocol, header, backend_protocol, route
             )
             self._stats.backend_calls += 1
-            return backend.call(upstream, route.policy, header=upstream_header).addCallback(
-                backend_reply
-            )
+            # Only the leader's call_backend runs (followers join its flight), so these are
+            # the leader's headers.
+            return backend.call(
+                upstream, route.policy, header=upstream_header, headers=upstream_headers
+            ).addCallback(backend_reply)
 
         d: Deferred[tuple[Outcome, bool]]
         if key is None:

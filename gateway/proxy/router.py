@@ -3,7 +3,8 @@
 The route is also where a call's identity comes from (:meth:`Route.identify`): the backend,
 the name the message is sent upstream under, and the arguments the method's policy keys on.
 The upstream message is built from the same route, so the key always describes exactly what
-the backend receives.
+the backend receives. A method's ``key_headers`` (THeader info headers that identify a call,
+such as a tenant) join the identity too; other info headers never do.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from dataclasses import dataclass
 from gateway.config import GatewayConfig
 from gateway.contracts import MethodPolicy
 from gateway.errors import UnknownRoute
-from gateway.thrift import CallIdentity, Limits, MessageHeader, ProtocolKind, call_identity
+from gateway.thrift import (
+    CallIdentity,
+    HeaderInfo,
+    Limits,
+    MessageHeader,
+    ProtocolKind,
+    call_identity,
+    key_headers,
+)
 
 
 @dataclass(frozen=True)
@@ -22,11 +31,18 @@ class Route:
     upstream_name: str  # message name sent to the backend, exactly
     policy: MethodPolicy
     preview: int = 0  # characters of the arguments shown with hot keys (0: never)
+    key_headers: tuple[bytes, ...] = ()  # the policy's key_headers, as header names on the wire
 
     def identify(
-        self, message: bytes, protocol: ProtocolKind, header: MessageHeader, limits: Limits
+        self,
+        message: bytes,
+        protocol: ProtocolKind,
+        header: MessageHeader,
+        limits: Limits,
+        info: HeaderInfo | None = None,
     ) -> CallIdentity:
-        """The identity of ``message`` on this route (walks and validates its arguments)."""
+        """The identity of ``message`` on this route (walks and validates its arguments);
+        ``info`` is its THeader frame, whose ``key_headers`` are part of it."""
         return call_identity(
             message,
             protocol,
@@ -35,6 +51,7 @@ class Route:
             exclude_fields=self.policy.exclude_fields,
             limits=limits,
             header=header,
+            headers=key_headers(info, self.key_headers) if self.key_headers else b"",
         )
 
 
@@ -83,5 +100,9 @@ class Router:
         else:
             upstream_name = method
         return Route(
-            backend=backend_name, upstream_name=upstream_name, policy=policy, preview=preview
+            backend=backend_name,
+            upstream_name=upstream_name,
+            policy=policy,
+            preview=preview,
+            key_headers=tuple(sorted(name.encode() for name in policy.key_headers)),
         )

@@ -1,11 +1,15 @@
 """The client-facing Twisted server: one :class:`ClientConnection` per client socket.
 
-Each connection detects its transport (framed / buffered) and protocol (binary, non-strict
-binary, compact) from its first bytes, splits messages, and hands each to the shared
-:class:`CallHandler`. Replies go back as they complete (Thrift clients match by seqid;
-synchronous clients send one call at a time). Bad input closes only that connection; a
-framed call over ``max_frame_size`` is skipped unread and answered with a PROTOCOL_ERROR
-``TApplicationException``, and the connection goes on.
+Each connection detects its transport (framed / buffered / THeader) and protocol (binary,
+non-strict binary, compact) from its first bytes, splits messages, and hands each to the
+shared :class:`CallHandler`. Replies go back as they complete (Thrift clients match by seqid;
+synchronous clients send one call at a time), each in its caller's dialect: on a THeader
+connection in a frame echoing the call's frame fields (seqid, flags, protocol; see
+``gateway.thrift.theader.reply_frame``). Bad input closes only that connection, after a
+``TApplicationException`` where one can be written (a bad THeader frame is answered in a frame
+when its fields decoded: ``gateway.thrift.error_answer``); a framed or THeader call over
+``max_frame_size`` is skipped unread and answered with a PROTOCOL_ERROR, and the connection
+goes on.
 
 Backpressure (limits in :class:`ClientLimits`, bookkeeping in :class:`ConnectionTable`):
 
@@ -42,6 +46,7 @@ from gateway.stats import NodeStats
 from gateway.thrift import (
     MAX_DETECT_PREFIX,
     FrameTooLarge,
+    HeaderInfo,
     Limits,
     MalformedMessage,
     MessageHeader,
@@ -54,11 +59,16 @@ from gateway.thrift import (
     application_exception,
     detect,
     encode,
+    error_answer,
 )
 
 log = logging.getLogger("gateway.server")
 
 _ONEWAY = MessageType.ONEWAY
+_HEADER = TransportKind.HEADER
+
+# A call as split from the stream: its bytes, its message header, its THeader frame fields.
+Call = tuple[bytes, MessageHeader | None, HeaderInfo | None]
 
 
 @implementer(IPushProducer)
@@ -77,7 +87,7 @@ class ClientConnection(Protocol):
         self._protocol: ProtocolKind | None = None
         self._pending: set[Deferred[bytes | None]] = set()
         # Parsed beyond max_pipelined, dispatched in order as answers go out.
-        self._held: deque[tuple[bytes, MessageHeader | None]] = deque()
+        self._held: deque[Call] = deque()
         self._pumping = False  # _pump is running (a synchronous answer must not re-enter)
         self._unsent_full = False  # the transport's buffer is over max_unsent_bytes
         self._reading = True  # the socket is being read
@@ -110,7 +120,7 @@ class ClientConnection(Protocol):
         if self._reader is None:
             self._prefix += data
             try:
-                kinds = detect(self._prefix)
+                kinds = detect(self._prefix, header=True)
             except NotThrift as exc:
                 self._close(f"not a Thrift stream ({exc})")
                 return
@@ -126,24 +136,25 @@ class ClientConnection(Protocol):
         reader = self._reader
         try:
             # With their headers: the reader decoded them to split the stream, and the
-            # handler would otherwise decode each one again.
-            messages = reader.feed_parsed(data)
+            # handler would otherwise decode each one again. On THeader connections also
+            # with the frame fields each reply echoes (None otherwise).
+            calls = reader.feed_frames(data)
         except WireError as exc:
             self._answer_skipped()
             # Calls pipelined ahead of the bad bytes are still answered.
-            for message in exc.complete:
-                self._accept(message, None)
+            for call in exc.frames:
+                self._accept(call)
             self._bad_input(exc)
             return
         if reader.skipped:
             self._answer_skipped()
         # _accept, inlined: this loop runs once per call.
         pending, held, limit = self._pending, self._held, self._max_pipelined
-        for message, header in messages:
+        for call in calls:
             if held or len(pending) >= limit:
-                held.append((message, header))
+                held.append(call)
             else:
-                self._dispatch(message, header)
+                self._dispatch(*call)
         if held or len(pending) >= limit:
             self._update_reading()
 
@@ -151,6 +162,9 @@ class ClientConnection(Protocol):
         # The stream lost its message boundaries: answer the call if we know its seqid, then
         # close (later bytes cannot be trusted). An unframed call over max_frame_size lands
         # here too: it cannot be skipped without parsing all of it.
+        if self._transport_kind is _HEADER and isinstance(exc, MalformedMessage):
+            self._bad_frame(exc)
+            return
         if isinstance(exc, MalformedMessage):
             text, why = f"gateway: malformed message: {exc}", f"malformed message ({exc})"
         elif isinstance(exc, FrameTooLarge):
@@ -165,8 +179,21 @@ class ClientConnection(Protocol):
                 self._write_error(exc.header, text)
         self._close(why)
 
+    def _bad_frame(self, exc: MalformedMessage) -> None:
+        """A THeader frame that cannot be used (a bad header, transform or payload): answered
+        in a frame echoing its fields when they decoded, then the connection closes."""
+        assert self._protocol is not None
+        if exc.header is None or exc.header.type is not _ONEWAY:
+            answer = error_answer(exc, _HEADER, self._protocol)
+            if answer is not None:
+                self._table.stats.calls += 1
+                self._table.stats.errors += 1
+                self._write_bytes(answer)
+        self._close(f"bad THeader frame ({exc})")
+
     def _answer_skipped(self) -> None:
-        """Answer the framed calls over max_frame_size that the reader skipped unread."""
+        """Answer the framed or THeader calls over max_frame_size that the reader skipped
+        unread (THeader ones in a frame echoing theirs)."""
         assert self._reader is not None
         table = self._table
         for skipped in self._reader.take_skipped():
@@ -181,25 +208,32 @@ class ClientConnection(Protocol):
             )  # fmt: skip
             if header.type is not _ONEWAY:
                 self._write_error(
-                    header, f"gateway: call of {size} bytes exceeds max_frame_size {limit}"
+                    header,
+                    f"gateway: call of {size} bytes exceeds max_frame_size {limit}",
+                    skipped.frame,
                 )
 
-    def _write_error(self, header: MessageHeader, text: str) -> None:
+    def _write_error(
+        self, header: MessageHeader, text: str, frame: HeaderInfo | None = None
+    ) -> None:
         """Answer ``header``'s call with a PROTOCOL_ERROR made here (counted as an error)."""
         assert self._protocol is not None
         self._table.stats.errors += 1
         self._write(
-            application_exception(self._protocol, header.method, header.seqid, PROTOCOL_ERROR, text)
+            application_exception(
+                self._protocol, header.method, header.seqid, PROTOCOL_ERROR, text
+            ),
+            frame,
         )
 
     # -- dispatching, within max_pipelined -------------------------------------------------
 
-    def _accept(self, message: bytes, header: MessageHeader | None) -> None:
+    def _accept(self, call: Call) -> None:
         """Dispatch now, or hold while max_pipelined calls are underway (or others wait)."""
         if self._held or len(self._pending) >= self._max_pipelined:
-            self._held.append((message, header))
+            self._held.append(call)
         else:
-            self._dispatch(message, header)
+            self._dispatch(*call)
 
     def _pump(self) -> None:
         """Dispatch held calls while below max_pipelined, then read again if nothing holds
@@ -209,8 +243,7 @@ class ClientConnection(Protocol):
         self._pumping = True
         try:
             while self._held and len(self._pending) < self._max_pipelined:
-                message, header = self._held.popleft()
-                self._dispatch(message, header)
+                self._dispatch(*self._held.popleft())
         finally:
             self._pumping = False
         if self._closing:
@@ -219,9 +252,11 @@ class ClientConnection(Protocol):
         else:
             self._update_reading()
 
-    def _dispatch(self, message: bytes, header: MessageHeader | None = None) -> None:
+    def _dispatch(
+        self, message: bytes, header: MessageHeader | None = None, frame: HeaderInfo | None = None
+    ) -> None:
         assert self._protocol is not None
-        d = self._handler.handle(message, self._protocol, header)
+        d = self._handler.handle(message, self._protocol, header, frame)
         self._pending.add(d)
 
         def reply(result: bytes | Failure | None) -> None:
@@ -235,7 +270,7 @@ class ClientConnection(Protocol):
                 log.error("call handler failed: %s", result.getTraceback())
                 return None
             if result is not None:
-                self._write(result)
+                self._write(result, frame)
             if self._held or not self._reading or self._closing:
                 self._pump()
             return None
@@ -282,9 +317,15 @@ class ClientConnection(Protocol):
 
     # -- writing and closing ---------------------------------------------------------------
 
-    def _write(self, message: bytes) -> None:
-        if self.transport is not None and self._transport_kind is not None and not self._hung_up:
-            as_transport(self.transport).write(encode(self._transport_kind, message))
+    def _write(self, message: bytes, frame: HeaderInfo | None = None) -> None:
+        """Write ``message`` in the connection's dialect; ``frame`` is the THeader frame of
+        the call it answers (its fields are echoed), None on framed/buffered connections."""
+        if self._transport_kind is not None:
+            self._write_bytes(encode(self._transport_kind, message, frame))
+
+    def _write_bytes(self, data: bytes) -> None:
+        if self.transport is not None and not self._hung_up:
+            as_transport(self.transport).write(data)
 
     def _close(self, why: str) -> None:
         """Stop reading now; hang up once the calls already dispatched are answered."""

@@ -5,9 +5,15 @@ Each connection carries many calls at once (pipelining): the pool rewrites every
 seqid to one unique on that connection and matches replies **by seqid only** — Thrift servers
 such as ``TTwisted`` answer out of order, and multiplexed replies carry the bare method name.
 
+Framing is the backend's ``transport``: framed, buffered, or THeader (``header``): each call
+then goes in a THeader frame of the backend's protocol carrying the info headers the handler
+passes (the leader's), with the frame's seqid equal to the message's; replies are THeader
+frames, split by :meth:`MessageReader.feed_parsed`, their info headers ignored, and matched
+by the message seqid like any other.
+
 A reply over ``max_frame_size`` fails only its own call (:class:`ReplyTooLarge`): on a framed
-connection its header is read from the frame's first bytes, the rest is discarded as it
-streams in, and the connection with every other call on it goes on. An unframed (buffered)
+or THeader connection its header is read from the frame's first bytes, the rest is discarded
+as it streams in, and the connection with every other call on it goes on. An unframed (buffered)
 connection cannot skip a message without parsing all of it, so there the replies that came
 whole before it are delivered, its own call fails with ReplyTooLarge, and the connection is
 dropped (the other calls on it fail with :class:`ConnectionLost`). Replies that arrived whole
@@ -52,6 +58,7 @@ from gateway.proxy.connections import RateLimitedLog
 from gateway.reactors import as_clock, as_transport
 from gateway.thrift import (
     FrameTooLarge,
+    Headers,
     Limits,
     MessageHeader,
     MessageReader,
@@ -59,6 +66,7 @@ from gateway.thrift import (
     TransportKind,
     WireError,
     encode,
+    encode_frame,
     read_header,
     replace_header,
 )
@@ -66,6 +74,7 @@ from gateway.thrift import (
 log = logging.getLogger("gateway.upstream")
 
 _SEQID_LIMIT = 2**31 - 1
+_HEADER = TransportKind.HEADER
 
 
 class UpstreamConnection(TwistedProtocol):
@@ -84,7 +93,7 @@ class UpstreamConnection(TwistedProtocol):
         self._oversized_log = oversized_log
         self._protocol = protocol
         self._limits = limits
-        # Oversized framed replies are skipped, not fatal: they fail only their own call.
+        # Oversized framed/THeader replies are skipped, not fatal: they fail only their call.
         self._reader = MessageReader(transport_kind, protocol, limits, skip_oversized=True)
         self._pending: dict[int, Deferred[bytes]] = {}
         self._next_seqid = 0
@@ -99,19 +108,27 @@ class UpstreamConnection(TwistedProtocol):
         self.connected_ok = True
 
     def send(
-        self, message: bytes, oneway: bool, header: MessageHeader | None = None
+        self,
+        message: bytes,
+        oneway: bool,
+        header: MessageHeader | None = None,
+        headers: Headers = (),
     ) -> Deferred[bytes]:
         """Send ``message`` under a seqid unique on this connection; fire with the reply.
 
         ``header``, if given, must be ``read_header(message, protocol)``: the handler decoded
-        it already, and the seqid rewrite then needs no second decode.
+        it already, and the seqid rewrite then needs no second decode. ``headers`` are the
+        THeader info headers to send with it (ignored unless the backend speaks THeader).
         """
         if self.transport is None or not self.connected_ok:
             return defer.fail(BackendUnreachable("gateway: backend connection lost"))
         self._next_seqid = self._next_seqid + 1 if self._next_seqid < _SEQID_LIMIT else 1
         seqid = self._next_seqid
         message = replace_header(message, self._protocol, seqid=seqid, header=header)
-        framed = encode(self._transport_kind, message)
+        if self._transport_kind is _HEADER:
+            framed = encode_frame(message, seqid=seqid, protocol=self._protocol, headers=headers)
+        else:
+            framed = encode(self._transport_kind, message)
         as_transport(self.transport).write(framed)
         if oneway:
             return defer.succeed(b"")
@@ -326,13 +343,15 @@ class UpstreamPool:
         timeout: float,
         oneway: bool = False,
         header: MessageHeader | None = None,
+        headers: Headers = (),
     ) -> Deferred[bytes]:
         """Send one unframed message (any seqid); fire with the backend's reply message.
 
         Fails with BackendUnreachable, ConnectionLost, BackendTimeout, Overloaded or
         ShuttingDown. ``timeout`` counts from now and includes time spent queued behind
         ``max_concurrency``. ``header``, if given,
-        must be ``read_header(message, self.protocol)`` (passed on to spare a decode).
+        must be ``read_header(message, self.protocol)`` (passed on to spare a decode);
+        ``headers`` go in the THeader frame (THeader backends only).
         """
         if self._stopped:
             return defer.fail(ShuttingDown("gateway: shutting down"))
@@ -342,8 +361,10 @@ class UpstreamPool:
             # chaining into send's) for the connection.
             conn = self._pick_live()
             if conn is not None:
-                return conn.send(message, oneway, header)
-            return self._pick().addCallback(lambda conn: conn.send(message, oneway, header))
+                return conn.send(message, oneway, header, headers)
+            return self._pick().addCallback(
+                lambda conn: conn.send(message, oneway, header, headers)
+            )
 
         try:
             d = self._queue.put(job)

@@ -35,6 +35,7 @@ from gateway.thrift.message import MessageHeader, read_header, replace_header
 from gateway.thrift.theader import (
     HeaderError,
     HeaderInfo,
+    Headers,
     encode_frame,
     key_headers,
     parse_frame,
@@ -51,6 +52,7 @@ __all__ = [
     "FrameTooLarge",
     "HeaderError",
     "HeaderInfo",
+    "Headers",
     "Limits",
     "MalformedMessage",
     "MessageHeader",

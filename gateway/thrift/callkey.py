@@ -241,14 +241,17 @@ class CallIdentity:
     ``backend`` is the backend's name, ``upstream_name`` the message name exactly as it is
     sent upstream (``"Supervisor:alertSupervisor"`` for a multiplexed backend, the bare name
     otherwise), ``args`` the canonical form of the arguments with the method's excluded
-    fields left out. Two calls share a key only if all three are equal: the backend could not
-    tell them apart. The seqid, the client's protocol and transport, and field order never
-    matter.
+    fields left out, ``headers`` the canonical bytes of the THeader info headers the method
+    keys on (:func:`gateway.thrift.theader.key_headers`; empty for methods without
+    ``key_headers`` and for calls carrying none of them). Two calls share a key only if all
+    are equal: the backend could not tell them apart. The seqid, the client's protocol and
+    transport (THeader included), other info headers, and field order never matter.
     """
 
     backend: str
     upstream_name: str
     args: bytes
+    headers: bytes = b""
 
     @property
     def key(self) -> str:
@@ -259,6 +262,10 @@ class CallIdentity:
             digest.update(_U32.pack(len(part)))
             digest.update(part)
         digest.update(self.args)
+        if self.headers:
+            # After the args, which are self-delimiting (a struct ends at its STOP byte), and
+            # only when present: a call without key headers keeps the key it always had.
+            digest.update(self.headers)
         return f"{self.backend}.{self.upstream_name}:{digest.hexdigest()[:32]}"
 
 
@@ -284,14 +291,16 @@ def call_identity(
     exclude_fields: frozenset[int] = frozenset(),
     limits: Limits = DEFAULT_LIMITS,
     header: MessageHeader | None = None,
+    headers: bytes = b"",
 ) -> CallIdentity:
     """The identity of ``message`` sent to ``backend`` as ``upstream_name``.
 
     Walks (and so validates) the body: :class:`MalformedMessage` carrying the header if the
     arguments are bad. ``header``, if given, must be ``read_header(message, protocol)``: the
-    proxy parsed it already and passes it so a call's header is decoded once.
+    proxy parsed it already and passes it so a call's header is decoded once. ``headers``:
+    the call's key headers (see :attr:`CallIdentity.headers`).
     """
     args = canonical_args(
         message, protocol, exclude_fields=exclude_fields, limits=limits, header=header
     )
-    return CallIdentity(backend, upstream_name, args)
+    return CallIdentity(backend, upstream_name, args, headers)

@@ -18,7 +18,16 @@ from gateway.thrift.kinds import (
 )
 from gateway.thrift.message import MessageHeader, parse_header, read_header
 from gateway.thrift.protocols import Buffer, InputBuffer, Truncated, reader
-from gateway.thrift.theader import HeaderError, HeaderInfo, parse_frame, reply_frame
+from gateway.thrift.theader import (
+    FIXED_SIZE,
+    HeaderError,
+    HeaderInfo,
+    header_bytes_needed,
+    inflate_prefix,
+    parse_frame,
+    parse_frame_header,
+    reply_frame,
+)
 from gateway.thrift.walk import NULL_SINK, BodyErrors, walk_struct
 
 _I32 = struct.Struct(">i")
@@ -34,6 +43,10 @@ Frame = tuple[bytes, MessageHeader, HeaderInfo | None]
 # The longest message name accepted in the header of a frame that is being skipped: the header
 # is the only part of such a frame that is ever buffered.
 _MAX_SKIPPED_NAME = 64 * 1024
+# A skipped THeader frame's payload is compressed: its message header is inflated from the
+# payload's first bytes, and this many compressed bytes must yield it (zlib can pad a stream
+# with blocks that inflate to nothing; the bound keeps such a frame from being buffered).
+_MAX_COMPRESSED_HEADER = 2 * _MAX_SKIPPED_NAME + 1024
 
 
 def frame(message: bytes) -> bytes:
@@ -60,11 +73,14 @@ class SkippedFrame:
     """A frame over ``max_frame_size`` that a ``skip_oversized`` reader discarded.
 
     ``header`` was decoded from the frame's first bytes (so its seqid says whose it was);
-    ``size`` is the frame's announced length, without the 4-byte prefix.
+    ``size`` is the frame's announced length, without the 4-byte prefix; ``frame`` the
+    THeader frame fields (transforms and info headers included) on THeader streams, whose
+    answer must echo them, else None.
     """
 
     header: MessageHeader
     size: int
+    frame: HeaderInfo | None = None
 
 
 class MessageReader:
@@ -95,11 +111,14 @@ class MessageReader:
     the caller can be answered (``gateway.thrift.answers.error_answer``). Use
     :meth:`feed_frames` to get the frame fields each reply must echo.
 
-    *Skipping* (``skip_oversized=True``, framed only): a frame over ``max_frame_size`` is not
-    an error. Its header is decoded from its first bytes (only they are buffered; a frame
-    without a readable header is :class:`MalformedMessage`), the rest is discarded as it
-    streams in, and the frame is reported as a :class:`SkippedFrame` by :meth:`take_skipped`,
-    so the connection keeps going and only that one message's call fails. Unframed streams
+    *Skipping* (``skip_oversized=True``, framed and THeader): a frame over ``max_frame_size``
+    is not an error. Its header is decoded from its first bytes (only they are buffered; a
+    frame without a readable header is :class:`MalformedMessage`), the rest is discarded as
+    it streams in, and the frame is reported as a :class:`SkippedFrame` by
+    :meth:`take_skipped`, so the connection keeps going and only that one message's call
+    fails. A THeader frame's own header is read first (bad fields are a ``HeaderError`` as
+    usual), then the message header from the payload's first bytes, inflated from at most
+    ``_MAX_COMPRESSED_HEADER`` bytes when the payload is zlib-compressed. Unframed streams
     cannot skip a message without parsing it: there :class:`FrameTooLarge` stays final (with
     ``header`` set when it decoded).
 
@@ -122,7 +141,7 @@ class MessageReader:
         self._buf = bytearray()  # bytes of the messages not yet complete
         self._need = 0  # len(self._buf) below which parsing cannot progress
         self._error: WireError | None = None
-        self._skip_oversized = skip_oversized and transport is _FRAMED
+        self._skip_oversized = skip_oversized and transport is not TransportKind.BUFFERED
         self._skipping = 0  # bytes of a skipped frame still to discard (never buffered)
         self.skipped: list[SkippedFrame] = []  # frames skipped, in order, until taken
 
@@ -264,9 +283,19 @@ class MessageReader:
             if length < 0:
                 raise MalformedMessage(f"negative frame length {length}")
             if length > limits.max_frame_size:
-                raise FrameTooLarge(
-                    f"frame of {length} bytes exceeds max_frame_size {limits.max_frame_size}"
-                )
+                if not self._skip_oversized:
+                    raise FrameTooLarge(
+                        f"frame of {length} bytes exceeds max_frame_size {limits.max_frame_size}"
+                    )
+                try:
+                    skipped_to = self._skip_header_frame(buf, pos, length)
+                except Truncated as exc:  # its headers have not arrived whole yet
+                    return pos, exc.need
+                if skipped_to > end:  # the rest of it streams in later: drop it then
+                    self._skipping = skipped_to - end
+                    return end, end
+                pos = skipped_to
+                continue
             stop = pos + 4 + length
             if stop > end:
                 return pos, stop
@@ -303,6 +332,57 @@ class MessageReader:
             raise MalformedMessage("frame ends inside its message header")
         self.skipped.append(SkippedFrame(header, length))
         return start + length
+
+    def _skip_header_frame(self, buf: Buffer, pos: int, length: int) -> int:
+        """Like :meth:`_skip_frame`, for the THeader frame at ``pos``: its frame header, then
+        its message header (inflated from the payload's first bytes if compressed)."""
+        start = pos + 4
+        end = len(buf)
+        if end - start < FIXED_SIZE:
+            raise Truncated(start + FIXED_SIZE)
+        need = start + header_bytes_needed(memoryview(buf)[start : start + FIXED_SIZE], self.limits)
+        if end < need:
+            raise Truncated(need)
+        info, offset = parse_frame_header(memoryview(buf)[start:need], length, self.limits)
+        context = HeaderInfo(info.seqid, info.flags, info.protocol)
+        if info.protocol is not self.protocol:
+            raise HeaderError(
+                f"THeader frame in {info.protocol} on a {self.protocol} connection",
+                context,
+                TApplicationException.INVALID_PROTOCOL,
+            )
+        payload, stop = start + offset, start + length
+        max_name = min(self.limits.max_string_size, _MAX_SKIPPED_NAME)
+        try:
+            if info.transforms:
+                available = bytes(memoryview(buf)[payload : min(end, stop)])
+                if len(available) > _MAX_COMPRESSED_HEADER:
+                    available = available[:_MAX_COMPRESSED_HEADER]
+                plain = inflate_prefix(available, len(info.transforms), max_name + 32, context)
+                try:
+                    header = parse_header(plain, 0, self.protocol, max_name)
+                except Truncated:
+                    if min(end, stop) - payload >= _MAX_COMPRESSED_HEADER:
+                        raise MalformedMessage(
+                            f"no message header in the first {_MAX_COMPRESSED_HEADER} bytes "
+                            "of a compressed THeader payload"
+                        ) from None
+                    raise Truncated(min(end, stop) + 1) from None
+            else:
+                header = parse_header(buf, payload, self.protocol, max_name)
+                if payload + header.body_offset > stop:
+                    raise Truncated(stop + 1)
+        except Truncated as exc:
+            if exc.need > stop:
+                raise MalformedMessage(
+                    "frame ends inside its message header", frame=context
+                ) from None
+            raise
+        except MalformedMessage as exc:
+            exc.frame = context
+            raise
+        self.skipped.append(SkippedFrame(header, length, info))
+        return stop
 
     def _split_buffered(
         self, buf: Buffer, messages: list[bytes], headers: list[MessageHeader]

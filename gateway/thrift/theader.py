@@ -50,6 +50,9 @@ MAX_FRAME_LENGTH = 0x3FFFFFFF  # the spec's largest LENGTH (below HTTP's magic)
 
 _FIXED = struct.Struct(">HHiH")  # magic, flags, seqid, header length in 4-byte words
 _LENGTH = struct.Struct(">i")
+_U16 = struct.Struct(">H")
+_WORDS_AT = 8  # offset of HEADER_WORDS in the fixed fields
+_MAX_VARINT = 5  # bytes of a 32-bit varint
 _U32 = struct.Struct(">I")
 FIXED_SIZE = _FIXED.size  # 10: the bytes between LENGTH and the variable header
 
@@ -143,8 +146,33 @@ def parse_frame(
     The payload comes back with the transforms undone, its inflated size bounded by
     ``limits.max_frame_size``. Every failure is a :class:`HeaderError`.
     """
-    if len(frame) < FIXED_SIZE:
-        raise HeaderError(f"THeader frame of {len(frame)} bytes is shorter than its fixed fields")
+    info, start = parse_frame_header(frame, len(frame), limits)
+    payload = bytes(frame[start:])
+    if info.transforms:
+        context = HeaderInfo(info.seqid, info.flags, info.protocol)
+        for _ in info.transforms:  # undone last to first; all are zlib, the only known one
+            payload = _inflate(payload, limits.max_frame_size, context)
+    return payload, info
+
+
+def header_bytes_needed(fixed: Buffer | memoryview, limits: Limits = DEFAULT_LIMITS) -> int:
+    """How many bytes of a frame (after LENGTH) :func:`parse_frame_header` needs, given its
+    first ``FIXED_SIZE`` bytes: the fixed fields and the variable header; of a header over
+    ``limits.max_header_size`` only the protocol id (it is refused, and answered, at once)."""
+    words: int = _U16.unpack_from(fixed, _WORDS_AT)[0]
+    if words * 4 > limits.max_header_size:
+        return FIXED_SIZE + _MAX_VARINT
+    return FIXED_SIZE + words * 4
+
+
+def parse_frame_header(
+    frame: Buffer | memoryview, length: int, limits: Limits = DEFAULT_LIMITS
+) -> tuple[HeaderInfo, int]:
+    """``(info, payload offset)`` of a THeader frame of ``length`` bytes (after LENGTH) whose
+    first bytes are ``frame``: at least :func:`header_bytes_needed` of them (a frame being
+    skipped is not buffered whole). Every failure is a :class:`HeaderError`."""
+    if length < FIXED_SIZE or len(frame) < FIXED_SIZE:
+        raise HeaderError(f"THeader frame of {length} bytes is shorter than its fixed fields")
     magic, flags, seqid, words = _FIXED.unpack_from(frame, 0)
     if magic != HEADER_MAGIC:
         raise HeaderError(f"no THeader magic (0x{magic:04x}) at the start of a frame")
@@ -167,9 +195,9 @@ def parse_frame(
             f"{limits.max_header_size}",
             context,
         )
-    if end > len(frame):
+    if end > length:
         raise HeaderError(
-            f"THeader header of {header_size} bytes runs past the {len(frame)}-byte frame",
+            f"THeader header of {header_size} bytes runs past the {length}-byte frame",
             context,
         )
     transforms: list[int] = []
@@ -189,10 +217,20 @@ def parse_frame(
         for _ in range(cursor.varint("info header count")):
             key = cursor.string("info header key")
             headers.append((key, cursor.string("info header value")))
-    payload = bytes(frame[end:])
-    for _ in transforms:  # undone last to first; all are zlib, the only known transform
-        payload = _inflate(payload, limits.max_frame_size, context)
-    return payload, HeaderInfo(seqid, flags, protocol, tuple(transforms), tuple(headers))
+    return HeaderInfo(seqid, flags, protocol, tuple(transforms), tuple(headers)), end
+
+
+def inflate_prefix(data: bytes, transforms: int, size: int, context: HeaderInfo) -> bytes:
+    """At most ``size`` bytes of the start of a payload ``transforms`` times zlib-compressed,
+    of which ``data`` is the start: enough to read the message header of a frame too large to
+    buffer. Shorter when ``data`` does not hold that much yet; :class:`HeaderError` when it
+    does not inflate."""
+    for _ in range(transforms):
+        try:
+            data = zlib.decompressobj().decompress(data, size)
+        except zlib.error as exc:
+            raise HeaderError(f"THeader zlib payload does not inflate: {exc}", context) from None
+    return data
 
 
 def _inflate(data: bytes, limit: int, context: HeaderInfo) -> bytes:
@@ -299,14 +337,16 @@ def key_headers(info: HeaderInfo | None, names: Collection[bytes]) -> bytes:
     """Canonical bytes of the info headers ``names`` of a call, to fold into its call key.
 
     Names sorted; each is ``len:u32 name`` then ``0x00`` if absent or ``0x01 len:u32 value``,
-    so an absent header and an empty one differ, and a caller without THeader (``info`` None)
-    counts as sending none. Empty bytes when ``names`` is empty: a method without key headers
-    keeps exactly the key a framed caller gets.
+    so an absent header and an empty one differ. Empty bytes when the call carries none of
+    ``names`` (a caller without THeader, ``info`` None, carries none): such a call keeps
+    exactly the key a framed caller gets, with or without key headers configured.
     """
+    if info is None or not any(info.get(name) is not None for name in names):
+        return b""
     out = bytearray()
     for name in sorted(names):
         out += _U32.pack(len(name)) + name
-        value = None if info is None else info.get(name)
+        value = info.get(name)
         if value is None:
             out.append(0)
         else:
