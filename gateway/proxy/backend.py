@@ -92,10 +92,15 @@ class Backend:
         to the connection (every attempt sends the same bytes) to spare decoding it again.
         ``headers``: THeader info headers, sent with every attempt to a THeader backend.
         """
-        return self._calls.add(self._call(message, policy, oneway, header))
+        return self._calls.add(self._call(message, policy, oneway, header, headers))
 
     def _call(
-        self, message: bytes, policy: MethodPolicy, oneway: bool, header: MessageHeader | None
+        self,
+        message: bytes,
+        policy: MethodPolicy,
+        oneway: bool,
+        header: MessageHeader | None,
+        headers: Headers,
     ) -> Deferred[bytes]:
         self._rr += 1
         if oneway:
