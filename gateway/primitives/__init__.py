@@ -2,6 +2,7 @@
 
 from gateway.primitives.asyncdict import DeferredDict
 from gateway.primitives.coalescer import Coalescer, UnhashableKey, coalesced
+from gateway.primitives.deadlines import Deadline, Deadlines
 from gateway.primitives.dispatch import DispatchQueue, QueueFull, QueueStopped
 from gateway.primitives.pool import DeferredPool
 from gateway.primitives.race import AllAttemptsFailed, first_success
@@ -10,6 +11,8 @@ from gateway.primitives.retry import RetryingCall, exponential_backoff
 __all__ = [
     "AllAttemptsFailed",
     "Coalescer",
+    "Deadline",
+    "Deadlines",
     "DeferredDict",
     "DeferredPool",
     "DispatchQueue",

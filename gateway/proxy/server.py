@@ -41,6 +41,7 @@ from gateway.errors import PROTOCOL_ERROR
 from gateway.primitives import DeferredPool
 from gateway.proxy.connections import DEFAULT_CLIENT_LIMITS, ClientLimits, ConnectionTable
 from gateway.proxy.handler import CallHandler
+from gateway.proxy.writes import send_now
 from gateway.reactors import as_transport
 from gateway.stats import NodeStats
 from gateway.thrift import (
@@ -325,7 +326,7 @@ class ClientConnection(Protocol):
 
     def _write_bytes(self, data: bytes) -> None:
         if self.transport is not None and not self._hung_up:
-            as_transport(self.transport).write(data)
+            send_now(self.transport, data)
 
     def _close(self, why: str) -> None:
         """Stop reading now; hang up once the calls already dispatched are answered."""

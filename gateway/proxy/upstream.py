@@ -48,6 +48,7 @@ from gateway.errors import (
     ShuttingDown,
 )
 from gateway.primitives import (
+    Deadlines,
     DispatchQueue,
     QueueFull,
     QueueStopped,
@@ -55,6 +56,7 @@ from gateway.primitives import (
     exponential_backoff,
 )
 from gateway.proxy.connections import RateLimitedLog
+from gateway.proxy.writes import send_now
 from gateway.reactors import as_clock, as_transport
 from gateway.thrift import (
     FrameTooLarge,
@@ -129,7 +131,7 @@ class UpstreamConnection(TwistedProtocol):
             framed = encode_frame(message, seqid=seqid, protocol=self._protocol, headers=headers)
         else:
             framed = encode(self._transport_kind, message)
-        as_transport(self.transport).write(framed)
+        send_now(self.transport, framed)
         if oneway:
             return defer.succeed(b"")
 
@@ -231,6 +233,8 @@ class UpstreamPool:
         self._next = 0
         self._stopped = False
         self._oversized_log = RateLimitedLog(reactor, logger=log)
+        # One timer for every call's timeout (see gateway.primitives.deadlines).
+        self._deadlines = Deadlines(reactor, resolution=0.05)
         self._queue: DispatchQueue[Callable[[], Deferred[bytes]], bytes] = DispatchQueue(
             lambda job: job(), width=max_concurrency, capacity=queue_size
         )
@@ -373,14 +377,24 @@ class UpstreamPool:
         except QueueStopped:
             return defer.fail(ShuttingDown("gateway: shutting down"))
 
-        def timed_out(result: bytes | Failure, _timeout: float) -> bytes | Failure:
-            # Called by addTimeout after it cancelled the call (queued or underway).
-            if isinstance(result, Failure) and isinstance(result.value, CancelledError):
-                return _failure(BackendTimeout(f"gateway: backend timeout after {timeout:g}s"))
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            d.cancel()  # queued or underway: its seqid is forgotten, a late reply dropped
+
+        deadline = self._deadlines.add(timeout, expire)
+
+        def finished(result: bytes | Failure) -> bytes | Failure:
+            deadline.cancel()
+            if isinstance(result, Failure):
+                if expired and isinstance(result.value, CancelledError):
+                    return _failure(BackendTimeout(f"gateway: backend timeout after {timeout:g}s"))
+                return _as_gateway_error(result)
             return result
 
-        d.addTimeout(timeout, self._reactor, onTimeoutCancel=timed_out)
-        return d.addErrback(_as_gateway_error)
+        return d.addBoth(finished)
 
     def stop(self) -> None:
         """Stop reconnecting and close every connection; outstanding calls fail."""
