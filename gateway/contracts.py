@@ -14,25 +14,34 @@ from typing import Any, Literal, Protocol
 from twisted.internet.defer import Deferred
 
 from gateway.errors import GatewayError, Origin
+from gateway.thrift.appexc import reply_kind
+from gateway.thrift.kinds import ProtocolKind
+from gateway.thrift.kinds import ReplyKind as ReplyKind  # re-exported: part of the contract
+from gateway.thrift.message import MessageHeader
 
 Mode = Literal["coalesce", "cache", "passthrough"]
 
 
-class ReplyKind(enum.Enum):
-    """What a backend reply message carries, which decides whether it may be cached."""
-
-    SUCCESS = "success"  # REPLY whose result struct holds field 0 (or nothing: void)
-    DECLARED_EXCEPTION = "declared"  # REPLY whose result struct holds a declared exception
-    APPLICATION_EXCEPTION = "app"  # EXCEPTION message (TApplicationException) from the backend
-
-
 @dataclass(frozen=True)
 class BackendReply:
-    """One whole, unframed Thrift reply message exactly as the backend sent it."""
+    """One whole, unframed Thrift reply message exactly as the backend sent it.
+
+    ``kind`` is worked out from the bytes only when asked (caching and sharing need it;
+    passing a reply through does not). ``header`` is the reply's parsed header when the
+    upstream connection has it already (it parsed it to match the seqid): re-encoding the
+    reply for the caller then needs no second parse.
+    """
 
     message: bytes
     protocol: str  # a gateway.thrift ProtocolKind value: "binary", "binary-nonstrict", "compact"
-    kind: ReplyKind
+    known_kind: ReplyKind | None = None
+    header: MessageHeader | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def kind(self) -> ReplyKind:
+        if self.known_kind is not None:
+            return self.known_kind
+        return reply_kind(self.message, ProtocolKind(self.protocol), header=self.header)
 
 
 @dataclass(frozen=True)
@@ -49,10 +58,11 @@ class MethodPolicy:
     # THeader info headers that are part of the call key (names as sent, case-sensitive).
     key_headers: frozenset[str] = field(default_factory=frozenset)
 
-    def may_cache(self, kind: ReplyKind) -> bool:
-        """True when a reply of ``kind`` may be stored as a cache entry."""
+    def may_cache(self, reply: BackendReply) -> bool:
+        """True when ``reply`` may be stored as a cache entry (its kind is read only then)."""
         if self.mode != "cache" or self.ttl <= 0:
             return False
+        kind = reply.kind
         if kind is ReplyKind.SUCCESS:
             return True
         return kind is ReplyKind.DECLARED_EXCEPTION and self.cache_exceptions

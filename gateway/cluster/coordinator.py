@@ -241,7 +241,7 @@ class ClusterCoordinator:
             shared, cacheable = env.Envelope.skip(token, "too_large", fence), False
         else:
             shared = env.Envelope.ok(token, reply, fence)
-            cacheable = policy.may_cache(reply.kind)
+            cacheable = policy.may_cache(reply)
         if await self._complete(key, policy, shared, cacheable) is False and not renewer.deposed:
             self._deposed(key)  # lost the lease between the last renewal and complete
         return Outcome(reply, Source.BACKEND)

@@ -40,7 +40,6 @@ from gateway.thrift import (
     ProtocolKind,
     application_exception,
     read_header,
-    reply_kind,
     transcode,
     validate_body,
 )
@@ -178,7 +177,8 @@ class CallHandler:
         backend_protocol = backend.protocol
 
         def backend_reply(reply: bytes) -> BackendReply:
-            return BackendReply(reply, backend_protocol, reply_kind(reply, backend_protocol))
+            # Its kind is worked out only if a cache or another node needs it.
+            return BackendReply(reply, backend_protocol)
 
         def call_backend() -> Deferred[BackendReply]:
             # Re-encoded only here: a call that joins another or is answered from a cache

@@ -73,7 +73,7 @@ class LocalCoordinator:
 
     def _call(self, key: str, policy: MethodPolicy, call_backend: BackendCall) -> Deferred[Outcome]:
         def store(reply: BackendReply) -> Outcome:
-            if policy.may_cache(reply.kind):
+            if policy.may_cache(reply):
                 now = self._clock.seconds()
                 self._cache[key] = _Entry(
                     reply, now + policy.ttl, now + policy.ttl + policy.stale_ttl

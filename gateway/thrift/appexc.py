@@ -6,8 +6,13 @@ import struct
 
 from thrift.Thrift import TApplicationException
 
-from gateway.contracts import ReplyKind
-from gateway.thrift.kinds import DEFAULT_LIMITS, MalformedMessage, MessageType, ProtocolKind
+from gateway.thrift.kinds import (
+    DEFAULT_LIMITS,
+    MalformedMessage,
+    MessageType,
+    ProtocolKind,
+    ReplyKind,
+)
 from gateway.thrift.message import MessageHeader, encode_header, read_header
 from gateway.thrift.protocols import InputBuffer, OutputBuffer, reader, writer
 from gateway.thrift.walk import I32, NULL_SINK, STOP, STRING, BodyErrors, check_type, walk_value

@@ -27,6 +27,14 @@ class TransportKind(enum.StrEnum):
     HEADER = "header"  # THeader frames (gateway.thrift.theader): length, magic 0x0FFF, headers
 
 
+class ReplyKind(enum.Enum):
+    """What a backend reply message carries, which decides whether it may be cached."""
+
+    SUCCESS = "success"  # REPLY whose result struct holds field 0 (or nothing: void)
+    DECLARED_EXCEPTION = "declared"  # REPLY whose result struct holds a declared exception
+    APPLICATION_EXCEPTION = "app"  # EXCEPTION message (TApplicationException) from the backend
+
+
 class MessageType(enum.IntEnum):
     """Thrift message types (thrift.Thrift.TMessageType)."""
 
