@@ -56,7 +56,6 @@ from gateway.primitives import (
     exponential_backoff,
 )
 from gateway.proxy.connections import RateLimitedLog
-from gateway.proxy.writes import send_now
 from gateway.reactors import as_clock, as_transport
 from gateway.thrift import (
     FrameTooLarge,
@@ -131,7 +130,9 @@ class UpstreamConnection(TwistedProtocol):
             framed = encode_frame(message, seqid=seqid, protocol=self._protocol, headers=headers)
         else:
             framed = encode(self._transport_kind, message)
-        send_now(self.transport, framed)
+        # A plain write, not send_now: calls of many clients share a few pipelined
+        # connections, and Twisted sends everything written in one reactor turn together.
+        as_transport(self.transport).write(framed)
         if oneway:
             return defer.succeed(b"")
 
