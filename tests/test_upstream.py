@@ -24,6 +24,7 @@ from gateway.errors import (
     Origin,
     Overloaded,
     ReplyTooLarge,
+    ShuttingDown,
 )
 from gateway.proxy.upstream import UpstreamConnection, UpstreamPool
 from gateway.thrift import (
@@ -326,3 +327,93 @@ def test_calls_wait_for_the_first_connection() -> None:
     (seqid,) = sent_seqids(transport)
     proto.dataReceived(reply(b"ack:a", seqid))
     assert b"ack:a" in out[0]
+
+
+def test_waiting_calls_start_in_order_as_slots_free() -> None:
+    """Beyond max_concurrency calls wait; each one that finishes starts the oldest waiting."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor, queue_size=5)
+    p.start()
+    ((proto, transport),) = connect_all(reactor)
+    outs = [collect(p.call(call(t), timeout=30)) for t in (b"a", b"b", b"c")]
+    assert len(sent_seqids(transport)) == 1  # one slot: the others wait
+    for text in (b"a", b"b", b"c"):
+        seqid = sent_seqids(transport)[-1]
+        proto.dataReceived(reply(b"ack:" + text, seqid))
+    assert all(b"ack:" + t in o[0] for o, t in zip(outs, (b"a", b"b", b"c"), strict=True))
+
+
+def test_cancelled_waiting_call_is_never_sent_and_frees_its_place() -> None:
+    """A waiting call whose caller left is skipped, and its queue place is free at once."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor, queue_size=1)
+    p.start()
+    ((proto, transport),) = connect_all(reactor)
+    first = collect(p.call(call(b"a"), timeout=30))
+    gone = p.call(call(b"b"), timeout=30)
+    gone.addErrback(lambda f: f.trap(CancelledError))
+    gone.cancel()
+    third = collect(p.call(call(b"c"), timeout=30))  # the queue had room again
+    assert third == []
+    proto.dataReceived(reply(b"ack:a", sent_seqids(transport)[0]))
+    assert b"ack:a" in first[0]
+    sent = MessageReader(FRAMED, BINARY, DEFAULT_LIMITS).feed(transport.value())
+    assert [b"c" in m for m in sent] == [False, True]  # b was never sent
+    proto.dataReceived(reply(b"ack:c", sent_seqids(transport)[1]))
+    assert b"ack:c" in third[0]
+
+
+def test_waiting_call_times_out_without_a_slot() -> None:
+    """A call still waiting at its timeout fails with BackendTimeout and is never sent."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor)
+    p.start()
+    ((_proto, transport),) = connect_all(reactor)
+    underway = p.call(call(b"a"), timeout=30)
+    waiting = collect(p.call(call(b"b"), timeout=1))
+    reactor.advance(1.1)
+    assert waiting[0].check(BackendTimeout)
+    assert len(sent_seqids(transport)) == 1
+    underway.addErrback(lambda f: None)
+    p.stop()
+
+
+def test_caller_leaving_an_underway_call_frees_its_slot_and_drops_the_late_reply() -> None:
+    """Cancelling an underway call frees its slot for the next one; its reply is ignored."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor)
+    p.start()
+    ((proto, transport),) = connect_all(reactor)
+    gone = p.call(call(b"a"), timeout=30)
+    gone.addErrback(lambda f: f.trap(CancelledError))
+    nxt = collect(p.call(call(b"b"), timeout=30))
+    gone.cancel()
+    first, second = sent_seqids(transport)
+    proto.dataReceived(reply(b"ack:a", first) + reply(b"ack:b", second))
+    assert len(nxt) == 1 and b"ack:b" in nxt[0]
+
+
+def test_stop_fails_calls_not_yet_sent_with_shutting_down() -> None:
+    """stop(): waiting calls fail with ShuttingDown at once."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor)
+    p.start()
+    connect_all(reactor)
+    underway = p.call(call(b"a"), timeout=30)
+    underway.addErrback(lambda f: None)
+    waiting = collect(p.call(call(b"b"), timeout=30))
+    p.stop()
+    assert waiting[0].check(ShuttingDown)
+
+
+def test_submit_answers_exactly_once() -> None:
+    """submit(): on_reply runs once with the reply, and nothing is left waiting."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor)
+    p.start()
+    ((proto, transport),) = connect_all(reactor)
+    got: list[Any] = []
+    p.submit(call(b"a"), got.append, timeout=1)
+    proto.dataReceived(reply(b"ack:a", sent_seqids(transport)[0]))
+    reactor.advance(5)  # the timeout does not fire after the answer
+    assert len(got) == 1 and b"ack:a" in got[0]

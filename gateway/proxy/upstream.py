@@ -19,20 +19,24 @@ whole before it are delivered, its own call fails with ReplyTooLarge, and the co
 dropped (the other calls on it fail with :class:`ConnectionLost`). Replies that arrived whole
 ahead of any other bad bytes are likewise delivered before the connection drops.
 
-Concurrency is capped by a :class:`DispatchQueue` (``max_concurrency`` underway, ``queue_size``
-waiting); overflow fails at once with :class:`Overloaded`. Lost connections reconnect in the
-background with exponential backoff (:class:`RetryingCall`); while no connection is up and
-none is being attempted for the first time, calls fail fast with :class:`BackendUnreachable`.
+Concurrency is capped (``max_concurrency`` underway, ``queue_size`` waiting, in order);
+overflow fails at once with :class:`Overloaded`. Calls are driven by callbacks
+(:meth:`UpstreamPool.submit`): a call costs no Deferred unless its caller wants one
+(:meth:`UpstreamPool.call`), and every call's timeout shares one timer (``Deadlines``).
+Lost connections reconnect in the background with exponential backoff
+(:class:`RetryingCall`); while no connection is up and none is being attempted for the
+first time, calls fail fast with :class:`BackendUnreachable`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
@@ -47,14 +51,7 @@ from gateway.errors import (
     ReplyTooLarge,
     ShuttingDown,
 )
-from gateway.primitives import (
-    Deadlines,
-    DispatchQueue,
-    QueueFull,
-    QueueStopped,
-    RetryingCall,
-    exponential_backoff,
-)
+from gateway.primitives import Deadline, Deadlines, RetryingCall, exponential_backoff
 from gateway.proxy.connections import RateLimitedLog
 from gateway.reactors import as_clock, as_transport
 from gateway.thrift import (
@@ -78,6 +75,67 @@ _SEQID_LIMIT = 2**31 - 1
 _HEADER = TransportKind.HEADER
 
 
+OnReply = Callable[[bytes | GatewayError], None]
+
+_WAITING, _UNDERWAY, _DONE = "waiting", "underway", "done"
+
+
+class Call:
+    """One call of an :class:`UpstreamPool`: waiting for a slot, underway, or done."""
+
+    __slots__ = (
+        "conn",
+        "deadline",
+        "header",
+        "headers",
+        "message",
+        "on_reply",
+        "oneway",
+        "pool",
+        "seqid",
+        "state",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        message: bytes,
+        on_reply: OnReply,
+        oneway: bool,
+        header: MessageHeader | None,
+        headers: Headers,
+        timeout: float,
+    ) -> None:
+        self.pool = pool
+        self.message = message
+        self.on_reply = on_reply
+        self.oneway = oneway
+        self.header = header
+        self.headers = headers
+        self.timeout = timeout
+        self.state = _WAITING
+        self.conn: UpstreamConnection | None = None
+        self.seqid = 0
+        self.deadline: Deadline | None = None
+
+    def reply(self, result: bytes | GatewayError) -> None:
+        """From the connection: the reply, or what ended the call."""
+        self.pool._finish(self, result)
+
+    def expire(self) -> None:
+        """From the pool's deadlines: ``timeout`` has passed."""
+        self.pool._expire(self)
+
+    def cancel(self) -> None:
+        """The caller is gone: forget the call (a late reply is dropped), answer nobody."""
+        self.pool._drop(self)
+
+    @property
+    def done(self) -> bool:
+        return self.state is _DONE
+
+
 class UpstreamConnection(TwistedProtocol):
     """One backend connection with any number of calls outstanding, matched by seqid."""
 
@@ -96,7 +154,8 @@ class UpstreamConnection(TwistedProtocol):
         self._limits = limits
         # Oversized framed/THeader replies are skipped, not fatal: they fail only their call.
         self._reader = MessageReader(transport_kind, protocol, limits, skip_oversized=True)
-        self._pending: dict[int, Deferred[bytes]] = {}
+        # seqid -> what to call with the reply (bytes) or the call's failure (a GatewayError).
+        self._pending: dict[int, OnReply] = {}
         self._next_seqid = 0
         self.lost: Deferred[None] = Deferred()
         self.connected_ok = False
@@ -108,21 +167,24 @@ class UpstreamConnection(TwistedProtocol):
     def connectionMade(self) -> None:
         self.connected_ok = True
 
-    def send(
+    def transmit(
         self,
         message: bytes,
-        oneway: bool,
+        on_reply: OnReply | None,
         header: MessageHeader | None = None,
         headers: Headers = (),
-    ) -> Deferred[bytes]:
-        """Send ``message`` under a seqid unique on this connection; fire with the reply.
+    ) -> int:
+        """Send ``message`` under a seqid unique on this connection and return that seqid.
 
-        ``header``, if given, must be ``read_header(message, protocol)``: the handler decoded
-        it already, and the seqid rewrite then needs no second decode. ``headers`` are the
-        THeader info headers to send with it (ignored unless the backend speaks THeader).
+        ``on_reply`` is called exactly once with the reply message, or with the GatewayError
+        that ends the call (connection lost, reply too large) - unless :meth:`forget` came
+        first. None: a oneway call, no reply. ``header``, if given, must be
+        ``read_header(message, protocol)`` (the seqid rewrite then needs no second decode);
+        ``headers`` are the THeader info headers to send (THeader backends only). Raises
+        BackendUnreachable if the connection is gone.
         """
         if self.transport is None or not self.connected_ok:
-            return defer.fail(BackendUnreachable("gateway: backend connection lost"))
+            raise BackendUnreachable("gateway: backend connection lost")
         self._next_seqid = self._next_seqid + 1 if self._next_seqid < _SEQID_LIMIT else 1
         seqid = self._next_seqid
         message = replace_header(message, self._protocol, seqid=seqid, header=header)
@@ -133,15 +195,30 @@ class UpstreamConnection(TwistedProtocol):
         # A plain write, not send_now: calls of many clients share a few pipelined
         # connections, and Twisted sends everything written in one reactor turn together.
         as_transport(self.transport).write(framed)
+        if on_reply is not None:
+            self._pending[seqid] = on_reply
+        return seqid
+
+    def forget(self, seqid: int) -> None:
+        """The call is over for us (timed out, caller gone): a late reply is dropped."""
+        self._pending.pop(seqid, None)
+
+    def send(
+        self,
+        message: bytes,
+        oneway: bool,
+        header: MessageHeader | None = None,
+        headers: Headers = (),
+    ) -> Deferred[bytes]:
+        """:meth:`transmit` with a Deferred: fires with the reply (b"" for oneway), fails with
+        the GatewayError; cancelling it forgets the call."""
+        d: Deferred[bytes] = Deferred(lambda _: self.forget(seqid))
+        try:
+            seqid = self.transmit(message, None if oneway else _settle(d), header, headers)
+        except GatewayError as exc:
+            return defer.fail(exc)
         if oneway:
-            return defer.succeed(b"")
-
-        def forget(_: Deferred[bytes]) -> None:
-            # Cancelled (timeout or every caller gone): a late reply for this seqid is dropped.
-            self._pending.pop(seqid, None)
-
-        d: Deferred[bytes] = Deferred(forget)
-        self._pending[seqid] = d
+            d.callback(b"")
         return d
 
     def dataReceived(self, data: bytes) -> None:
@@ -170,9 +247,9 @@ class UpstreamConnection(TwistedProtocol):
             self._deliver(message, header.seqid)
 
     def _deliver(self, message: bytes, seqid: int) -> None:
-        d = self._pending.pop(seqid, None)
-        if d is not None:
-            d.callback(message)
+        on_reply = self._pending.pop(seqid, None)
+        if on_reply is not None:
+            on_reply(message)
 
     def _fail_skipped(self) -> None:
         for skipped in self._reader.take_skipped():
@@ -188,15 +265,15 @@ class UpstreamConnection(TwistedProtocol):
             header.name,
             limit,
         )
-        d = self._pending.pop(header.seqid, None)
-        if d is not None:
-            d.errback(ReplyTooLarge(f"gateway: backend reply {of}exceeds max_frame_size {limit}"))
+        on_reply = self._pending.pop(header.seqid, None)
+        if on_reply is not None:
+            on_reply(ReplyTooLarge(f"gateway: backend reply {of}exceeds max_frame_size {limit}"))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected_ok = False
         pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.errback(ConnectionLost("gateway: backend connection lost mid-call"))
+        for on_reply in pending.values():
+            on_reply(ConnectionLost("gateway: backend connection lost mid-call"))
         self.lost.callback(None)
 
 
@@ -229,16 +306,20 @@ class UpstreamPool:
         self._backoff = backoff or (lambda: exponential_backoff(0.05, 2.0, 2.0))
         self._live: list[UpstreamConnection] = []
         self._connecting = 0  # slots whose first attempt (or a retry) is underway
-        self._ready_waiters: list[Deferred[None]] = []
         self._retries: list[RetryingCall[UpstreamConnection]] = []
         self._next = 0
         self._stopped = False
         self._oversized_log = RateLimitedLog(reactor, logger=log)
         # One timer for every call's timeout (see gateway.primitives.deadlines).
         self._deadlines = Deadlines(reactor, resolution=0.05)
-        self._queue: DispatchQueue[Callable[[], Deferred[bytes]], bytes] = DispatchQueue(
-            lambda job: job(), width=max_concurrency, capacity=queue_size
-        )
+        # Concurrency cap: at most ``max_concurrency`` calls underway, ``queue_size`` waiting
+        # (cancelled ones are left in the deque and skipped; ``_waiting`` counts live ones).
+        self._width = max_concurrency
+        self._capacity = queue_size
+        self._underway = 0
+        self._queue: deque[Call] = deque()
+        self._waiting = 0
+        self._parked: list[Call] = []  # started before any connection was up (start-up)
 
     # -- connection slots -------------------------------------------------------------------
 
@@ -303,12 +384,6 @@ class UpstreamPool:
         if not self._stopped:
             self._connect_slot(first=False)
 
-    def _notify_ready(self) -> None:
-        if self._live or self._connecting == 0:
-            waiters, self._ready_waiters = self._ready_waiters, []
-            for w in waiters:
-                w.callback(None)
-
     def _pick_live(self) -> UpstreamConnection | None:
         """The live connection with the fewest outstanding calls, None if none is up."""
         live = self._live
@@ -328,18 +403,46 @@ class UpstreamPool:
                 best, least = conn, conn.outstanding
         return best
 
-    def _pick(self) -> Deferred[UpstreamConnection]:
-        conn = self._pick_live()
-        if conn is not None:
-            return defer.succeed(conn)
-        if self._connecting == 0:
-            return defer.fail(BackendUnreachable(f"gateway: backend {self.address} unreachable"))
-        # Only at startup (or right after a loss): wait for the attempt underway to decide.
-        waiter: Deferred[None] = Deferred(lambda d: self._ready_waiters.remove(d))
-        self._ready_waiters.append(waiter)
-        return waiter.addCallback(lambda _: self._pick())
-
     # -- calls ------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        message: bytes,
+        on_reply: OnReply,
+        *,
+        timeout: float,
+        oneway: bool = False,
+        header: MessageHeader | None = None,
+        headers: Headers = (),
+    ) -> Call | None:
+        """Send one unframed message (any seqid); ``on_reply`` gets the reply or the failure.
+
+        ``on_reply`` is called exactly once - with the backend's reply message, or with a
+        GatewayError (BackendUnreachable, ConnectionLost, BackendTimeout, Overloaded,
+        ShuttingDown, ReplyTooLarge) - unless the returned :class:`Call` is cancelled first
+        (the caller is gone). A oneway call gets ``b""`` once it is sent. When the call
+        fails at once, ``on_reply`` has run already and None is returned. ``timeout`` counts
+        from now and includes time spent waiting behind ``max_concurrency``. ``header``, if
+        given, must be ``read_header(message, self.protocol)``; ``headers`` go in the THeader
+        frame (THeader backends only).
+        """
+        if self._stopped:
+            on_reply(ShuttingDown("gateway: shutting down"))
+            return None
+        if self._underway >= self._width:
+            if self._waiting >= self._capacity:
+                on_reply(Overloaded(f"gateway: overloaded, backend {self.address} queue full"))
+                return None
+            call = Call(self, message, on_reply, oneway, header, headers, timeout)
+            self._queue.append(call)
+            self._waiting += 1
+        else:
+            call = Call(self, message, on_reply, oneway, header, headers, timeout)
+            self._start(call)
+            if call.done:
+                return None
+        call.deadline = self._deadlines.add(timeout, call.expire)
+        return call
 
     def call(
         self,
@@ -350,69 +453,129 @@ class UpstreamPool:
         header: MessageHeader | None = None,
         headers: Headers = (),
     ) -> Deferred[bytes]:
-        """Send one unframed message (any seqid); fire with the backend's reply message.
+        """:meth:`submit` with a Deferred: it fires with the reply, fails with the
+        GatewayError, and cancelling it cancels the call."""
+        d: Deferred[bytes] = Deferred(lambda _: call.cancel() if call is not None else None)
+        call = self.submit(
+            message, _settle(d), timeout=timeout, oneway=oneway, header=header, headers=headers
+        )
+        return d
 
-        Fails with BackendUnreachable, ConnectionLost, BackendTimeout, Overloaded or
-        ShuttingDown. ``timeout`` counts from now and includes time spent queued behind
-        ``max_concurrency``. ``header``, if given,
-        must be ``read_header(message, self.protocol)`` (passed on to spare a decode);
-        ``headers`` go in the THeader frame (THeader backends only).
-        """
-        if self._stopped:
-            return defer.fail(ShuttingDown("gateway: shutting down"))
+    def _start(self, call: Call) -> None:
+        self._underway += 1
+        call.state = _UNDERWAY
+        conn = self._pick_live()
+        if conn is None:
+            if self._connecting:  # start-up, or right after a loss: wait for that attempt
+                self._parked.append(call)
+                return
+            self._finish(call, BackendUnreachable(f"gateway: backend {self.address} unreachable"))
+            return
+        self._transmit(conn, call)
 
-        def job() -> Deferred[bytes]:
-            # Nearly always a connection is up: send at once, without a Deferred (and its
-            # chaining into send's) for the connection.
-            conn = self._pick_live()
-            if conn is not None:
-                return conn.send(message, oneway, header, headers)
-            return self._pick().addCallback(
-                lambda conn: conn.send(message, oneway, header, headers)
-            )
-
+    def _transmit(self, conn: UpstreamConnection, call: Call) -> None:
         try:
-            d = self._queue.put(job)
-        except QueueFull:
-            return defer.fail(Overloaded(f"gateway: overloaded, backend {self.address} queue full"))
-        except QueueStopped:
-            return defer.fail(ShuttingDown("gateway: shutting down"))
+            call.conn = conn
+            call.seqid = conn.transmit(
+                call.message, None if call.oneway else call.reply, call.header, call.headers
+            )
+        except GatewayError as exc:
+            self._finish(call, exc)
+            return
+        call.message = b""  # sent: do not keep the bytes alive while waiting
+        if call.oneway:
+            self._finish(call, b"")
 
-        expired = False
+    def _finish(self, call: Call, result: bytes | GatewayError) -> None:
+        """``call`` is over with ``result``: free its slot, answer it, start the next."""
+        if call.state is _DONE:
+            return
+        was_underway = call.state is _UNDERWAY
+        call.state = _DONE
+        if call.deadline is not None:
+            call.deadline.cancel()
+        if was_underway:
+            self._underway -= 1
+        call.on_reply(result)
+        if was_underway:
+            self._start_waiting()
 
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            d.cancel()  # queued or underway: its seqid is forgotten, a late reply dropped
+    def _drop(self, call: Call) -> None:
+        """``call`` ends without an answer (cancelled by its caller)."""
+        if call.state is _DONE:
+            return
+        if call.state is _WAITING:
+            self._waiting -= 1
+        else:
+            self._underway -= 1
+            if call.conn is not None:
+                call.conn.forget(call.seqid)
+            elif call in self._parked:
+                self._parked.remove(call)
+        call.state = _DONE
+        if call.deadline is not None:
+            call.deadline.cancel()
+        self._start_waiting()
 
-        deadline = self._deadlines.add(timeout, expire)
+    def _expire(self, call: Call) -> None:
+        timeout = BackendTimeout(f"gateway: backend timeout after {call.timeout:g}s")
+        if call.state is _WAITING:  # never started: it holds no slot
+            self._waiting -= 1
+            call.state = _DONE
+            call.on_reply(timeout)
+            return
+        if call.conn is not None:
+            call.conn.forget(call.seqid)
+        elif call in self._parked:
+            self._parked.remove(call)
+        self._finish(call, timeout)
 
-        def finished(result: bytes | Failure) -> bytes | Failure:
-            deadline.cancel()
-            if isinstance(result, Failure):
-                if expired and isinstance(result.value, CancelledError):
-                    return _failure(BackendTimeout(f"gateway: backend timeout after {timeout:g}s"))
-                return _as_gateway_error(result)
-            return result
+    def _start_waiting(self) -> None:
+        queue = self._queue
+        while queue and self._underway < self._width:
+            call = queue.popleft()
+            if call.state is _WAITING:
+                self._waiting -= 1
+                self._start(call)
 
-        return d.addBoth(finished)
+    def _notify_ready(self) -> None:
+        if self._live or self._connecting == 0:
+            parked, self._parked = self._parked, []
+            for call in parked:
+                if call.state is not _UNDERWAY:
+                    continue
+                conn = self._pick_live()
+                if conn is None:
+                    unreachable = f"gateway: backend {self.address} unreachable"
+                    self._finish(call, BackendUnreachable(unreachable))
+                else:
+                    self._transmit(conn, call)
 
     def stop(self) -> None:
-        """Stop reconnecting and close every connection; outstanding calls fail."""
+        """Stop reconnecting and close every connection; calls underway fail as their
+        connections close (ConnectionLost), calls not sent yet with ShuttingDown."""
         self._stopped = True
         for retrying in list(self._retries):
             retrying.cancel()
+        waiting = [call for call in self._queue if call.state is _WAITING]
+        self._queue.clear()
+        parked, self._parked = self._parked, []
+        for call in waiting + parked:
+            self._finish(call, ShuttingDown("gateway: shutting down"))
         for conn in list(self._live):
             if conn.transport is not None:
                 as_transport(conn.transport).loseConnection()
 
 
-def _as_gateway_error(reason: Failure) -> Failure:
-    """Anything but a GatewayError (or a caller's cancel) becomes ConnectionLost."""
-    if isinstance(reason.value, GatewayError | CancelledError):
-        return reason
-    return _failure(ConnectionLost(f"gateway: backend error: {reason.value}"))
+def _settle(d: Deferred[bytes]) -> OnReply:
+    """An OnReply that fires ``d`` (unless its caller cancelled it meanwhile)."""
 
+    def settle(result: bytes | GatewayError) -> None:
+        if d.called:
+            return
+        if isinstance(result, bytes):
+            d.callback(result)
+        else:
+            d.errback(result)
 
-def _failure(exc: BaseException) -> Failure:
-    return Failure(exc)  # type: ignore[no-untyped-call]  # Twisted leaves Failure() untyped
+    return settle
