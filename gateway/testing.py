@@ -23,10 +23,12 @@ from types import TracebackType
 from typing import IO, Any, Self, TypeVar
 
 from thrift.Thrift import TType
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.python.failure import Failure
 
 from clients.sync_client import ExampleClient
 from gateway.contracts import BackendCall, MethodPolicy, Outcome, Source
+from gateway.errors import GatewayError
 from gateway.thrift import Headers, MessageHeader, MessageType, ProtocolKind, read_header
 from gateway.thrift.message import encode_header
 from gateway.thrift.protocols import OutputBuffer, writer
@@ -74,6 +76,25 @@ class ScriptedBackend:
 
         d: Deferred[bytes] = Deferred(cancelled)
         self.pending.append((message, d))
+        return d
+
+    def submit(
+        self,
+        message: bytes,
+        policy: MethodPolicy,
+        on_reply: Callable[[bytes | GatewayError, MessageHeader | None], None],
+        header: MessageHeader | None = None,
+        headers: Headers = (),
+    ) -> Deferred[bytes]:
+        """The callback form (``Backend.submit``), recorded and answered like :meth:`call`."""
+        d = self.call(message, policy, header=header, headers=headers)
+
+        def failed(reason: Failure) -> None:
+            if not isinstance(reason.value, CancelledError):  # cancelled: nobody to tell
+                exc = reason.value
+                on_reply(exc if isinstance(exc, GatewayError) else GatewayError(str(exc)), None)
+
+        d.addCallbacks(lambda reply: on_reply(reply, None), failed)
         return d
 
     def answer(self, reply: bytes) -> None:

@@ -407,13 +407,18 @@ def test_stop_fails_calls_not_yet_sent_with_shutting_down() -> None:
 
 
 def test_submit_answers_exactly_once() -> None:
-    """submit(): on_reply runs once with the reply, and nothing is left waiting."""
+    """submit(): on_reply runs once with the reply and its parsed header, on_end once."""
     reactor = MemoryReactorClock()
     p = pool(reactor)
     p.start()
     ((proto, transport),) = connect_all(reactor)
     got: list[Any] = []
-    p.submit(call(b"a"), got.append, timeout=1)
+    ended: list[bool] = []
+    p.submit(
+        call(b"a"), lambda r, h: got.append((r, h)), timeout=1, on_end=lambda: ended.append(True)
+    )
     proto.dataReceived(reply(b"ack:a", sent_seqids(transport)[0]))
     reactor.advance(5)  # the timeout does not fire after the answer
-    assert len(got) == 1 and b"ack:a" in got[0]
+    [(message, header)] = got
+    assert b"ack:a" in message and header == read_header(message, BINARY)
+    assert ended == [True]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -23,12 +23,11 @@ from gateway.contracts import MethodPolicy
 from gateway.errors import BackendTimeout, BackendUnavailable, GatewayError
 from gateway.primitives import (
     AllAttemptsFailed,
-    DeferredPool,
     RetryingCall,
     exponential_backoff,
     first_success,
 )
-from gateway.proxy.upstream import UpstreamPool
+from gateway.proxy.upstream import Call, OnReply, UpstreamPool
 from gateway.reactors import as_clock
 from gateway.thrift import Headers, MessageHeader, ProtocolKind
 
@@ -56,16 +55,52 @@ class Backend:
         self._retry_backoff = retry_backoff or (lambda: exponential_backoff(0.02, 2.0, 0.5))
         # Calls underway through this backend (retries and hedges included): a config reload
         # that replaces or removes it closes its pools only once they are over (idle()).
-        self._calls = DeferredPool(clock)
+        self._in_flight = 0
+        self._idle_waiters: list[Deferred[None]] = []
 
     @property
     def in_flight(self) -> int:
         """Calls underway through this backend now."""
-        return len(self._calls)
+        return self._in_flight
 
     def idle(self) -> Deferred[None]:
         """Fires once no call is underway through this backend (at once if none is)."""
-        return self._calls.notify_when_empty()
+        if not self._in_flight:
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._idle_waiters.remove)
+        self._idle_waiters.append(d)
+        return d
+
+    def _ended(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def submit(
+        self,
+        message: bytes,
+        policy: MethodPolicy,
+        on_reply: OnReply,
+        header: MessageHeader | None = None,
+        headers: Headers = (),
+    ) -> Call | None:
+        """One attempt on the next replica, driven by callbacks (see UpstreamPool.submit).
+
+        For calls that are neither retried nor hedged (non-idempotent methods): the
+        passthrough path uses it to forward a call without any Deferred of its own.
+        """
+        self._rr += 1
+        self._in_flight += 1
+        return self._pool().submit(
+            message,
+            on_reply,
+            timeout=policy.timeout,
+            header=header,
+            headers=headers,
+            on_end=self._ended,
+        )
 
     def start(self) -> None:
         for pool in self.pools:
@@ -92,7 +127,13 @@ class Backend:
         to the connection (every attempt sends the same bytes) to spare decoding it again.
         ``headers``: THeader info headers, sent with every attempt to a THeader backend.
         """
-        return self._calls.add(self._call(message, policy, oneway, header, headers))
+        self._in_flight += 1
+        d = self._call(message, policy, oneway, header, headers)
+        return d.addBoth(self._ended_with)
+
+    def _ended_with(self, result: bytes | Failure) -> bytes | Failure:
+        self._ended()
+        return result
 
     def _call(
         self,

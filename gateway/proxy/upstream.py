@@ -75,7 +75,8 @@ _SEQID_LIMIT = 2**31 - 1
 _HEADER = TransportKind.HEADER
 
 
-OnReply = Callable[[bytes | GatewayError], None]
+# Called with the reply message and its parsed header, or with the failure and None.
+OnReply = Callable[[bytes | GatewayError, MessageHeader | None], None]
 
 _WAITING, _UNDERWAY, _DONE = "waiting", "underway", "done"
 
@@ -89,6 +90,7 @@ class Call:
         "header",
         "headers",
         "message",
+        "on_end",
         "on_reply",
         "oneway",
         "pool",
@@ -106,8 +108,10 @@ class Call:
         header: MessageHeader | None,
         headers: Headers,
         timeout: float,
+        on_end: Callable[[], None] | None,
     ) -> None:
         self.pool = pool
+        self.on_end = on_end
         self.message = message
         self.on_reply = on_reply
         self.oneway = oneway
@@ -119,9 +123,9 @@ class Call:
         self.seqid = 0
         self.deadline: Deadline | None = None
 
-    def reply(self, result: bytes | GatewayError) -> None:
-        """From the connection: the reply, or what ended the call."""
-        self.pool._finish(self, result)
+    def reply(self, result: bytes | GatewayError, header: MessageHeader | None = None) -> None:
+        """From the connection: the reply (with its header), or what ended the call."""
+        self.pool._finish(self, result, header)
 
     def expire(self) -> None:
         """From the pool's deadlines: ``timeout`` has passed."""
@@ -244,12 +248,12 @@ class UpstreamConnection(TwistedProtocol):
         if reader.skipped:
             self._fail_skipped()
         for message, header in messages:
-            self._deliver(message, header.seqid)
+            self._deliver(message, header.seqid, header)
 
-    def _deliver(self, message: bytes, seqid: int) -> None:
+    def _deliver(self, message: bytes, seqid: int, header: MessageHeader | None = None) -> None:
         on_reply = self._pending.pop(seqid, None)
         if on_reply is not None:
-            on_reply(message)
+            on_reply(message, header)
 
     def _fail_skipped(self) -> None:
         for skipped in self._reader.take_skipped():
@@ -267,13 +271,14 @@ class UpstreamConnection(TwistedProtocol):
         )
         on_reply = self._pending.pop(header.seqid, None)
         if on_reply is not None:
-            on_reply(ReplyTooLarge(f"gateway: backend reply {of}exceeds max_frame_size {limit}"))
+            too_large = f"gateway: backend reply {of}exceeds max_frame_size {limit}"
+            on_reply(ReplyTooLarge(too_large), None)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected_ok = False
         pending, self._pending = self._pending, {}
         for on_reply in pending.values():
-            on_reply(ConnectionLost("gateway: backend connection lost mid-call"))
+            on_reply(ConnectionLost("gateway: backend connection lost mid-call"), None)
         self.lost.callback(None)
 
 
@@ -414,6 +419,7 @@ class UpstreamPool:
         oneway: bool = False,
         header: MessageHeader | None = None,
         headers: Headers = (),
+        on_end: Callable[[], None] | None = None,
     ) -> Call | None:
         """Send one unframed message (any seqid); ``on_reply`` gets the reply or the failure.
 
@@ -424,20 +430,22 @@ class UpstreamPool:
         fails at once, ``on_reply`` has run already and None is returned. ``timeout`` counts
         from now and includes time spent waiting behind ``max_concurrency``. ``header``, if
         given, must be ``read_header(message, self.protocol)``; ``headers`` go in the THeader
-        frame (THeader backends only).
+        frame (THeader backends only). ``on_end`` runs once the call is over, however it
+        ended (answered, failed, cancelled).
         """
         if self._stopped:
-            on_reply(ShuttingDown("gateway: shutting down"))
+            _immediately(on_reply, ShuttingDown("gateway: shutting down"), on_end)
             return None
         if self._underway >= self._width:
             if self._waiting >= self._capacity:
-                on_reply(Overloaded(f"gateway: overloaded, backend {self.address} queue full"))
+                overloaded = Overloaded(f"gateway: overloaded, backend {self.address} queue full")
+                _immediately(on_reply, overloaded, on_end)
                 return None
-            call = Call(self, message, on_reply, oneway, header, headers, timeout)
+            call = Call(self, message, on_reply, oneway, header, headers, timeout, on_end)
             self._queue.append(call)
             self._waiting += 1
         else:
-            call = Call(self, message, on_reply, oneway, header, headers, timeout)
+            call = Call(self, message, on_reply, oneway, header, headers, timeout, on_end)
             self._start(call)
             if call.done:
                 return None
@@ -452,12 +460,19 @@ class UpstreamPool:
         oneway: bool = False,
         header: MessageHeader | None = None,
         headers: Headers = (),
+        on_end: Callable[[], None] | None = None,
     ) -> Deferred[bytes]:
         """:meth:`submit` with a Deferred: it fires with the reply, fails with the
         GatewayError, and cancelling it cancels the call."""
         d: Deferred[bytes] = Deferred(lambda _: call.cancel() if call is not None else None)
         call = self.submit(
-            message, _settle(d), timeout=timeout, oneway=oneway, header=header, headers=headers
+            message,
+            _settle(d),
+            timeout=timeout,
+            oneway=oneway,
+            header=header,
+            headers=headers,
+            on_end=on_end,
         )
         return d
 
@@ -484,9 +499,11 @@ class UpstreamPool:
             return
         call.message = b""  # sent: do not keep the bytes alive while waiting
         if call.oneway:
-            self._finish(call, b"")
+            self._finish(call, b"", None)
 
-    def _finish(self, call: Call, result: bytes | GatewayError) -> None:
+    def _finish(
+        self, call: Call, result: bytes | GatewayError, header: MessageHeader | None = None
+    ) -> None:
         """``call`` is over with ``result``: free its slot, answer it, start the next."""
         if call.state is _DONE:
             return
@@ -496,7 +513,9 @@ class UpstreamPool:
             call.deadline.cancel()
         if was_underway:
             self._underway -= 1
-        call.on_reply(result)
+        if call.on_end is not None:
+            call.on_end()
+        call.on_reply(result, header)
         if was_underway:
             self._start_waiting()
 
@@ -515,6 +534,8 @@ class UpstreamPool:
         call.state = _DONE
         if call.deadline is not None:
             call.deadline.cancel()
+        if call.on_end is not None:
+            call.on_end()
         self._start_waiting()
 
     def _expire(self, call: Call) -> None:
@@ -522,7 +543,9 @@ class UpstreamPool:
         if call.state is _WAITING:  # never started: it holds no slot
             self._waiting -= 1
             call.state = _DONE
-            call.on_reply(timeout)
+            if call.on_end is not None:
+                call.on_end()
+            call.on_reply(timeout, None)
             return
         if call.conn is not None:
             call.conn.forget(call.seqid)
@@ -567,10 +590,19 @@ class UpstreamPool:
                 as_transport(conn.transport).loseConnection()
 
 
+def _immediately(
+    on_reply: OnReply, failure: GatewayError, on_end: Callable[[], None] | None
+) -> None:
+    """A call refused at once: it ends and fails before ``submit`` returns."""
+    if on_end is not None:
+        on_end()
+    on_reply(failure, None)
+
+
 def _settle(d: Deferred[bytes]) -> OnReply:
     """An OnReply that fires ``d`` (unless its caller cancelled it meanwhile)."""
 
-    def settle(result: bytes | GatewayError) -> None:
+    def settle(result: bytes | GatewayError, _header: MessageHeader | None) -> None:
         if d.called:
             return
         if isinstance(result, bytes):
