@@ -47,3 +47,24 @@ def test_client_connection_limits_are_exported() -> None:
     assert 'gateway_connections_refused_total{node="n1"} 6.0' in text
     assert 'gateway_idle_closed_total{node="n1"} 7.0' in text
     assert 'gateway_oversized_calls_total{node="n1"} 8.0' in text
+
+
+def test_latency_histogram_buckets_are_cumulative_and_bounded_by_labels() -> None:
+    """Observations land in cumulative le-buckets with count and sum; method labels beyond
+    the cap are counted as _other."""
+    from gateway.proxy.metrics import MAX_METHOD_LABELS, Metrics
+    from gateway.stats import NodeStats
+
+    metrics = Metrics(NodeStats(), "n1", lambda: "disabled")
+    metrics.observe("m", "backend", 0.004)
+    metrics.observe("m", "backend", 0.004)
+    metrics.observe("m", "backend", 60.0)
+    for i in range(MAX_METHOD_LABELS + 5):
+        metrics.observe(f"x{i}", "joined", 0.001)
+    text = metrics.render().decode()
+    assert 'gateway_call_latency_seconds_bucket{le="0.001",method="m",source="backend"} 0.0' in text
+    assert 'gateway_call_latency_seconds_bucket{le="0.005",method="m",source="backend"} 2.0' in text
+    assert 'gateway_call_latency_seconds_bucket{le="+Inf",method="m",source="backend"} 3.0' in text
+    assert 'gateway_call_latency_seconds_count{method="m",source="backend"} 3.0' in text
+    assert 'gateway_call_latency_seconds_sum{method="m",source="backend"} 60.008' in text
+    assert 'method="_other"' in text

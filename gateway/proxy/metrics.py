@@ -7,10 +7,16 @@ feeds ``observations.flights``, the age of the oldest call in flight (computed a
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gateway import __version__
@@ -40,6 +46,55 @@ _PAUSE_REASONS = {"unsent": "reads_paused_unsent", "pipelined": "reads_paused_pi
 
 
 MAX_METHOD_LABELS = 200  # distinct method label values; further methods count as "_other"
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _Latencies(Collector):
+    """``gateway_call_latency_seconds{method,source}``, counted without a lock per call.
+
+    prometheus_client's Histogram takes a lock and updates several values per observation;
+    the reactor thread is the only writer here, so an observation is one bisect and two
+    list/float updates, and the cumulative buckets are built only when scraped.
+    """
+
+    def __init__(self) -> None:
+        # (method, source) -> [count per bucket (the last is +Inf), ..., sum of seconds]
+        self._series: dict[tuple[str, str], list[float]] = {}
+        self._methods: set[str] = set()
+
+    def observe(self, method: str, source: str, seconds: float) -> None:
+        series = self._series.get((method, source))
+        if series is None:
+            series = self._new_series(method, source)
+        series[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        series[-1] += seconds
+
+    def _new_series(self, method: str, source: str) -> list[float]:
+        if method not in self._methods:
+            if len(self._methods) >= MAX_METHOD_LABELS:
+                method = "_other"  # bounded label cardinality whatever clients send
+            else:
+                self._methods.add(method)
+        return self._series.setdefault((method, source), [0.0] * (len(LATENCY_BUCKETS) + 2))
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "gateway_call_latency_seconds",
+            "Client-observed call latency through the gateway",
+            labels=["method", "source"],
+        )
+        for (method, source), series in sorted(self._series.items()):
+            running = 0.0
+            buckets = []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), series, strict=False):
+                running += count
+                buckets.append((_bound(bound), running))
+            family.add_metric([method, source], buckets, series[-1])
+        yield family
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(float(value))
 
 
 class _StatsCollector(Collector):
@@ -121,31 +176,9 @@ class Metrics:
         """``now``: the clock of ``observations.flights`` start times (the reactor's)."""
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(stats, node_id, mode, observations, now))
-        self.latency = Histogram(
-            "gateway_call_latency_seconds",
-            "Client-observed call latency through the gateway",
-            labelnames=["method", "source"],
-            registry=self.registry,
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-        )
-        self._children: dict[tuple[str, str], Histogram] = {}
-        self._methods: set[str] = set()
-
-    def observe(self, method: str, source: str, seconds: float) -> None:
-        # labels() validates and locks per call; the child for a label pair never changes, so
-        # it is looked up once and kept, as the registry keeps it too.
-        child = self._children.get((method, source))
-        if child is None:
-            if method not in self._methods:
-                if len(self._methods) >= MAX_METHOD_LABELS:
-                    method = "_other"  # bounded label cardinality whatever clients send
-                else:
-                    self._methods.add(method)
-            child = self._children.get((method, source))
-            if child is None:
-                child = self.latency.labels(method=method, source=source)
-                self._children[method, source] = child
-        child.observe(seconds)
+        self._latencies = _Latencies()
+        self.registry.register(self._latencies)
+        self.observe = self._latencies.observe  # the per-call entry point, bound once
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

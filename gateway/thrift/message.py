@@ -8,7 +8,6 @@ unframed streams, how many more bytes a truncated header needs.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from gateway.thrift.kinds import MalformedMessage, MessageType, ProtocolKind
 from gateway.thrift.protocols import Buffer, Truncated
@@ -30,14 +29,38 @@ _BINARY_NONSTRICT = ProtocolKind.BINARY_NONSTRICT
 _COMPACT = ProtocolKind.COMPACT
 
 
-@dataclass(frozen=True)
 class MessageHeader:
-    """A decoded message header; ``body_offset`` is where the args/result struct starts."""
+    """A decoded message header; ``body_offset`` is where the args/result struct starts.
 
-    name: str
-    type: MessageType
-    seqid: int
-    body_offset: int
+    Treat it as immutable. A plain slotted class rather than a frozen dataclass: two are
+    built per proxied call (the call's and the reply's), and a frozen dataclass's
+    ``__init__`` costs several times as much.
+    """
+
+    __slots__ = ("body_offset", "name", "seqid", "type")
+
+    def __init__(self, name: str, type: MessageType, seqid: int, body_offset: int) -> None:
+        self.name = name
+        self.type = type
+        self.seqid = seqid
+        self.body_offset = body_offset
+
+    def _fields(self) -> tuple[str, MessageType, int, int]:
+        return (self.name, self.type, self.seqid, self.body_offset)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MessageHeader):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"MessageHeader(name={self.name!r}, type={self.type!r}, seqid={self.seqid!r}, "
+            f"body_offset={self.body_offset!r})"
+        )
 
     @property
     def service(self) -> str | None:
