@@ -183,7 +183,7 @@ class _ParentWatch:
     def connectionLost(self, reason: Failure) -> None:
         # The reactor calls this on a hang-up (ConnectionDone: the supervisor closed the
         # pipe by dying) and when it shuts down (ConnectionLost: nothing to do).
-        if reason.check(ConnectionDone):
+        if reason.check(ConnectionDone):  # type: ignore[no-untyped-call]  # Twisted: untyped
             self._supervisor_gone()
 
     def _supervisor_gone(self) -> None:

@@ -264,6 +264,7 @@ class Supervisor:
                     "listening": bool(health.get("listening")),
                     "redis": health.get("redis"),
                     "in_flight": health.get("in_flight", 0),
+                    "calls": int(reading.stats.get("calls", 0)) if answering and reading else 0,
                     "restarts": slot.restarts,
                 }
             )
