@@ -6,6 +6,7 @@ The end-to-end behaviour (real workers, signals, herds) is in test_workers_e2e.p
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -326,3 +327,18 @@ def test_ready_lines_and_exits_reach_the_callbacks() -> None:
     assert exits[0].lines[-1] == "gateway gw-1 stopped: drained; calls=1"
     assert (exits[0].code, exits[0].signal) == (0, None)
     assert len(reactor.spawned) == 2  # stopping: no restart
+
+
+def test_check_config_names_the_workers(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config's summary line says how many workers the node will run."""
+    from gateway.cli import main
+
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        '[gateway]\nlisten = "127.0.0.1:0"\nworkers = 3\n'
+        '[backends.default]\naddress = "127.0.0.1:1"\n'
+    )
+
+    assert main(["check-config", str(config)]) == 0
+
+    assert capsys.readouterr().out.strip().endswith("no redis, 3 workers")
