@@ -329,7 +329,7 @@ def test_ready_lines_and_exits_reach_the_callbacks() -> None:
     assert len(reactor.spawned) == 2  # stopping: no restart
 
 
-def test_check_config_names_the_workers(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_names_the_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """check-config's summary line says how many workers the node will run."""
     from gateway.cli import main
 
