@@ -342,3 +342,58 @@ def test_check_config_names_the_workers(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["check-config", str(config)]) == 0
 
     assert capsys.readouterr().out.strip().endswith("no redis, 3 workers")
+
+
+def state(pid: int, metrics: str = "", **health: Any) -> dict[str, Any]:
+    """A minimal worker /state."""
+    return {
+        "pid": pid,
+        "health": {"listening": True, "redis": "cluster", "in_flight": 0, **health},
+        "stats": NodeStats().snapshot(),
+        "extra": {},
+        "errors": {},
+        "metrics": metrics,
+    }
+
+
+def test_reload_gauges_take_the_worst_worker() -> None:
+    """A reload that failed in one worker shows as failed for the node, and the node's config
+    load time is its oldest worker's."""
+    view = NodeView(2, "gw-1", 0.0)
+    for index, (ok, loaded) in enumerate([(1, 200.0), (0, 100.0)]):
+        text = (
+            "# TYPE gateway_config_last_reload_successful gauge\n"
+            f'gateway_config_last_reload_successful{{node="gw-1"}} {ok}\n'
+            "# TYPE gateway_config_loaded_timestamp_seconds gauge\n"
+            f'gateway_config_loaded_timestamp_seconds{{node="gw-1"}} {loaded}\n'
+        )
+        view.started(index, 10 + index)
+        view.update(index, 1, Reading.parse(state(10 + index, text)))
+
+    node = samples(view)
+
+    assert node["gateway_config_last_reload_successful", (("node", "gw-1"),)] == 0
+    assert node["gateway_config_loaded_timestamp_seconds", (("node", "gw-1"),)] == 100
+
+
+def test_healthz_passes_on_what_workers_agree_on(tmp_path: Path) -> None:
+    """/healthz of the node carries each worker's other health fields, and a field for the
+    node where every worker says the same; it is 200-worthy only while every worker is up."""
+    from gateway.workers.supervisor import Supervisor
+
+    config = build_config({"gateway": {"workers": 2}}, FLAGS)
+    args = build_parser().parse_args(["serve"])
+    supervisor = Supervisor(config, args, FakeReactor(), 1, tmp_path, coordination="redis")
+    for slot in supervisor.pool.slots:
+        slot.pid, slot.ready = 10 + slot.index, True
+        supervisor.view.started(slot.index, slot.pid)
+    supervisor._reading(state(10, config={"sha256": "a"}, epoch=1), 0, 1)
+
+    half = supervisor.health()
+    supervisor._reading(state(11, config={"sha256": "a"}, epoch=2), 1, 1)
+    body = supervisor.health()
+
+    assert half["listening"] is False and "config" not in half
+    assert body["listening"] is True
+    assert body["config"] == {"sha256": "a"} and "epoch" not in body
+    assert [w["epoch"] for w in body["workers"]] == [1, 2]

@@ -12,7 +12,8 @@ its last reading. Monotonic values: NodeStats counters, numeric heartbeat extras
 rejects, depositions), error kinds, and every counter and histogram sample of /metrics.
 Gauges are the live workers' only: summed (calls in flight, connections), except those in
 :data:`MAX_GAUGES`, where the node's value is the largest (oldest call in flight, the
-``1`` of mode and build info). ``_created`` samples are left out: they are per process.
+``1`` of mode and build info), and in :data:`MIN_GAUGES`, the smallest (the worst worker's
+reload state). ``_created`` samples are left out: they are per process.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from gateway.stats import NodeStats
 STATS_GAUGES = frozenset({"in_flight", "client_connections", "clients_paused", "started_at"})
 MAX_GAUGES = frozenset(
     {"gateway_oldest_in_flight_seconds", "gateway_redis_mode", "gateway_build_info"}
+)
+# The node is as good as its worst worker: a reload that failed in one worker, the oldest
+# config a worker runs (config reload's gauges).
+MIN_GAUGES = frozenset(
+    {"gateway_config_last_reload_successful", "gateway_config_loaded_timestamp_seconds"}
 )
 MONOTONIC_TYPES = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
 # Worst first: a node is as degraded as its most degraded worker.
@@ -245,6 +251,8 @@ class NodeView:
                     key: tuple[str, str, LabelKey] = (fam.name, sample.name, _labels(sample.labels))
                     if key in gauges and fam.name in MAX_GAUGES:
                         gauges[key] = max(gauges[key], sample.value)
+                    elif key in gauges and fam.name in MIN_GAUGES:
+                        gauges[key] = min(gauges[key], sample.value)
                     else:
                         gauges[key] = gauges.get(key, 0.0) + sample.value
         samples: list[tuple[str, str, LabelKey, float]] = []

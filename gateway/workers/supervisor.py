@@ -60,6 +60,8 @@ PRIVATE_WAIT = 5.0  # seconds the workers have to connect to the private Redis, 
 STARTUP_TIMEOUT = 60.0  # every worker must be serving this long after the start
 KILL_GRACE = 5.0  # after drain_timeout: workers still running are killed
 
+_HEALTH_KEYS = frozenset({"listening", "node_id", "redis", "in_flight"})  # summarised above
+
 # (flag, argparse name) of serve's node flags, handed on to every worker unchanged.
 _NODE_FLAGS = (
     ("--config", "config"),
@@ -269,7 +271,7 @@ class Supervisor:
                 }
             )
         modes = [str(w["redis"]) for w in workers if w["redis"]]
-        return {
+        body: dict[str, Any] = {
             "listening": all(w["up"] and w["listening"] for w in workers),
             "node_id": self.config.node_id,
             "redis": worst_mode(modes) or "unknown",
@@ -277,6 +279,21 @@ class Supervisor:
             "coordination": self.coordination,
             "workers": workers,
         }
+        # Anything else a worker's /healthz says (e.g. its config state) is passed on: per
+        # worker, and for the node where every worker that answered says the same.
+        others: dict[str, list[Any]] = {}
+        for slot, entry in zip(self.pool.slots, workers, strict=True):
+            reading = self.view.slots[slot.index].reading
+            if not entry["up"] or reading is None:
+                continue
+            for key, value in reading.health.items():
+                if key not in _HEALTH_KEYS:
+                    entry[key] = value
+                    others.setdefault(key, []).append(value)
+        for key, values in others.items():
+            if len(values) == len(workers) and all(v == values[0] for v in values):
+                body[key] = values[0]
+        return body
 
     def own_metrics(self) -> list[Metric]:
         node = self.config.node_id
