@@ -6,6 +6,7 @@ Backend calls are counted by the example backend itself (on arrival), never by t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -176,16 +177,55 @@ def test_metrics_and_healthz_are_the_nodes(private_node: GatewayProcess) -> None
 
 
 def test_sighup_is_forwarded_and_workers_survive_it(private_node: GatewayProcess) -> None:
-    """SIGHUP to the node reaches every worker, which neither dies nor is replaced."""
+    """SIGHUP to the node reaches every worker (each logs it: ignored, or a config reload
+    where that exists), and none dies or is replaced."""
     pids = worker_pids(private_node)
+    lines = private_node.process.stderr_lines
+    seen = len(lines)
 
     os.kill(private_node.pid, signal.SIGHUP)
 
-    lines = private_node.process.stderr_lines
-    wait_for(lambda: sum("SIGHUP" in line for line in lines if "/w" in line), lambda n: n >= 2,
-             "both workers logged the SIGHUP")  # fmt: skip
+    reacted = re.compile(r"\[wk-private/w(\d)\] .*(SIGHUP|reloaded)")
+    wait_for(
+        lambda: {m[1] for line in lines[seen:] if (m := reacted.search(line))},
+        lambda workers: workers == {"0", "1"},
+        "both workers reacted to the SIGHUP",
+    )
     assert worker_pids(private_node) == pids
     assert call_once(private_node, lambda c: c.alert("after-hup")) == "ack:after-hup"
+
+
+def test_sighup_reloads_every_worker(backend: ExampleBackend, tmp_path: Path) -> None:
+    """A config rewritten from passthrough to cache and SIGHUP to the 2-worker node: both
+    workers reload it, so identical calls landing on either are served from the one shared
+    cache (one backend call), and /healthz shows the new file's hash for the node."""
+    pytest.importorskip("gateway.proxy.reload", reason="no config reload (SIGHUP) in this tree")
+    path = tmp_path / "gw.toml"
+    path.write_text('[methods.alertSupervisor]\nmode = "passthrough"\n')
+    node = start_workers(backend, "wk-reload", "--config", str(path))
+    try:
+        pids = worker_pids(node)
+        lines = node.process.stderr_lines
+        reloaded = '[methods.alertSupervisor]\nmode = "cache"\nttl = 60\n'
+        path.write_text(reloaded)
+
+        os.kill(node.pid, signal.SIGHUP)
+        done = re.compile(r"\[wk-reload/w(\d)\] .*gateway: reloaded")
+        wait_for(
+            lambda: {m[1] for line in lines if (m := done.search(line))},
+            lambda workers: workers == {"0", "1"},
+            "both workers reloaded",
+        )
+        before = backend_count(backend)
+        replies = [call_once(node, lambda c: c.alert("cached-everywhere")) for _ in range(10)]
+        body = health(node)
+    finally:
+        node.stop()
+    assert replies == ["ack:cached-everywhere"] * 10
+    assert backend_count(backend) - before == 1
+    assert all(w["calls"] > 0 for w in body["workers"]), body  # both workers served some
+    assert [w["pid"] for w in body["workers"]] == pids
+    assert body["config"]["sha256"] == hashlib.sha256(reloaded.encode()).hexdigest()
 
 
 def test_killed_worker_is_restarted_and_the_node_keeps_serving(
