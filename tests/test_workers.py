@@ -397,3 +397,27 @@ def test_healthz_passes_on_what_workers_agree_on(tmp_path: Path) -> None:
     assert body["listening"] is True
     assert body["config"] == {"sha256": "a"} and "epoch" not in body
     assert [w["epoch"] for w in body["workers"]] == [1, 2]
+
+
+def test_sighup_keeps_the_supervisors_drain_deadline_in_step(tmp_path: Path) -> None:
+    """On SIGHUP the supervisor re-reads drain_timeout as its workers do (and keeps its own
+    when the file no longer validates), so it never kills a drain the workers may run."""
+    from gateway.workers.supervisor import Supervisor
+
+    path = tmp_path / "gw.toml"
+    path.write_text("[gateway]\nworkers = 2\ndrain_timeout = 5\n")
+    args = build_parser().parse_args(["serve", "--config", str(path), *_listen_flags()])
+    config = build_config({"gateway": {"workers": 2, "drain_timeout": 5}}, FLAGS)
+    supervisor = Supervisor(config, args, FakeReactor(), 1, tmp_path, coordination="redis")
+
+    path.write_text("[gateway]\nworkers = 2\ndrain_timeout = 42\n")
+    supervisor.forward(1)
+    after_good = supervisor.drain_timeout
+    path.write_text("[gateway]\nworkers = 2\ndrain_timeout = 'soon'\n")
+    supervisor.forward(1)
+
+    assert (config.drain_timeout, after_good, supervisor.drain_timeout) == (5, 42, 42)
+
+
+def _listen_flags() -> list[str]:
+    return ["--listen", "127.0.0.1:0", "--backend", "127.0.0.1:1"]

@@ -21,6 +21,7 @@ itself. It owns what makes the workers one node:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import shutil
@@ -41,7 +42,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from gateway.config import GatewayConfig, advertised_address
+from gateway.config import ConfigError, GatewayConfig, advertised_address
 from gateway.logs import setup_logging
 from gateway.proxy.node import DrainSummary
 from gateway.stats import NodeStats
@@ -125,6 +126,7 @@ class Supervisor:
         self._links: Any = None
         self.admin_port: Any = None
         self.exit_code = 0
+        self.drain_timeout = config.drain_timeout  # as the workers' config says (SIGHUP)
 
     # -- workers ------------------------------------------------------------------------
 
@@ -375,9 +377,9 @@ class Supervisor:
                 "signal %d: draining %d worker(s) (up to %gs)",
                 signum,
                 len(self.pool.alive),
-                self.config.drain_timeout,
+                self.drain_timeout,
             )
-        killer = self._reactor.callLater(self.config.drain_timeout + KILL_GRACE, self.pool.kill_all)
+        killer = self._reactor.callLater(self.drain_timeout + KILL_GRACE, self.pool.kill_all)
         stopping = {s.index for s in self.pool.alive}
 
         def finished(_: object) -> Deferred[None]:
@@ -415,6 +417,12 @@ class Supervisor:
     def forward(self, signum: int) -> None:
         sent = self.pool.signal_ready(signum)
         log.info("signal %d: forwarded to %d worker(s)", signum, sent)
+        # The workers may reload drain_timeout: keep our deadline for their drain in step.
+        # Anything else the supervisor runs by (port, admin, workers) needs a restart.
+        from gateway.app import load_from_args
+
+        with contextlib.suppress(ConfigError):  # a bad file: the workers keep theirs too
+            self.drain_timeout = load_from_args(self._args).drain_timeout
 
 
 class _Deferred(Resource):
