@@ -87,6 +87,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def private_dir(pids: list[int]) -> Path:
+    """The supervisor's private directory, from a worker's --worker-admin flag."""
+    for pid in pids:
+        argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        if "--worker-admin" in argv:
+            return Path(argv[argv.index("--worker-admin") + 1]).parent
+    raise AssertionError(f"no worker among {pids}")
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -231,12 +240,16 @@ def test_sighup_reloads_every_worker(backend: ExampleBackend, tmp_path: Path) ->
 def test_killed_worker_is_restarted_and_the_node_keeps_serving(
     private_node: GatewayProcess,
 ) -> None:
-    """A worker killed with SIGKILL is logged and restarted in its slot; meanwhile and after,
-    new calls are answered, and the node's call counter never goes back."""
+    """A worker killed with SIGKILL is logged and restarted in its slot; meanwhile (once it
+    is gone) and after, new calls are answered, and the node's call counter never goes
+    back."""
     victim = worker_pids(private_node)[0]
     calls_before = counter(private_node, "gateway_calls_total")
 
     os.kill(victim, signal.SIGKILL)
+    # Once it is gone, so is its listening socket (connections queued on it at that instant
+    # are reset, as a dying process's are): new ones all go to the other worker.
+    wait_for(lambda: alive(victim), lambda up: not up, "the killed worker gone")
     during = [call_once(private_node, lambda c: c.alert("meanwhile")) for _ in range(3)]
     body = wait_for(
         lambda: health(private_node),
@@ -346,15 +359,17 @@ def test_sigterm_drains_every_worker() -> None:
 def test_killing_the_supervisor_takes_its_workers_and_private_redis_down(
     backend: ExampleBackend,
 ) -> None:
-    """A supervisor killed with SIGKILL leaves no process behind: the workers see their
-    stdin pipe close and drain, the private redis-server dies with its parent."""
+    """A supervisor killed with SIGKILL leaves nothing behind: the workers see their stdin
+    pipe close, drain and remove its directory; the private redis-server dies with it."""
     node = start_workers(backend, "wk-orphans")
     try:
         started = children(node.pid)
         assert len(started) == 3, started  # two workers and the private redis-server
+        workdir = private_dir(started)
         node.kill()
         wait_for(lambda: [p for p in started if alive(p)], lambda left: not left,
                  "the supervisor's children gone", timeout=20)  # fmt: skip
+        assert not workdir.exists()  # its sockets and the private Redis's directory
     finally:
         node.stop()
         for pid in children(node.pid):

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -112,7 +113,7 @@ class WorkerRole:
             # Python's default for SIGHUP kills the process, and the supervisor forwards
             # every SIGHUP it gets. A config reload handler installed by serve wins over this.
             signal.signal(signal.SIGHUP, _sighup_ignored)
-        reactor.addReader(_ParentWatch(reactor))
+        reactor.addReader(_ParentWatch(reactor, os.path.dirname(self.admin_path)))
 
 
 def worker_site(
@@ -161,8 +162,9 @@ class _ParentWatch:
     """Reads the worker's stdin, a pipe the supervisor holds open; end of file means the
     supervisor is gone (even SIGKILLed), and the worker drains and exits as on SIGTERM."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, workdir: str) -> None:
         self._reactor = reactor
+        self._workdir = workdir  # the supervisor's private directory
         self._gone = False
         os.set_blocking(0, False)
 
@@ -195,6 +197,8 @@ class _ParentWatch:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.close(devnull)
+            # Nobody else will remove the dead supervisor's directory (sockets, Redis dir).
+            shutil.rmtree(self._workdir, ignore_errors=True)
             os.kill(os.getpid(), signal.SIGTERM)
 
     def logPrefix(self) -> str:
