@@ -3,6 +3,7 @@ interleaved, under the same cheap load generator (:mod:`benchmarks.rawload`).
 
     python -m benchmarks.compare [--json] [--repeat 3] [--seconds 1.5] [--baseline-rev REV]
                                  [--only direct,nginx,haproxy,passthrough,...]
+                                 [--shapes sync,pipelined,light]
 
 Targets (each a process started once and kept for the whole run):
 
@@ -13,6 +14,9 @@ Targets (each a process started once and kept for the whole run):
 * the gateway with ``[methods.alertSupervisor]`` in mode ``passthrough``, ``coalesce``
   (distinct keys: nothing to join), ``join`` (coalesce, one hot key, backend delay 2 ms so
   the calls overlap) and ``cache`` (ttl 60, one hot key: all hits after the first);
+* ``passthrough_2w``: the passthrough node with ``workers = 2`` (its CPU: supervisor,
+  workers and private redis-server together); ``coalesce_2w`` (only with ``--only``): the
+  coalesce node with ``workers = 2``;
 * with ``--baseline-rev REV``: the same four gateway modes from a ``git worktree`` of REV.
 
 Load shapes (closed loop): ``sync`` 64 connections x 1 call in flight (sync Thrift clients),
@@ -51,8 +55,12 @@ from gateway.testing import REPO_ROOT
 JOIN_DELAY = 0.002  # seconds: long enough for a round of 64 calls to pile onto one
 ALL_TARGETS = (
     "direct_example", "direct", "nginx", "haproxy", "passthrough", "coalesce", "join", "cache",
+    "passthrough_2w",
 )  # fmt: skip
 GATEWAY_SLUGS = ("passthrough", "coalesce", "join", "cache")
+# Accepted by --only, not run by default: a 2-worker node without [redis] coalesces through
+# its private Redis, i.e. at the cluster path's cost (see README "Workers").
+OPTIONAL_TARGETS = ("coalesce_2w",)
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,9 @@ def start_fleet(fleet: Fleet, only: Sequence[str], baseline_rev: str | None) -> 
         if mode in only:
             backend = slow if mode == "join" and slow else responder
             fleet.add_gateway(mode, backend, delay=JOIN_DELAY if mode == "join" else 0.0)
+    for slug in ("passthrough_2w", "coalesce_2w"):  # workers = 2: what a second core buys
+        if slug in only:
+            fleet.add_gateway(slug, responder)
     if not baseline_rev:
         return None
     short = subprocess.run(
@@ -227,7 +238,7 @@ def closed_loads(args: argparse.Namespace) -> list[Load]:
             hot=target.hot,
         )
 
-    return [(shape.slug, spec_for(shape)) for shape in SHAPES]
+    return [(shape.slug, spec_for(shape)) for shape in args.shapes]
 
 
 def open_loop_phase(
@@ -273,7 +284,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         baseline = start_fleet(fleet, args.only, args.baseline_rev)
         targets = fleet.targets
         runs, summary = interleaved(targets, args.repeat, closed_loads(args))
-        open_loop = open_loop_phase(args, targets, summary["sync"])
+        open_loop = open_loop_phase(args, targets, summary["sync"]) if "sync" in summary else {}
         described = [
             {
                 "slug": t.slug,
@@ -297,7 +308,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "seconds": args.seconds,
             "warmup": args.warmup,
             "join_backend_delay_s": JOIN_DELAY,
-            "shapes": [vars_of(s) for s in SHAPES],
+            "shapes": [vars_of(s) for s in args.shapes],
         },
         "baseline_rev": baseline,
         "targets": described,
@@ -336,12 +347,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--baseline-rev", metavar="REV", help="also run the gateway of this git revision"
     )
     parser.add_argument("--only", default=",".join(ALL_TARGETS), help="comma list of targets")
+    all_shapes = ",".join(s.slug for s in SHAPES)
+    parser.add_argument("--shapes", default=all_shapes, help="comma list of closed-loop loads")
     args = parser.parse_args(argv)
     args.only = [t for t in args.only.split(",") if t]
-    unknown = set(args.only) - set(ALL_TARGETS)
+    wanted = [t for t in args.shapes.split(",") if t]
+    args.shapes = [s for s in SHAPES if s.slug in wanted]
+    if len(args.shapes) != len(wanted) or not wanted:
+        parser.error(f"--shapes: choose from {all_shapes}")
+    known = (*ALL_TARGETS, *OPTIONAL_TARGETS)
+    unknown = set(args.only) - set(known)
     if unknown:
         parser.error(
-            f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(ALL_TARGETS)}"
+            f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(known)}"
         )
     if args.repeat < 1 or args.seconds <= 0 or args.open_repeat < 0 or args.warmup < 0:
         parser.error("need --repeat >= 1, --seconds > 0, --open-repeat >= 0, --warmup >= 0")
@@ -356,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += f" --baseline-rev {args.baseline_rev}"
     if args.only != list(ALL_TARGETS):
         command += f" --only {','.join(args.only)}"
+    if len(args.shapes) != len(SHAPES):
+        command += f" --shapes {','.join(s.slug for s in args.shapes)}"
     result = run(args, command)
     print(json.dumps(result, sort_keys=True) if args.json else render(result), flush=True)
     return 0

@@ -155,6 +155,8 @@ def targets_table(result: dict[str, Any]) -> str:
     """Issue 12's section-2 targets, as ratios of this run's figures."""
     rows = []
     for shape in ("sync", "pipelined"):
+        if shape not in result["summary"]:
+            continue
         s = result["summary"][shape]
 
         def cpu(slug: str, s: dict[str, Any] = s) -> float | None:
@@ -182,7 +184,27 @@ def targets_table(result: dict[str, Any]) -> str:
                     "<= 0.5",
                 ]
             )
-    light = result["summary"]["light"]
+        if "passthrough_2w" in s and "passthrough" in s:
+            calls = {k: s[k]["calls_per_s"] for k in ("passthrough", "passthrough_2w")}
+            rows += [
+                [
+                    shape,
+                    "2 workers calls/s / 1 worker calls/s",
+                    _ratio(calls["passthrough_2w"], calls["passthrough"]),
+                    "-",
+                ],
+                [shape, "2 workers CPU / 1 worker CPU", _ratio(cpu("passthrough_2w"), pt), "-"],
+            ]
+        if "coalesce_2w" in s and "coalesce" in s:
+            rows.append(
+                [
+                    shape,
+                    "coalesce: 2 workers calls/s / 1 worker calls/s",
+                    _ratio(s["coalesce_2w"]["calls_per_s"], s["coalesce"]["calls_per_s"]),
+                    "-",
+                ]
+            )
+    light = result["summary"].get("light", {})
     if "passthrough" in light and "direct" in light:
         added = light["passthrough"]["latency_ms"]["p50"] - light["direct"]["latency_ms"]["p50"]
         rows.append(["light", "passthrough added latency p50, ms", round(added, 4), "<= 0.15"])
@@ -220,13 +242,14 @@ def render(result: dict[str, Any]) -> str:
         if shape["slug"] == "light":
             continue
         lines += ["", f"#### {shape['title']}", "", closed_table(result, shape["slug"])]
-    lines += ["", "#### 1 connection, sequential calls (added latency at light load)", ""]
-    lines.append(light_table(result))
-    lines += [
-        "",
-        "Added latency = this row's percentile minus the direct row's (same cheap backend);"
-        " not shown for a target whose backend has a delay.",
-    ]
+    if "light" in result["summary"]:
+        lines += ["", "#### 1 connection, sequential calls (added latency at light load)", ""]
+        lines.append(light_table(result))
+        lines += [
+            "",
+            "Added latency = this row's percentile minus the direct row's (same cheap backend);"
+            " not shown for a target whose backend has a delay.",
+        ]
     if result["open_loop"]:
         ol = result["open_loop"]
         lines += [

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from benchmarks.common import cpu_seconds
+from benchmarks.common import child_pids, cpu_seconds
 from benchmarks.thirdparty import find_haproxy, find_nginx, haproxy_config, nginx_config
 from gateway.localredis import free_port
 from gateway.testing import (
@@ -78,7 +78,10 @@ GATEWAY_MODES: dict[str, tuple[str, dict[str, Any], bool]] = {
     "coalesce": ("gateway, coalesce (distinct keys)", {"mode": "coalesce"}, False),
     "join": ("gateway, hot-key join", {"mode": "coalesce"}, True),
     "cache": ("gateway, cache hit", {"mode": "cache", "ttl": 60}, True),
+    "passthrough_2w": ("gateway, passthrough, 2 workers", {"mode": "passthrough"}, False),
+    "coalesce_2w": ("gateway, coalesce (distinct keys), 2 workers", {"mode": "coalesce"}, False),
 }
+WORKERS = {"passthrough_2w": 2, "coalesce_2w": 2}  # slug -> `workers` of the node (default 1)
 
 
 def policy_toml(policy: dict[str, Any]) -> str:
@@ -227,16 +230,22 @@ class Fleet:
             label = f"baseline {rev}: {label.removeprefix('gateway, ')}"
         config = self.tmp / f"{slug}.toml"
         config.write_text(policy_toml(policy))
+        workers = WORKERS.get(mode, 1)
+        flags = ["--workers", str(workers)] if workers > 1 else []
         argv = gateway_argv(
-            backend=backend.address, config=config, node_id=f"bench-{slug}", admin=True
+            *flags, backend=backend.address, config=config, node_id=f"bench-{slug}", admin=True
         )
         env = {"PYTHONPATH": str(baseline)} if baseline else None
         process = self._own(start_process(argv, env=env, cwd=baseline or REPO_ROOT))
-        node = GatewayProcess.from_process(process)
+        node = GatewayProcess.from_process(process, timeout=60.0)
+        # A multi-worker node is its supervisor, its workers and its private redis-server:
+        # the CPU of all of them is the node's.
+        pids = [node.pid, *child_pids(node.pid)] if workers > 1 else [node.pid]
         where = f"PYTHONPATH=<worktree of {rev}> " if baseline else ""
         setup = [
             f"`{where}gateway serve --listen 127.0.0.1:0 --backend <responder"
             f"{' --delay ' + format(delay, 'g') if delay else ''}> --admin 127.0.0.1:0"
+            f"{' ' + ' '.join(flags) if flags else ''}"
             f" --config {slug}.toml` with `{' '.join(policy_toml(policy).split())}`"
         ]
         self.targets.append(
@@ -245,7 +254,7 @@ class Fleet:
                 label,
                 node.host,
                 node.port,
-                [node.pid],
+                pids,
                 backend.pid,
                 hot=hot,
                 admin_port=node.admin_port,

@@ -21,6 +21,7 @@ from gateway.proxy.node import DrainSummary, GatewayNode
 from gateway.proxy.reload import reload_from
 from gateway.reactors import as_reactor
 from gateway.stats import NodeStats
+from gateway.workers.role import WorkerRole
 
 log = logging.getLogger("gateway.app")
 
@@ -38,6 +39,8 @@ class ClusterSide(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> Deferred[None] | None: ...
+
+    def heartbeat_fields(self) -> dict[str, float | str]: ...
 
 
 class LocalOnly:
@@ -62,6 +65,9 @@ class LocalOnly:
     def stop(self) -> None:
         pass
 
+    def heartbeat_fields(self) -> dict[str, float | str]:
+        return {}
+
 
 def build_cluster(
     config: GatewayConfig,
@@ -69,14 +75,24 @@ def build_cluster(
     stats: NodeStats,
     flights: FlightTable,
     observations: Observations,
+    worker: WorkerRole | None = None,
 ) -> ClusterSide:
     local = LocalCoordinator(reactor, max_entries=config.cache_max_entries, spawner=flights)
     if config.redis is None:
         return LocalOnly(local)
     from gateway.cluster.wiring import RedisCluster
 
+    # A worker's supervisor publishes the node's heartbeat; on the node's private Redis
+    # nobody reads a worker's hot keys either.
+    private = worker is not None and worker.private_redis is not None
     return RedisCluster(
-        config, reactor, stats, fallback=local, spawner=flights, observations=observations
+        config,
+        reactor,
+        stats,
+        fallback=local,
+        spawner=flights,
+        observations=None if private else observations,
+        publish_node=worker is None,
     )
 
 
@@ -86,12 +102,15 @@ def load_from_args(args: argparse.Namespace) -> GatewayConfig:
 
 
 def load_file_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, str | None]:
-    """:func:`load_from_args`, plus the SHA-256 of the config file (None without one)."""
-    overrides = {
-        name: getattr(args, name)
-        for name in ("listen", "backend", "node_id", "admin", "advertise", "redis", "log_format")
-    }
-    return load_config_file(args.config, overrides)
+    """:func:`load_from_args`, plus the SHA-256 of the config file (None without one).
+
+    A worker of a multi-worker node adjusts the config its way (see gateway.workers): a
+    reload then compares like with like and reports no spurious "restart needed"."""
+    names = ("listen", "backend", "node_id", "admin", "advertise", "redis", "log_format", "workers")
+    overrides = {name: getattr(args, name) for name in names}
+    config, sha256 = load_config_file(args.config, overrides)
+    worker = WorkerRole.from_args(args)
+    return (config if worker is None else worker.configure(config)), sha256
 
 
 def run_check_config(args: argparse.Namespace) -> int:
@@ -102,9 +121,10 @@ def run_check_config(args: argparse.Namespace) -> int:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2
     redis = "redis configured" if config.redis else "no redis"
+    workers = f", {config.workers} workers" if config.workers > 1 else ""
     print(
         f"gateway: config OK: {args.config}: {len(config.backends)} backend(s), "
-        f"{len(config.methods)} method policies, {redis}"
+        f"{len(config.methods)} method policies, {redis}{workers}"
     )
     return 0
 
@@ -115,7 +135,12 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_format, config.node_id)
+    worker = WorkerRole.from_args(args)
+    if worker is None and config.workers > 1:
+        from gateway.workers.supervisor import run_supervisor
+
+        return run_supervisor(args, config)
+    setup_logging(config.log_format, worker.log_label(config.node_id) if worker else config.node_id)
 
     from twisted.internet import reactor as global_reactor
     from twisted.internet.error import CannotListenError
@@ -126,16 +151,17 @@ def run_serve(args: argparse.Namespace) -> int:
     observations = Observations()
     # The node's one table of calls in flight; it reports finished flights as hot keys.
     flights = FlightTable(global_reactor, hot_keys=observations.hot_keys)
-    cluster = build_cluster(config, reactor, stats, flights, observations)
+    cluster = build_cluster(config, reactor, stats, flights, observations, worker)
     node = GatewayNode(
         config,
         reactor,
         cluster.coordinator,
         stats,
-        mode=cluster.mode,
+        mode=worker.node_mode(cluster.mode) if worker else cluster.mode,
         flights=flights,
         observations=observations,
         config_sha256=config_sha256,
+        listen_fd=worker.listen_fd if worker else None,
     )
     try:
         node.start()
@@ -192,6 +218,8 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     signal.signal(signal.SIGHUP, reload)
+    if worker is not None:
+        worker.serve(global_reactor, node, cluster.heartbeat_fields)
 
     # Everything alive now (modules, config, the node) lives as long as the process. Frozen,
     # it is left out of the cyclic collector's full collections, which the objects of calls
@@ -203,7 +231,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     # Printed only now: whoever reads the line may signal us at once, and must find our
     # handlers (not Python's default SIGTERM, which would skip the drain).
-    # The one stdout line: tests, the demo and scripts read the real ports from it.
+    # The one stdout line: tests, the demo and scripts read the real ports from it (a
+    # worker's goes to its supervisor: it means the worker serves).
     admin = f" admin {config.admin.host}:{node.admin_listen_port}" if config.admin else ""
     print(
         f"gateway {config.node_id} listening on {config.listen.host}:{node.listen_port}{admin}",

@@ -33,6 +33,11 @@ def _node_flags(parser: argparse.ArgumentParser, config_required: bool) -> None:
         "--redis", metavar="URL", help="redis://[:password@]host:port/db or rediss://"
     )
     parser.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    parser.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="processes sharing the client port (default 1; auto: one per usable core)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    _node_flags(sub.add_parser("serve", help="run a gateway node"), config_required=False)
+    serve = sub.add_parser("serve", help="run a gateway node")
+    _node_flags(serve, config_required=False)
+    _worker_flags(serve)
     _node_flags(
         sub.add_parser(
             "check-config", help="validate a config file (and flags) as serve would, then exit"
@@ -92,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-running", action="store_true", help="leave the cluster up until Ctrl-C"
     )
     return parser
+
+
+def _worker_flags(parser: argparse.ArgumentParser) -> None:
+    """Hidden: how a multi-worker node's supervisor starts ``serve`` as one of its workers
+    (gateway.workers.role). Not for people: the supervisor passes them."""
+    hidden = argparse.SUPPRESS
+    parser.add_argument("--worker-index", type=int, help=hidden)
+    parser.add_argument("--worker-fd", type=int, help=hidden)
+    parser.add_argument("--worker-admin", help=hidden)
+    parser.add_argument("--worker-redis", help=hidden)
 
 
 def _redis_view_flags(parser: argparse.ArgumentParser) -> None:

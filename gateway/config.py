@@ -7,6 +7,7 @@ every error names the offending key. README "Configuration reference" documents 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import socket
 import tomllib
@@ -100,6 +101,8 @@ class GatewayConfig:
     max_unsent_bytes: int = 1 << 20  # unread reply bytes before a client's calls stop being read
     idle_timeout: float = 0.0  # seconds; 0: never close idle client connections
     max_connections: int = 10_000  # open client connections; more are closed at once
+    # Processes serving the client port (gateway.workers): 1 = this process, no supervisor.
+    workers: int = 1
 
 
 def parse_address(text: str, key: str, allow_zero: bool = False) -> Address:
@@ -142,6 +145,30 @@ def advertised_address(config: GatewayConfig, port: int) -> str:
     elif ":" in host:
         host = f"[{host}]"
     return f"{host}:{port}"
+
+
+MAX_WORKERS = 1024  # a typo guard ("workers = 10000"), far above any machine's cores
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_workers(value: object) -> int:
+    """``workers``: a whole number 1..MAX_WORKERS, or ``"auto"`` (one per usable core)."""
+    if value == "auto":
+        return usable_cores()
+    if isinstance(value, str) and value.isdigit():  # --workers N arrives as text
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(
+            f'gateway.workers: expected a number 1..{MAX_WORKERS} or "auto", got {value!r}'
+        )
+    return value
 
 
 def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -308,7 +335,7 @@ def check_redis_timing(redis: RedisConfig) -> None:
 def load_config(path: str | None, overrides: dict[str, str | None]) -> GatewayConfig:
     """Read ``path`` (may be None) and apply command-line ``overrides`` (None = not given).
 
-    Override keys: listen, backend, node_id, admin, advertise, redis, log_format.
+    Override keys: listen, backend, node_id, admin, advertise, redis, log_format, workers.
     """
     return load_config_file(path, overrides)[0]
 
@@ -347,7 +374,7 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
         existing = dict(backends_raw.get("default", {}))
         existing["address"] = overrides["backend"]
         backends_raw["default"] = existing
-    for key in ("listen", "node_id", "admin", "advertise", "log_format"):
+    for key in ("listen", "node_id", "admin", "advertise", "log_format", "workers"):
         if overrides.get(key):
             gw[key] = overrides[key]
     redis_raw = dict(raw.pop("redis", {}))
@@ -395,6 +422,8 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
             raise ConfigError(
                 f"gateway.idle_timeout: must be >= 0 (0: never), got {kwargs['idle_timeout']!r}"
             )
+    if "workers" in gw:
+        kwargs["workers"] = parse_workers(gw.pop("workers"))
     default_backend = gw.pop("default_backend", None)
     _reject_unknown(gw, "gateway")
 

@@ -466,8 +466,10 @@ def start_gateway(
     admin: bool = False,
     host: str = "127.0.0.1",
     timeout: float = 15.0,
+    env: dict[str, str] | None = None,
 ) -> GatewayProcess:
-    """Start ``gateway serve`` (see :func:`gateway_argv`) and wait for its listening line.
+    """Start ``gateway serve`` (see :func:`gateway_argv`) and wait for its listening line;
+    ``env``: more environment variables for it.
 
     The caller must ``stop()`` (or ``kill()``) it.
     """
@@ -475,7 +477,7 @@ def start_gateway(
         *extra, backend=backend, config=config, node_id=node_id, redis=redis, admin=admin,
         host=host,
     )  # fmt: skip
-    return _started(start_process(argv), lambda p: GatewayProcess.from_process(p, timeout))
+    return _started(start_process(argv, env=env), lambda p: GatewayProcess.from_process(p, timeout))
 
 
 # -- admin endpoint readings (best effort: a node that does not answer reads as "no data") --

@@ -102,8 +102,12 @@ class Heartbeat:
         hot_window: float = 3600.0,
         hot_per_beat: int = 100,
         hot_members: int = 200,
+        publish_node: bool = True,
     ) -> None:
+        """``publish_node=False``: write only hot keys (a worker of a multi-worker node,
+        whose supervisor publishes the node's hash and history for all its workers)."""
         self._redis = redis
+        self._publish_node = publish_node
         self._stats = stats
         self._node_id = node_id
         self._clock = as_clock(clock)
@@ -128,6 +132,8 @@ class Heartbeat:
         self._loop.clock = clock
 
     def start(self) -> None:
+        if not self._publish_node and self._observations is None:
+            return  # nothing to write
         if not self._loop.running:
             self._loop.start(self._interval, now=True)
 
@@ -179,6 +185,10 @@ class Heartbeat:
         if not self._redis.is_up:
             return succeed(None)
         fields = self.fields()
+        if not self._publish_node:
+            commands = self._ops_commands(fields) if self._observations is not None else []
+            hot = gatherResults([self._redis.execute(*c) for c in commands], consumeErrors=True)
+            return hot.addCallbacks(lambda _: None, self._failed)
         now = float(fields["last_seen"])
         node_key = self._keys.node(self._node_id)
         history_key = self._ops.history(self._node_id)

@@ -48,7 +48,10 @@ class ClusterNode:
         backoff: Callable[[], Iterable[float]] = default_backoff,
         spawner: Spawner | None = None,
         observations: Observations | None = None,
+        publish_node: bool = True,
     ) -> None:
+        """``publish_node=False``: this process is one worker of a node whose supervisor
+        writes the node's heartbeat; the worker's own beats carry only its hot keys."""
         self.options = options or ClusterOptions()
         if reply_timeout is None:
             reply_timeout = self.options.reply_timeout
@@ -87,6 +90,7 @@ class ClusterNode:
             address=address,
             extra=self.coordinator.heartbeat_fields,
             observations=observations,
+            publish_node=publish_node,
         )
         self._ready_waiters: list[Deferred[None]] = []
         self.redis.add_state_callback(self._state_changed)

@@ -33,7 +33,9 @@ class RedisCluster:
         fallback: Coordinator,
         spawner: Spawner | None = None,
         observations: Observations | None = None,
+        publish_node: bool = True,
     ) -> None:
+        """``publish_node``: see :class:`ClusterNode` (False in the workers of a node)."""
         redis = config.redis
         if redis is None:
             raise ValueError("RedisCluster needs config.redis")
@@ -56,6 +58,7 @@ class RedisCluster:
             options=options,
             spawner=spawner,
             observations=observations,
+            publish_node=publish_node,
         )
 
     @property
@@ -64,6 +67,10 @@ class RedisCluster:
 
     def mode(self) -> str:
         return self.node.coordinator.mode
+
+    def heartbeat_fields(self) -> dict[str, float | str]:
+        """The coordinator's own heartbeat fields (a worker reports them to its supervisor)."""
+        return self.node.coordinator.heartbeat_fields()
 
     def set_address(self, address: str) -> None:
         """The address shown by ``gateway status`` (known once the listener is bound)."""

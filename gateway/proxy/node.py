@@ -8,6 +8,7 @@ cluster layer; ``gateway.app`` chooses and wires it, together with the node's fl
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -99,9 +100,13 @@ class GatewayNode:
         flights: FlightTable | None = None,
         observations: Observations | None = None,
         config_sha256: str | None = None,
+        listen_fd: int | None = None,
     ) -> None:
-        """``config_sha256``: of the config file ``config`` was read from (for /healthz)."""
+        """``config_sha256``: of the config file ``config`` was read from (for /healthz);
+        ``listen_fd``: a listening socket to serve instead of binding ``config.listen``
+        (a worker of a multi-worker node: its supervisor bound it, see gateway.workers)."""
         self.config = config
+        self._listen_fd = listen_fd
         self.stats = stats or NodeStats()
         self.observations = observations or Observations()
         self._reactor = as_reactor(reactor)
@@ -163,10 +168,13 @@ class GatewayNode:
     def start(self) -> None:
         """Listen (raises CannotListenError if a port is taken) and connect to backends."""
         listen = self.config.listen
-        # A large backlog: a herd of clients connects at once, and the default 50 stalls them.
-        self.port = self._reactor.listenTCP(
-            listen.port, self.factory, backlog=1024, interface=listen.host
-        )
+        if self._listen_fd is not None:
+            self.port = self._adopt(self._listen_fd)
+        else:
+            # A large backlog: a herd of clients connects at once; the default 50 stalls them.
+            self.port = self._reactor.listenTCP(
+                listen.port, self.factory, backlog=1024, interface=listen.host
+            )
         if self.config.admin is not None:
             site = admin_site(self.metrics, self.health)
             admin = self.config.admin
@@ -178,6 +186,14 @@ class GatewayNode:
                 raise
         for backend in self.backends.values():
             backend.start()
+
+    def _adopt(self, fd: int) -> ListeningPort:
+        # Twisted serves a duplicate of the descriptor and never shuts the socket down
+        # (only closes it); ours is closed once adopted. Non-blocking: Twisted accepts in a
+        # loop until EAGAIN, which would block forever on a blocking socket.
+        with socket.socket(fileno=fd) as sock:
+            sock.setblocking(False)
+            return self._reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
 
     @property
     def listen_port(self) -> int:
