@@ -293,8 +293,19 @@ class Supervisor:
                     entry[key] = value
                     others.setdefault(key, []).append(value)
         for key, values in others.items():
-            if len(values) == len(workers) and all(v == values[0] for v in values):
+            if len(values) != len(workers):
+                continue
+            if all(v == values[0] for v in values):
                 body[key] = values[0]
+            elif all(isinstance(v, dict) for v in values):
+                # e.g. the config state: the file's hash agrees, each worker's load time not.
+                agreed = {
+                    name: value
+                    for name, value in values[0].items()
+                    if all(v.get(name) == value for v in values[1:])
+                }
+                if agreed:
+                    body[key] = agreed
         return body
 
     def own_metrics(self) -> list[Metric]:
