@@ -115,7 +115,7 @@ class Cluster:
         self,
         node_id: str,
         options: ClusterOptions = FAST,
-        keepalive: float = 5.0,
+        keepalive: float | None = 5.0,
         reply_timeout: float = 1.0,
     ) -> ClusterNode:
         self.fallbacks[node_id] = LocalFallback()
@@ -509,6 +509,26 @@ async def test_hung_redis_is_detected_and_survived(cluster: Cluster) -> None:
     await a.when_ready()
     await execute(a, Backend(delay=0.01))
     assert (a.coordinator.counters.leads, cluster.fallbacks["a"].calls) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_on_a_hung_redis_is_answered_through_the_fallback(cluster: Cluster) -> None:
+    """With no keepalive to notice it, a call's own Redis command that gets no reply within
+    reply_timeout drops the connection: the call is answered through the local fallback,
+    in about reply_timeout, not left hanging."""
+    a = await cluster.node("a", keepalive=None, reply_timeout=0.3)
+    assert cluster.server.proc is not None
+    pid = cluster.server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        outcome = await execute(a, Backend(delay=0.01))
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert (outcome.source, cluster.fallbacks["a"].calls) == (Source.BACKEND, 1)
+    assert took < 1.5, f"answered after {took:.2f}s"
+    await a.when_ready()
 
 
 @pytest_twisted.ensureDeferred

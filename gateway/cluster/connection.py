@@ -19,6 +19,7 @@ redis://, rediss:// and unix://; the sentinels' current master for redis+sentine
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any, Protocol, TypeAlias, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -30,7 +31,7 @@ from gateway.cluster.txredis import RedisCommandError as RedisCommandError  # re
 from gateway.cluster.txredis import RedisUnavailable as RedisUnavailable  # re-exported
 from gateway.cluster.txredis import connect, translate
 from gateway.cluster.url import RedisURL, parse_redis_url
-from gateway.primitives import RetryingCall, exponential_backoff
+from gateway.primitives import Deadline, Deadlines, RetryingCall, exponential_backoff
 from gateway.reactors import DelayedCall, as_clock
 
 Arg: TypeAlias = str | bytes | int | float
@@ -125,6 +126,7 @@ class RedisConnector:
         self._subscriber = subscriber
         self._connect_timeout = connect_timeout
         self._reply_timeout = reply_timeout
+        self._deadlines = Deadlines(clock, resolution=0.05)
         self._keepalive = keepalive
         self._backoff = backoff
         self._callbacks: list[StateCallback] = []
@@ -191,11 +193,24 @@ class RedisConnector:
         if proto is None:
             return fail(RedisUnavailable(f"{self._name} is down"))
         try:
-            # Pub/sub commands never time out: PSUBSCRIBE's reply can sit behind messages.
-            d = proto.execute_command(*args, apply_timeout=not self._subscriber)
+            # The reply timeout is ours (below), not txredisapi's timer per command.
+            d = proto.execute_command(*args, apply_timeout=False)
         except Exception as exc:  # txredisapi raises ConnectionError("Not connected") here
             return fail(RedisUnavailable(str(exc)))
+        if not self._subscriber:  # PSUBSCRIBE's reply can sit behind messages: never timed
+            # One shared timer for every command's deadline: a command unanswered after
+            # reply_timeout means a hung Redis, so the connection is dropped (failing every
+            # command on it) and reconnected - as txredisapi's own timeout would.
+            deadline = self._deadlines.add(self._reply_timeout, partial(self._hung, proto))
+            d.addBoth(_cancelling(deadline))
         return cast(Deferred[Reply], d.addErrback(translate))
+
+    def _hung(self, proto: Any) -> None:
+        if proto is self._proto and proto.transport is not None:
+            log.debug(
+                "{name}: no reply within {t}s; reconnecting", name=self._name, t=self._reply_timeout
+            )
+            proto.transport.abortConnection()
 
     # -- connecting -------------------------------------------------------------------
 
@@ -321,3 +336,13 @@ class RedisConnector:
         if self._on_message is not None and isinstance(channel, bytes):
             data = message if isinstance(message, bytes) else str(message).encode()
             self._on_message(channel, data)
+
+
+def _cancelling(deadline: Deadline) -> Callable[[Any], Any]:
+    """A pass-through callback that cancels ``deadline`` (the reply is in)."""
+
+    def cancel(result: Any) -> Any:
+        deadline.cancel()
+        return result
+
+    return cancel

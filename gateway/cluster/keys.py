@@ -25,6 +25,7 @@ key                                   type        meaning
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 
@@ -36,8 +37,13 @@ BUCKETS = 64
 _GLOB_CHARS = frozenset("*?[]\\")
 
 
+@functools.lru_cache(maxsize=8192)
 def bucket_of(key: str) -> str:
-    """The bucket of call key ``key``: ``"00"`` .. ``"3f"``."""
+    """The bucket of call key ``key``: ``"00"`` .. ``"3f"``.
+
+    Cached: one call's steps name its keys a dozen times (lease, fence, cache, result,
+    channel, index entry), and a str's hash is cached by Python, a CRC-32 is not.
+    """
     return f"{zlib.crc32(key.encode('utf-8')) % BUCKETS:02x}"
 
 
