@@ -209,9 +209,13 @@ class CallHandler:
             self._stats.backend_calls += 1
             # Only the leader's call_backend runs (followers join its flight), so these are
             # the leader's headers.
-            return backend.call(
-                upstream, route.policy, header=upstream_header, headers=upstream_headers
-            ).addCallback(backend_reply)
+            if route.policy.idempotent:  # retried or hedged: the Deferred form
+                return backend.call(
+                    upstream, route.policy, header=upstream_header, headers=upstream_headers
+                ).addCallback(backend_reply)
+            return _single_attempt(
+                backend, upstream, route.policy, upstream_header, upstream_headers
+            )
 
         d: Deferred[tuple[Outcome, bool]]
         if key is None:
@@ -372,6 +376,36 @@ class CallHandler:
             log.warning("dropping oneway %s: %s", header.name, message)
             return defer.succeed(None)  # a oneway caller reads no reply
         return defer.succeed(self._error_bytes(header, protocol, code, message, kind))
+
+
+def _single_attempt(
+    backend: BackendLike,
+    message: bytes,
+    policy: MethodPolicy,
+    header: MessageHeader | None,
+    headers: Headers,
+) -> Deferred[BackendReply]:
+    """One attempt through ``Backend.submit``, as a Deferred of the reply: it keeps the
+    header the upstream connection parsed (the callers' replies need no second parse)."""
+    pending: Cancellable | None = None
+
+    def cancel(_: Deferred[BackendReply]) -> None:
+        if pending is not None:
+            pending.cancel()
+
+    d: Deferred[BackendReply] = Deferred(cancel)
+    protocol = backend.protocol
+
+    def on_reply(result: bytes | GatewayError, reply_header: MessageHeader | None) -> None:
+        if d.called:
+            return
+        if isinstance(result, GatewayError):
+            d.errback(result)
+        else:
+            d.callback(BackendReply(result, protocol, header=reply_header))
+
+    pending = backend.submit(message, policy, on_reply, header=header, headers=headers)
+    return d
 
 
 def _from_backend(reply: BackendReply) -> tuple[Outcome, bool]:
