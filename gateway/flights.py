@@ -39,19 +39,39 @@ from gateway.reactors import as_clock
 from gateway.thrift import key_parts
 
 
-@dataclass(eq=False, slots=True)
 class Flight:
-    """One execution running on this node (compared by identity)."""
+    """One execution running on this node (compared by identity).
 
-    key: str
-    started: float  # clock seconds
-    deferred: Deferred[Any]
-    callers: int = 1  # callers that joined it (the first included); 0 for background work
-    preview: str | None = None  # the arguments, shown with hot keys (opted-in methods only)
+    A plain slotted class (one is made per call that reaches the coordinator): ``callers``
+    counts the callers it answers (the first included; 0 for background work), ``preview``
+    is shown with its hot-key entry (opted-in methods only).
+    """
+
+    __slots__ = ("callers", "deferred", "key", "preview", "started", "table")
+
+    def __init__(
+        self,
+        table: FlightTable,
+        key: str,
+        started: float,
+        deferred: Deferred[Any],
+        callers: int = 1,
+        preview: str | None = None,
+    ) -> None:
+        self.table = table
+        self.key = key
+        self.started = started
+        self.deferred = deferred
+        self.callers = callers
+        self.preview = preview
 
     @property
     def background(self) -> bool:
         return self.callers == 0
+
+    def finished(self, result: object) -> object:
+        """Its outcome is in (passed on): it leaves the table."""
+        return self.table._finished(self, result)
 
 
 @dataclass(frozen=True)
@@ -106,7 +126,7 @@ class FlightTable:
     def spawn(self, key: str, work: Deferred[Any]) -> None:
         """Count ``work`` (no caller waits on it) as running until it fires: drain waits."""
         if not work.called:
-            self._register(Flight(key, self._clock.seconds(), work, callers=0))
+            self._register(Flight(self, key, self._clock.seconds(), work, callers=0))
 
     def oldest_started_at(self) -> float | None:
         """When the oldest flight or task still running started (clock seconds), if any."""
@@ -164,31 +184,30 @@ class FlightTable:
             if self._hot_keys is not None:
                 self._hot_keys.record(*split_call_key(key), 1, preview)
             return d
-        flight = self._register(Flight(key, self._clock.seconds(), d, preview=preview))
+        flight = self._register(Flight(self, key, self._clock.seconds(), d, preview=preview))
         self._by_key[key] = flight
         return d
 
     def _register(self, flight: Flight) -> Flight:
         self._running[flight] = None
-
-        def finished(result: object) -> object:
-            # Runs before the Coalescer's own callback (added after start() returned), so a
-            # caller woken by this outcome that calls again starts a new flight.
-            self._running.pop(flight, None)
-            if self._by_key.get(flight.key) is flight:
-                del self._by_key[flight.key]
-            if self._hot_keys is not None and flight.callers:
-                method, key_id = split_call_key(flight.key)
-                self._hot_keys.record(method, key_id, flight.callers, flight.preview)
-            if (
-                self._abandoning
-                and isinstance(result, Failure)
-                and isinstance(result.value, CancelledError)
-            ):
-                return Failure(ShuttingDown("gateway: shutting down, call abandoned"))  # type: ignore[no-untyped-call]  # Twisted leaves Failure() untyped
-            return result
-
-        flight.deferred.addBoth(finished)
+        flight.deferred.addBoth(flight.finished)
         # After finished(): drain's waiters see this flight gone from the table.
         self._idle.add(flight.deferred)
         return flight
+
+    def _finished(self, flight: Flight, result: object) -> object:
+        # Runs before the Coalescer's own callback (added after start() returned), so a
+        # caller woken by this outcome that calls again starts a new flight.
+        self._running.pop(flight, None)
+        if self._by_key.get(flight.key) is flight:
+            del self._by_key[flight.key]
+        if self._hot_keys is not None and flight.callers:
+            method, key_id = split_call_key(flight.key)
+            self._hot_keys.record(method, key_id, flight.callers, flight.preview)
+        if (
+            self._abandoning
+            and isinstance(result, Failure)
+            and isinstance(result.value, CancelledError)
+        ):
+            return Failure(ShuttingDown("gateway: shutting down, call abandoned"))  # type: ignore[no-untyped-call]  # Twisted leaves Failure() untyped
+        return result

@@ -69,7 +69,11 @@ class LocalCoordinator:
                         self._spawner.spawn(key, refresh)  # the drain waits for it
                     return defer.succeed(Outcome(entry.reply, Source.STALE))
                 del self._cache[key]
-        return self._call(key, policy, call_backend)
+            return self._call(key, policy, call_backend)
+        # Coalesce mode: nothing to cache, so nothing to do but call (the flight table
+        # already made this the only call for the key on this node).
+        d: Deferred[BackendReply] = defer.maybeDeferred(call_backend)
+        return d.addCallback(_from_backend)
 
     def _call(self, key: str, policy: MethodPolicy, call_backend: BackendCall) -> Deferred[Outcome]:
         def store(reply: BackendReply) -> Outcome:
@@ -85,3 +89,7 @@ class LocalCoordinator:
 
         d: Deferred[BackendReply] = defer.maybeDeferred(call_backend)
         return d.addCallback(store)
+
+
+def _from_backend(reply: BackendReply) -> Outcome:
+    return Outcome(reply, Source.BACKEND)
