@@ -245,7 +245,29 @@ class SentinelServer(RedisServer):
         )
 
 
-class SentinelGroup:
+class _ServerSet:
+    """Several redis-server processes run together: started by :meth:`start`, each stopped by
+    PID on :meth:`close` (or on leaving a ``with`` block)."""
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 20.0) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SentinelGroup(_ServerSet):
     """A master, ``replicas`` replicas and ``sentinels`` sentinels on loopback.
 
     ``url`` is the group's ``redis+sentinel://`` URL. :meth:`start` returns once every
@@ -322,18 +344,8 @@ class SentinelGroup:
         assert address is not None
         return by_address[address]
 
-    def close(self) -> None:
-        for server in self.servers:
-            server.close()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class LocalCluster:
+class LocalCluster(_ServerSet):
     """A Redis Cluster on loopback: ``primaries`` primaries with ``replicas`` replicas each.
 
     Slots are split evenly and assigned with CLUSTER ADDSLOTS, nodes join with CLUSTER
@@ -425,16 +437,6 @@ class LocalCluster:
 
         _wait(any_promoted, f"failover of {dead.address}", timeout)
         return promoted[0]
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _cluster_nodes(server: RedisServer) -> list[list[str]]:

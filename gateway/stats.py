@@ -5,6 +5,17 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+# The counters a node's history records and ``gateway status`` sums, in display order: one
+# list, so the heartbeat, the history reader and the status table agree on what there is.
+TRAFFIC_COUNTERS = (
+    "calls",
+    "backend_calls",
+    "coalesced_local",
+    "coalesced_remote",
+    "cache_hits",
+    "errors",
+)
+
 
 @dataclass
 class NodeStats:

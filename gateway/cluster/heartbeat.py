@@ -30,7 +30,7 @@ from gateway.cluster.opskeys import OpsKeys, hot_member, minute_of
 from gateway.cluster.scripts import Script, ScriptRunner
 from gateway.observe import Observations
 from gateway.reactors import as_clock
-from gateway.stats import NodeStats
+from gateway.stats import TRAFFIC_COUNTERS, NodeStats
 
 log = Logger(namespace="gateway.cluster")
 
@@ -38,14 +38,7 @@ Extra = Callable[[], Mapping[str, float | str]]
 
 # NodeStats counters whose per-beat deltas go to the history stream (in_flight is a gauge:
 # its current value is written as is).
-HISTORY_COUNTERS = (
-    "calls",
-    "backend_calls",
-    "coalesced_local",
-    "coalesced_remote",
-    "cache_hits",
-    "errors",
-)
+HISTORY_COUNTERS = TRAFFIC_COUNTERS
 
 
 INDEX_EVERY = 10  # beats between refreshes of the node's score in the node index

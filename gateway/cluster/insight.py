@@ -23,16 +23,9 @@ from gateway.cluster.opskeys import (
 )
 from gateway.cluster.redispy import SyncRedis
 from gateway.observe import split_call_key
+from gateway.stats import TRAFFIC_COUNTERS
 
-HISTORY_NUMBERS = (
-    "calls",
-    "backend_calls",
-    "coalesced_local",
-    "coalesced_remote",
-    "cache_hits",
-    "errors",
-    "in_flight",
-)
+HISTORY_NUMBERS = (*TRAFFIC_COUNTERS, "in_flight")
 
 
 def _ok(reply: Any) -> bool:

@@ -34,18 +34,10 @@ from gateway.cluster.opskeys import OpsKeys
 from gateway.cluster.redispy import SyncRedis, sync_client
 from gateway.cluster.sections import render_history, render_hot_keys, render_in_flight
 from gateway.cluster.url import InvalidRedisURL, parse_redis_target
+from gateway.stats import TRAFFIC_COUNTERS
 
 ALIVE_WITHIN = 3.0
-COUNTERS = (
-    "calls",
-    "backend_calls",
-    "coalesced_local",
-    "coalesced_remote",
-    "cache_hits",
-    "errors",
-    "in_flight",
-    "hmac_rejects",
-)
+COUNTERS = (*TRAFFIC_COUNTERS, "in_flight", "hmac_rejects")
 _COLUMNS = (  # (header, row key) of the table
     ("NODE", "node_id"),
     ("STATE", "state"),

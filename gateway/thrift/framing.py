@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from thrift.Thrift import TApplicationException
@@ -236,20 +237,68 @@ class MessageReader:
         self, buf: Buffer, messages: list[bytes], headers: list[MessageHeader]
     ) -> tuple[int, int]:
         """Cut whole frames from ``buf``; returns (bytes consumed, buffer length needed next)."""
+        protocol = self.protocol
+
+        def take(frame: memoryview) -> None:
+            message = bytes(frame)
+            # A frame must at least carry a header.
+            headers.append(read_header(message, protocol))
+            messages.append(message)
+
+        return self._split_frames(buf, self._skip_frame, take)
+
+    def _split_header(
+        self,
+        buf: Buffer,
+        messages: list[bytes],
+        headers: list[MessageHeader],
+        infos: list[HeaderInfo | None],
+    ) -> tuple[int, int]:
+        """Cut whole THeader frames from ``buf`` and unwrap them; like :meth:`_split_framed`."""
+        protocol = self.protocol
+        limits = self.limits
+
+        def take(frame: memoryview) -> None:
+            payload, info = parse_frame(frame, limits)
+            if info.protocol is not protocol:
+                raise HeaderError(
+                    f"THeader frame in {info.protocol} on a {protocol} connection",
+                    HeaderInfo(info.seqid, info.flags, info.protocol),
+                    TApplicationException.INVALID_PROTOCOL,
+                )
+            try:
+                header = read_header(payload, protocol)
+            except MalformedMessage as exc:
+                exc.frame = HeaderInfo(info.seqid, info.flags, info.protocol)
+                raise
+            headers.append(header)
+            messages.append(payload)
+            infos.append(info)
+
+        return self._split_frames(buf, self._skip_header_frame, take)
+
+    def _split_frames(
+        self,
+        buf: Buffer,
+        skip: Callable[[Buffer, int, int], int],
+        take: Callable[[memoryview], None],
+    ) -> tuple[int, int]:
+        """Hand each whole 4-byte-length frame in ``buf`` to ``take`` (oversized ones go to
+        ``skip`` or raise); returns (bytes consumed, buffer length needed next)."""
         pos = 0
         end = len(buf)
+        max_frame_size = self.limits.max_frame_size
         while end - pos >= 4:
             (length,) = _I32.unpack_from(buf, pos)
             if length < 0:
                 raise MalformedMessage(f"negative frame length {length}")
-            if length > self.limits.max_frame_size:
+            if length > max_frame_size:
                 if not self._skip_oversized:
                     raise FrameTooLarge(
-                        f"frame of {length} bytes exceeds max_frame_size "
-                        f"{self.limits.max_frame_size}"
+                        f"frame of {length} bytes exceeds max_frame_size {max_frame_size}"
                     )
                 try:
-                    skipped_to = self._skip_frame(buf, pos, length)
+                    skipped_to = skip(buf, pos, length)
                 except Truncated as exc:  # its header has not arrived whole yet
                     return pos, exc.need
                 if skipped_to > end:  # the rest of it streams in later: drop it then
@@ -260,60 +309,7 @@ class MessageReader:
             stop = pos + 4 + length
             if stop > end:
                 return pos, stop
-            message = bytes(memoryview(buf)[pos + 4 : stop])
-            # A frame must at least carry a header.
-            headers.append(read_header(message, self.protocol))
-            messages.append(message)
-            pos = stop
-        return pos, pos + 4
-
-    def _split_header(
-        self,
-        buf: Buffer,
-        messages: list[bytes],
-        headers: list[MessageHeader],
-        infos: list[HeaderInfo | None],
-    ) -> tuple[int, int]:
-        """Cut whole THeader frames from ``buf`` and unwrap them; like :meth:`_split_framed`."""
-        pos = 0
-        end = len(buf)
-        limits = self.limits
-        while end - pos >= 4:
-            (length,) = _I32.unpack_from(buf, pos)
-            if length < 0:
-                raise MalformedMessage(f"negative frame length {length}")
-            if length > limits.max_frame_size:
-                if not self._skip_oversized:
-                    raise FrameTooLarge(
-                        f"frame of {length} bytes exceeds max_frame_size {limits.max_frame_size}"
-                    )
-                try:
-                    skipped_to = self._skip_header_frame(buf, pos, length)
-                except Truncated as exc:  # its headers have not arrived whole yet
-                    return pos, exc.need
-                if skipped_to > end:  # the rest of it streams in later: drop it then
-                    self._skipping = skipped_to - end
-                    return end, end
-                pos = skipped_to
-                continue
-            stop = pos + 4 + length
-            if stop > end:
-                return pos, stop
-            payload, info = parse_frame(memoryview(buf)[pos + 4 : stop], limits)
-            if info.protocol is not self.protocol:
-                raise HeaderError(
-                    f"THeader frame in {info.protocol} on a {self.protocol} connection",
-                    HeaderInfo(info.seqid, info.flags, info.protocol),
-                    TApplicationException.INVALID_PROTOCOL,
-                )
-            try:
-                header = read_header(payload, self.protocol)
-            except MalformedMessage as exc:
-                exc.frame = HeaderInfo(info.seqid, info.flags, info.protocol)
-                raise
-            headers.append(header)
-            messages.append(payload)
-            infos.append(info)
+            take(memoryview(buf)[pos + 4 : stop])
             pos = stop
         return pos, pos + 4
 

@@ -173,7 +173,8 @@ def read_header(message: bytes, protocol: ProtocolKind) -> MessageHeader:
         raise MalformedMessage("message ends inside its header") from None
 
 
-def _varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """``value`` (unsigned) as a ULEB128 varint, as compact protocol and THeader write it."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -195,8 +196,8 @@ def encode_header(protocol: ProtocolKind, name: str, type: MessageType, seqid: i
         return b"".join(
             (
                 bytes((COMPACT_PROTOCOL_ID, _COMPACT_VERSION | (type << _COMPACT_TYPE_SHIFT))),
-                _varint(seqid & 0xFFFFFFFF),
-                _varint(len(raw)),
+                encode_varint(seqid & 0xFFFFFFFF),
+                encode_varint(len(raw)),
                 raw,
             )
         )

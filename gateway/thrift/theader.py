@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from thrift.Thrift import TApplicationException
 
 from gateway.thrift.kinds import DEFAULT_LIMITS, Limits, MalformedMessage, ProtocolKind
+from gateway.thrift.message import encode_varint
 from gateway.thrift.protocols import Buffer
 
 HEADER_MAGIC = 0x0FFF
@@ -247,17 +248,8 @@ def _inflate(data: bytes, limit: int, context: HeaderInfo) -> bytes:
     return out
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _string(value: bytes) -> bytes:
-    return _varint(len(value)) + value
+    return encode_varint(len(value)) + value
 
 
 def encode_frame(
@@ -280,17 +272,17 @@ def encode_frame(
         raise ValueError(f"THeader carries binary or compact messages, not {protocol}")
     if not -0x80000000 <= seqid <= 0x7FFFFFFF or not 0 <= flags <= 0xFFFF:
         raise ValueError(f"seqid {seqid} / flags {flags} out of range for THeader")
-    header = bytearray(_varint(protocol_id))
-    header += _varint(len(transforms))
+    header = bytearray(encode_varint(protocol_id))
+    header += encode_varint(len(transforms))
     for transform in transforms:
         if transform not in _KNOWN_TRANSFORMS:
             raise ValueError(f"unknown THeader transform {transform}")
-        header += _varint(transform)
+        header += encode_varint(transform)
         payload = zlib.compress(payload)
     pairs = list(headers)
     if pairs:
-        header += _varint(INFO_KEYVALUE)
-        header += _varint(len(pairs))
+        header += encode_varint(INFO_KEYVALUE)
+        header += encode_varint(len(pairs))
         for key, value in pairs:
             header += _string(key)
             header += _string(value)
