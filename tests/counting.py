@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,11 @@ def call_name(service: str, method: str, arg: str, opts: dict[str, str]) -> str:
 
 
 class CountingBackend:
-    """A running counting backend process (stopped by PID with :meth:`stop`)."""
+    """A running counting backend process (stopped by PID with :meth:`stop`).
+
+    It listens on ``host`` (port ``port``, 0: OS-chosen); ``launcher`` is an argv prefix it
+    runs under (``ip netns exec NS`` in tests/netns.py, which execs it: same PID).
+    """
 
     LINE = r"counting backend listening on (\S+):(\d+)"
 
@@ -55,14 +59,20 @@ class CountingBackend:
         transport: str = "framed",
         protocol: str = "binary",
         page_delay: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        launcher: Sequence[str] = (),
     ) -> None:
         argv = [
+            *launcher,
             sys.executable,
             str(TESTS / "tools" / "counting_backend.py"),
             "--service", service,
             "--transport", transport,
             "--protocol", protocol,
             "--page-delay", str(page_delay),
+            "--host", host,
+            "--port", str(port),
         ]  # fmt: skip
         if multiplexed:
             argv.append("--multiplexed")

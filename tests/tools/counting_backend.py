@@ -2,10 +2,12 @@
 
 Usage: python counting_backend.py [--multiplexed] [--service Supervisor|Poetry]
            [--transport framed|buffered] [--protocol binary|compact] [--page-delay S]
+           [--host ADDR] [--port N]
 
-Serves tests/idl/guarantees.thrift on 127.0.0.1 (OS-chosen port) and prints
-``counting backend listening on 127.0.0.1:PORT`` once ready. With ``--multiplexed`` both
-services are served through thriftpy2's TMultiplexedProcessor; otherwise only ``--service``.
+Serves tests/idl/guarantees.thrift on ``--host`` (default 127.0.0.1), port ``--port``
+(default 0: OS-chosen) and prints ``counting backend listening on HOST:PORT`` once ready.
+With ``--multiplexed`` both services are served through thriftpy2's TMultiplexedProcessor;
+otherwise only ``--service``.
 Calls are counted when they *arrive*, before any delay, so N coalesced callers show as 1.
 Every connection is served by its own thread (pipelined calls on one connection are
 answered one after the other). SIGTERM/SIGKILL stops it.
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=["framed", "buffered"], default="framed")
     parser.add_argument("--protocol", choices=["binary", "compact"], default="binary")
     parser.add_argument("--page-delay", type=float, default=0.0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
 
     counter = Counter()
@@ -108,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         TFramedTransportFactory() if args.transport == "framed" else TBufferedTransportFactory()
     )
     protocol = TBinaryProtocolFactory() if args.protocol == "binary" else TCompactProtocolFactory()
-    server_socket = TServerSocket(host="127.0.0.1", port=0)
+    server_socket = TServerSocket(host=args.host, port=args.port)
     server = TThreadedServer(
         processor, server_socket, iprot_factory=protocol, itrans_factory=transport, daemon=True
     )
     server_socket.listen()
     port = server_socket.sock.getsockname()[1]
     server_socket.listen = lambda: None  # type: ignore[method-assign]  # listening already
-    print(f"counting backend listening on 127.0.0.1:{port}", flush=True)
+    print(f"counting backend listening on {args.host}:{port}", flush=True)
     server.serve()
     return 0
 
