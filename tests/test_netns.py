@@ -373,3 +373,50 @@ def test_redis_cut_from_everyone_every_call_answered_then_rejoin(healed: Lab) ->
     answers = calls(lab, herd(lab, "echo", "herd-c-healed"), delay=1.0)
     assert own_answers(answers, "echo", "herd-c-healed"), answers
     assert lab.backend_count("echo", "herd-c-healed") == 1
+
+
+def test_backend_cut_from_one_node_its_calls_fail_cleanly_and_are_handed_back(
+    healed: Lab,
+) -> None:
+    """The backend partitioned from n3 only, while n3's pooled connections to it are open
+    (they go silent: no reset): every call on n3 ends within the method timeout with a clean
+    gateway error, n3 soon knows the backend is unreachable and fails fast, and a call n3
+    leads is handed back rather than its failure passed on: the callers on n1 and n2 are
+    answered, the backend called once. After the heal n3 answers again."""
+    lab = healed
+    n1, n2, n3 = lab.nodes.values()
+    lab.net.cut(lab.host_of(n3), lab.backend_host)
+    # n3 gets each call first (it leads); the callers on n1 and n2 come 0.3 s later.
+    plan = lambda method, arg: (
+        [(lab.west, n3, method, arg)]
+        + [  # noqa: E731  # a short local
+            (lab.east, n, method, arg) for n in (n1, n2, n1, n2)
+        ]
+    )
+    lookup = calls(lab, plan("lookup", "cut-d"), delay=0.5, stagger=lambda i: 0.3 if i else 0.0)
+    # Right after the cut n3 sends on connections it still believes in: its call may have
+    # reached the backend, so only an idempotent method's followers may try again.
+    mine, theirs = lookup[0], lookup[1:]
+    assert mine.clean_error and mine.seconds < METHOD_TIMEOUT + 0.5, mine
+    assert own_answers(theirs, "lookup", "cut-d"), lookup
+    assert lab.backend_count("lookup", "cut-d") == 1
+
+    def fails_fast() -> bool:
+        (probe,) = calls(lab, [(lab.west, n3, "echo", f"probe-{time.monotonic()}")])
+        assert probe.clean_error and probe.seconds < METHOD_TIMEOUT + 0.5, probe
+        return "unreachable" in str(probe.reply)
+
+    took = wait_until(fails_fast, 4 * CONNECT_TIMEOUT + METHOD_TIMEOUT, "n3 failing fast")
+    for round_ in range(3):
+        arg = f"cut-d-{round_}"
+        answers = calls(lab, plan("echo", arg), delay=0.5, stagger=lambda i: 0.3 if i else 0.0)
+        mine, theirs = answers[0], answers[1:]
+        assert mine.clean_error and "unreachable" in str(mine.reply), mine
+        assert own_answers(theirs, "echo", arg), (took, answers, lab.logs())
+        assert lab.backend_count("echo", arg) == 1
+    lab.net.heal()
+    wait_until(
+        lambda: own_answers(calls(lab, [(lab.west, n3, "echo", "healed-d")]), "echo", "healed-d"),
+        10,
+        "n3 answering again after the heal",
+    )

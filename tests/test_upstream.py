@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -246,3 +247,36 @@ def test_calls_wait_for_the_first_connection() -> None:
     (seqid,) = sent_seqids(transport)
     proto.dataReceived(reply(b"ack:a", seqid))
     assert b"ack:a" in out[0]
+
+
+# -- a silent backend host is noticed (real TCP sockets, no reactor) ---------------------------
+
+
+class SocketTransport(StringTransport):
+    """A StringTransport whose handle is a real connected TCP socket (for its options)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux TCP options")
+def test_pool_connections_are_dropped_by_the_kernel_when_the_backend_host_falls_silent() -> None:
+    """Each pool connection gets connect_timeout as TCP_USER_TIMEOUT (unacknowledged bytes
+    abort it) and keepalive probes after that long idle, so a partitioned backend makes its
+    connections fail instead of holding calls until their timeouts for minutes."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor, connect_timeout=2.5)
+    p.start()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        with client, server.accept()[0]:
+            ((_host, _port, factory, _timeout, _bind),) = reactor.tcpClients
+            factory.buildProtocol(None).makeConnection(SocketTransport(client))
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2500
+            assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 3
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3

@@ -17,11 +17,19 @@ Concurrency is capped by a :class:`DispatchQueue` (``max_concurrency`` underway,
 waiting); overflow fails at once with :class:`Overloaded`. Lost connections reconnect in the
 background with exponential backoff (:class:`RetryingCall`); while no connection is up and
 none is being attempted for the first time, calls fail fast with :class:`BackendUnreachable`.
+
+A backend host that goes silent (network partition, host lost: packets dropped, no reset)
+is given ``connect_timeout`` to answer, as a new connection would be: the kernel drops a
+connection whose bytes stay unacknowledged that long, or that stays idle that long and then
+misses a keepalive probe (:func:`drop_when_silent`). Its calls fail with ConnectionLost,
+reconnecting fails, and the node knows the backend is unreachable.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -77,8 +85,10 @@ class UpstreamConnection(TwistedProtocol):
         protocol: ProtocolKind,
         limits: Limits,
         oversized_log: RateLimitedLog | None = None,
+        silence_timeout: float | None = None,
     ):
         self._transport_kind = transport_kind
+        self._silence_timeout = silence_timeout
         # Shared by the pool's connections: clients choosing arguments that make big replies
         # could otherwise fill the log one line per call.
         self._oversized_log = oversized_log
@@ -97,6 +107,8 @@ class UpstreamConnection(TwistedProtocol):
 
     def connectionMade(self) -> None:
         self.connected_ok = True
+        if self._silence_timeout is not None:
+            drop_when_silent(self.transport, self._silence_timeout)
 
     def send(
         self, message: bytes, oneway: bool, header: MessageHeader | None = None
@@ -203,6 +215,7 @@ class UpstreamPool:
         self._reactor = reactor
         self._clock = as_clock(reactor)
         self._endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        self._connect_timeout = connect_timeout
         self._transport_kind = transport
         self._limits = limits
         self._size = connections
@@ -231,7 +244,11 @@ class UpstreamPool:
 
         def attempt() -> Deferred[UpstreamConnection]:
             conn = UpstreamConnection(
-                self._transport_kind, self.protocol, self._limits, self._oversized_log
+                self._transport_kind,
+                self.protocol,
+                self._limits,
+                self._oversized_log,
+                silence_timeout=self._connect_timeout,
             )
             connected: Deferred[UpstreamConnection] = connectProtocol(  # type: ignore[no-untyped-call]  # untyped in Twisted
                 self._endpoint, conn
@@ -369,6 +386,35 @@ class UpstreamPool:
         for conn in list(self._live):
             if conn.transport is not None:
                 as_transport(conn.transport).loseConnection()
+
+
+def drop_when_silent(transport: object, seconds: float) -> None:
+    """Have the kernel drop this TCP connection once the peer host was silent ``seconds``.
+
+    TCP_USER_TIMEOUT: bytes we sent that stay unacknowledged that long abort it; keepalive
+    probes after ``seconds`` idle (whole seconds, at least 1) catch a connection nobody
+    writes to, and the same user timeout decides when an unanswered probe aborts it. Only
+    the peer's kernel has to answer, so a slow backend process is never taken for a dead
+    host. Without this, a partitioned backend (packets dropped, no reset) keeps the
+    connection open for many minutes of retransmissions: every call sent on it waits out
+    its timeout - an ambiguous failure, shared with the followers of non-idempotent
+    methods - and the node never learns that the backend is unreachable (a local failure,
+    which it would hand back to them). Transports without a TCP socket are left alone.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    sock = get_handle() if get_handle is not None else None
+    if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+        return
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle = max(1, math.ceil(seconds))
+    options = [("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", idle)]
+    options.append(("TCP_USER_TIMEOUT", max(1, round(seconds * 1000))))
+    for name, value in options:
+        option = getattr(socket, name, None)  # Linux names; other systems keep their defaults
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _as_gateway_error(reason: Failure) -> Failure:
