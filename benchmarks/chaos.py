@@ -19,7 +19,8 @@ the counting backend's arrival log (one line per backend call, kept across its r
 says exactly how many backend calls it cost. Every extra call is put down to the fault in
 progress (or ended less than ``SETTLE`` seconds earlier) when it reached the backend; one
 with no fault near is a late caller if it arrived after the window's first backend call
-had finished (a new window, as designed), else "unexplained".
+had finished (a new window, as designed), else "unexplained" (the report then shows the
+window's callers, its backend arrivals and the nodes' log around it).
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from benchmarks.chaos_faults import PAGE_DELAY, Fault, FaultLoop, Fleet
 from benchmarks.chaos_load import Herd, Soak, Tally
+from benchmarks.chaos_wire import CallSpec
 from benchmarks.common import markdown_table, raise_fd_limit, stop_children_on_sigterm
 
+NodeLog = Callable[[float, float], list[str]]
 SETTLE = 5.0  # seconds a fault's effects may outlast it (reconnect backoff, session expiry)
 LATE = "no fault: a late caller, after the first backend call had finished (new window)"
 UNEXPLAINED = "no fault: unexplained (within the first backend call)"
@@ -58,14 +62,48 @@ def cause(at: float, first: float, herd: Herd, faults: list[Fault]) -> str:
     near = [f for f in faults if f.started <= at <= (f.ended or at) + SETTLE]
     if near:
         return max(near, key=lambda f: f.started).kind
-    busy = herd.spec.delay if herd.spec.method != "page" else PAGE_DELAY
-    return LATE if at > first + busy else UNEXPLAINED
+    return LATE if at > first + backend_seconds(herd.spec) else UNEXPLAINED
 
 
-def analyse(tally: Tally, faults: list[Fault], arrivals: dict[str, list[float]]) -> dict[str, Any]:
+def backend_seconds(spec: CallSpec) -> float:
+    """How long the counting backend works on a call: its ``delay``; pages take the
+    backend's page delay, except ``busy:`` pages, which fail with Busy at once."""
+    if spec.method != "page":
+        return spec.delay
+    return 0.0 if spec.arg.startswith("busy:") else PAGE_DELAY
+
+
+def explain(
+    herd: Herd, times: list[float], faults: list[Fault], node_log: NodeLog | None
+) -> dict[str, Any]:
+    """What the soak knows about one window with an unexplained extra backend call."""
+    t0 = herd.started
+    before = [f for f in faults if f.started <= times[-1]]
+    last = max(before, key=lambda f: f.started) if before else None
+    return {
+        "call": str(herd.spec),
+        "callers": [f"n{node + 1} +{at - t0:.3f}s" for node, at in herd.members],
+        "outcomes": dict(Counter(herd.outcomes)),
+        "backend_arrivals": [f"+{at - t0:.3f}s" for at in times],
+        "last_fault": (
+            f"{last.kind} {last.target} {last.started - t0:+.1f}s..{last.ended - t0:+.1f}s"
+            if last
+            else None
+        ),
+        "node_log": node_log(t0 - 2.0, times[-1] + 1.0)[-40:] if node_log else [],
+    }
+
+
+def analyse(
+    tally: Tally,
+    faults: list[Fault],
+    arrivals: dict[str, list[float]],
+    node_log: NodeLog | None = None,
+) -> dict[str, Any]:
     backend_calls = 0
     by_cause: dict[str, Counter[str]] = defaultdict(Counter)
     duplicated_windows = 0
+    unexplained: list[dict[str, Any]] = []
     for herd in tally.herds:
         times = sorted(arrivals.get(herd.spec.backend_name, []))
         backend_calls += len(times)
@@ -75,6 +113,8 @@ def analyse(tally: Tally, faults: list[Fault], arrivals: dict[str, list[float]])
             for why, extra in causes.items():
                 by_cause[why]["windows"] += 1
                 by_cause[why]["extra_calls"] += extra
+            if UNEXPLAINED in causes and len(unexplained) < 5:
+                unexplained.append(explain(herd, times, faults, node_log))
     latencies = sorted(tally.latencies)
 
     def pct(p: float) -> float | None:
@@ -99,6 +139,7 @@ def analyse(tally: Tally, faults: list[Fault], arrivals: dict[str, list[float]])
             "with_extra_backend_calls": duplicated_windows,
             "extra_backend_calls": sum(c["extra_calls"] for c in by_cause.values()),
             "by_cause": {why: dict(c) for why, c in sorted(by_cause.items())},
+            "unexplained_samples": unexplained,
         },
         "faults": dict(Counter(f.kind for f in faults)),
         "fault_log": [
@@ -185,7 +226,16 @@ def main(argv: list[str] | None = None) -> int:
             fleet.close()
         if faults.error is not None:
             print(f"chaos: the fault loop failed: {faults.error!r}", file=sys.stderr)
-        report = analyse(tally, faults.faults, read_arrivals(fleet.backend_log))
+        arrivals = read_arrivals(fleet.backend_log)
+        report = analyse(tally, faults.faults, arrivals, fleet.node_log)
+        for sample in report["calls"]["crossed_samples"]:  # what the nodes said around it
+            at = float(sample["time"])
+            sample["node_log"] = fleet.node_log(at - 3.0, at + 0.5)[-40:]
+            sample["faults"] = [
+                f"{f.kind} {f.target} {f.started - at:+.1f}s..{f.ended - at:+.1f}s"
+                for f in faults.faults
+                if f.started - 10 <= at <= f.ended + 10
+            ]
     command = " ".join(argv if argv is not None else sys.argv[1:])
     report.update(
         setup={"command": command, **{k: v for k, v in vars(args).items() if k != "json"}},

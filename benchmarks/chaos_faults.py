@@ -16,6 +16,7 @@ records when it began and when the fleet was whole again:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.localredis import RedisServer, SentinelGroup, free_port, replica_synced
@@ -83,6 +85,7 @@ class Fleet:
         self.node_ports = [(free_port(), free_port()) for _ in range(nodes)]
         self.nodes: list[GatewayProcess | None] = [None] * nodes
         self.config = workdir / "gateway.toml"
+        self.node_processes: list[tuple[str, ManagedProcess]] = []  # every one ever started
         self.lock = threading.Lock()  # one change at a time (the fault loop vs. close)
 
     @property
@@ -118,12 +121,29 @@ class Fleet:
         argv = gateway_cli(
             "serve", "--listen", f"127.0.0.1:{port}", "--node-id", f"n{i + 1}",
             "--config", str(self.config), "--admin", f"127.0.0.1:{admin}",
+            "--log-format", "json",
         )  # fmt: skip
         process = start_process(argv)
+        self.node_processes.append((f"n{i + 1}", process))
         self.nodes[i] = None
         node = GatewayProcess.from_process(process, timeout=30)
         self.nodes[i] = node
         return node
+
+    def node_log(self, start: float, end: float) -> list[str]:
+        """The nodes' log lines (JSON, ``ts`` in UTC) from unix time ``start`` to ``end``."""
+        lines = []
+        for name, process in self.node_processes:
+            for line in list(process.stderr_lines):
+                try:
+                    entry = json.loads(line)
+                    ts = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
+                except (ValueError, KeyError, TypeError):
+                    continue
+                at = ts.replace(tzinfo=UTC).timestamp()
+                if start <= at <= end:
+                    lines.append(f"{at:.3f} {name} {entry.get('level')} {entry.get('msg')}")
+        return sorted(lines)
 
     def kill(self, process: ManagedProcess | None) -> None:
         """kill -9 by PID, and reap it."""

@@ -47,6 +47,7 @@ class Herd:
     started: float  # unix time of the first send
     finished: float = 0.0  # unix time the last of its calls ended
     outcomes: list[str] = field(default_factory=list)
+    members: list[tuple[int, float]] = field(default_factory=list)  # (node, unix time sent)
 
 
 @dataclass(eq=False)
@@ -81,7 +82,7 @@ class Tally:
     lost: int = 0
     unexpected: int = 0  # replies with no call waiting for them (never seen so far)
     errors: Counter[str] = field(default_factory=Counter)
-    crossed_samples: list[str] = field(default_factory=list)
+    crossed_samples: list[dict[str, str]] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     herds: list[Herd] = field(default_factory=list)
 
@@ -200,6 +201,7 @@ class Soak:
             self.delayed.append((time.monotonic() + RECONNECT_EVERY, conn, herd))
             return
         conn.reserved = False
+        herd.members.append((conn.node, time.time()))
         self._seqid = self._seqid % 2_000_000 + 1
         now = time.monotonic()
         conn.call = Call(herd, self._seqid, now, now + self.deadline)
@@ -250,24 +252,34 @@ class Soak:
         call = conn.call
         if call is None or conn.data:
             self.tally.unexpected += 1
-            self._note_crossed(f"unexpected bytes on connection {conn.index}")
+            self._note_crossed(conn, "unexpected bytes", message + conn.data)
             self._drop(conn)
             return
         reply = decode_reply(message, conn.protocol, call.herd.spec)
         if reply.seqid != call.seqid:
-            self._note_crossed(f"seqid {reply.seqid} for {call.seqid}")
+            self._note_crossed(conn, f"seqid {reply.seqid} for {call.seqid}: {reply}", message)
             self._end(conn, "crossed")
         elif reply.kind == "gateway_error":
             self._end(conn, "error:" + error_kind(reply.message))
         elif reply.kind == expected_kind(call.herd.spec) and reply.correct:
             self._end(conn, "correct")
         else:
-            self._note_crossed(f"{call.herd.spec} answered {reply}")
+            self._note_crossed(conn, f"{call.herd.spec} answered {reply}", message)
             self._end(conn, "crossed")
 
-    def _note_crossed(self, what: str) -> None:
+    def _note_crossed(self, conn: Conn, what: str, message: bytes) -> None:
         if len(self.tally.crossed_samples) < 10:
-            self.tally.crossed_samples.append(what)
+            call = conn.call
+            self.tally.crossed_samples.append(
+                {
+                    "what": what,
+                    "time": f"{time.time():.3f}",
+                    "after": f"{time.monotonic() - call.sent:.3f}s" if call else "",
+                    "connection": f"n{conn.node + 1} {conn.protocol} {conn.transport} "
+                    f"{'multiplexed' if conn.multiplexed else 'plain'}",
+                    "bytes": message[:300].hex(),
+                }
+            )
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ class Reply:
     correct: bool
     message: str = ""  # the TApplicationException's message
     call: int = 0  # the backend's arrival number of this call (Echo.call)
+    detail: str = ""  # what the reply said (for the report of a crossed reply)
 
 
 def _protocol(name: str, buf: Any) -> Any:
@@ -131,7 +132,7 @@ def decode_reply(message: bytes, protocol: str, spec: CallSpec) -> Reply:
     proto.read_struct(result)
     busy = getattr(result, "busy", None)
     if busy is not None:
-        return Reply(seqid, "busy", correct=busy.why == spec.arg)
+        return Reply(seqid, "busy", correct=busy.why == spec.arg, detail=f"{name}: {busy}")
     echo = result.success
     if echo is None:
         return Reply(seqid, "other_error", correct=False, message=f"empty {name} result")
@@ -142,7 +143,7 @@ def decode_reply(message: bytes, protocol: str, spec: CallSpec) -> Reply:
         and echo.arg == spec.arg
         and echo.opts == dict(spec.opts)
     )
-    return Reply(seqid, "echo", correct=correct, call=int(echo.call))
+    return Reply(seqid, "echo", correct=correct, call=int(echo.call), detail=f"{name}: {echo}")
 
 
 def expected_kind(spec: CallSpec) -> str:

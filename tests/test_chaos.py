@@ -72,6 +72,8 @@ def test_an_extra_backend_call_is_put_down_to_the_fault_near_it() -> None:
     assert cause(105.4, 105.3, herd, faults) == "kill-node"  # settling after the restart
     assert cause(106.2, 106.0, herd, faults) == LATE  # first call (0.1 s) had finished
     assert cause(106.05, 106.0, herd, faults) == UNEXPLAINED
+    busy = Herd(2, CallSpec("Supervisor", "page", "busy:k2~9"), 3, started=106.0)
+    assert cause(106.05, 106.0, busy, faults) == LATE  # Busy is raised at once
 
 
 @pytest.mark.integration
