@@ -327,6 +327,8 @@ def test_cross_zone_herd_with_latency_reaches_the_backend_once(healed: Lab) -> N
     counting as calls arrive, was called once."""
     lab = healed
     answers = calls(lab, herd(lab, "echo", "herd-a"), delay=1.0)
+    print(f"netns: herd answered in {min(a.seconds for a in answers):.2f}-"
+          f"{max(a.seconds for a in answers):.2f}s (backend 1 s)")  # fmt: skip
     assert own_answers(answers, "echo", "herd-a"), answers
     assert {a.reply.call for a in answers} == {1}
     assert lab.backend_count("echo", "herd-a") == 1
@@ -341,13 +343,14 @@ def test_node_cut_from_redis_serves_local_only_and_rejoins_without_restart(heale
     n1, n2, n3 = lab.nodes.values()
     pid = n3.pid
     lab.net.cut(lab.host_of(n3), lab.redis_host)
-    lab.wait_modes("local", [n3], timeout=8)
+    to_local = lab.wait_modes("local", [n3], timeout=8)
     assert lab.mode(n1) == lab.mode(n2) == "cluster"
     answers = calls(lab, herd(lab, "echo", "herd-b"), delay=1.0)
     assert own_answers(answers, "echo", "herd-b"), answers
     assert lab.backend_count("echo", "herd-b") == 2
     lab.net.heal()
     took = lab.wait_modes("cluster", [n3], timeout=15)
+    print(f"netns: n3 local-only {to_local:.2f}s after the cut, cluster {took:.2f}s after the heal")
     assert n3.pid == pid and n3.process.returncode is None
     answers = calls(lab, herd(lab, "echo", "herd-b-healed"), delay=1.0)
     assert own_answers(answers, "echo", "herd-b-healed"), answers
@@ -362,14 +365,17 @@ def test_redis_cut_from_everyone_every_call_answered_then_rejoin(healed: Lab) ->
     nodes = list(lab.nodes.values())
     others = [h for h in lab.net.hosts.values() if h is not lab.redis_host]
     lab.net.cut(lab.redis_host, others)
-    lab.wait_modes("local", nodes, timeout=8)
+    to_local = lab.wait_modes("local", nodes, timeout=8)
     answers = calls(lab, herd(lab, "echo", "herd-c"), delay=1.0)
     assert own_answers(answers, "echo", "herd-c"), answers
     assert lab.backend_count("echo", "herd-c") <= 3
     distinct = calls(lab, [(lab.west, n, "echo", f"distinct-c-{n.node_id}") for n in nodes])
     assert all(own_answers([a], "echo", f"distinct-c-{a.node}") for a in distinct), distinct
     lab.net.heal()
-    lab.wait_modes("cluster", nodes, timeout=15)
+    took = lab.wait_modes("cluster", nodes, timeout=15)
+    print(
+        f"netns: all local-only {to_local:.2f}s after the cut, cluster {took:.2f}s after the heal"
+    )
     answers = calls(lab, herd(lab, "echo", "herd-c-healed"), delay=1.0)
     assert own_answers(answers, "echo", "herd-c-healed"), answers
     assert lab.backend_count("echo", "herd-c-healed") == 1
@@ -386,13 +392,11 @@ def test_backend_cut_from_one_node_its_calls_fail_cleanly_and_are_handed_back(
     lab = healed
     n1, n2, n3 = lab.nodes.values()
     lab.net.cut(lab.host_of(n3), lab.backend_host)
+
     # n3 gets each call first (it leads); the callers on n1 and n2 come 0.3 s later.
-    plan = lambda method, arg: (
-        [(lab.west, n3, method, arg)]
-        + [  # noqa: E731  # a short local
-            (lab.east, n, method, arg) for n in (n1, n2, n1, n2)
-        ]
-    )
+    def plan(method: str, arg: str) -> list[tuple[Host, GatewayProcess, str, str]]:
+        return [(lab.west, n3, method, arg)] + [(lab.east, n, method, arg) for n in (n1, n2) * 2]
+
     lookup = calls(lab, plan("lookup", "cut-d"), delay=0.5, stagger=lambda i: 0.3 if i else 0.0)
     # Right after the cut n3 sends on connections it still believes in: its call may have
     # reached the backend, so only an idempotent method's followers may try again.
@@ -407,6 +411,7 @@ def test_backend_cut_from_one_node_its_calls_fail_cleanly_and_are_handed_back(
         return "unreachable" in str(probe.reply)
 
     took = wait_until(fails_fast, 4 * CONNECT_TIMEOUT + METHOD_TIMEOUT, "n3 failing fast")
+    print(f"netns: n3 failing fast {took:.2f}s after its first failed call (+{mine.seconds:.2f}s)")
     for round_ in range(3):
         arg = f"cut-d-{round_}"
         answers = calls(lab, plan("echo", arg), delay=0.5, stagger=lambda i: 0.3 if i else 0.0)
