@@ -46,7 +46,8 @@ class CountingBackend:
     """A running counting backend process (stopped by PID with :meth:`stop`).
 
     It listens on ``host`` (port ``port``, 0: OS-chosen); ``launcher`` is an argv prefix it
-    runs under (``ip netns exec NS`` in tests/netns.py, which execs it: same PID).
+    runs under (``ip netns exec NS`` in tests/netns.py, which execs it: same PID). It closes
+    connections idle for ``client_timeout`` seconds (thriftpy2's default 3; 0: never).
     """
 
     LINE = r"counting backend listening on (\S+):(\d+)"
@@ -62,6 +63,7 @@ class CountingBackend:
         host: str = "127.0.0.1",
         port: int = 0,
         launcher: Sequence[str] = (),
+        client_timeout: float = 3.0,
     ) -> None:
         argv = [
             *launcher,
@@ -73,6 +75,7 @@ class CountingBackend:
             "--page-delay", str(page_delay),
             "--host", host,
             "--port", str(port),
+            "--client-timeout", str(client_timeout),
         ]  # fmt: skip
         if multiplexed:
             argv.append("--multiplexed")

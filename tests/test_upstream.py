@@ -265,18 +265,20 @@ class SocketTransport(StringTransport):
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux TCP options")
 def test_pool_connections_are_dropped_by_the_kernel_when_the_backend_host_falls_silent() -> None:
-    """Each pool connection gets connect_timeout as TCP_USER_TIMEOUT (unacknowledged bytes
-    abort it) and keepalive probes after that long idle, so a partitioned backend makes its
-    connections fail instead of holding calls until their timeouts for minutes."""
-    reactor = MemoryReactorClock()
-    p = pool(reactor, connect_timeout=2.5)
-    p.start()
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        client = socket.create_connection(server.getsockname())
-        with client, server.accept()[0]:
-            ((_host, _port, factory, _timeout, _bind),) = reactor.tcpClients
-            factory.buildProtocol(None).makeConnection(SocketTransport(client))
-            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2500
-            assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 3
-            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+    """Each pool connection gets connect_timeout (at least 3 s) as TCP_USER_TIMEOUT
+    (unacknowledged bytes abort it) and keepalive probes every third of it, so a partitioned
+    backend makes its connections fail instead of holding calls until their timeouts for
+    minutes, while a packet or two lost on a sub-second connect_timeout does not."""
+    for connect_timeout, user_timeout, probe_every in ((7.5, 7500, 2), (0.5, 3000, 1)):
+        reactor = MemoryReactorClock()
+        pool(reactor, connect_timeout=connect_timeout).start()
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            client = socket.create_connection(server.getsockname())
+            with client, server.accept()[0]:
+                ((_host, _port, factory, _timeout, _bind),) = reactor.tcpClients
+                factory.buildProtocol(None).makeConnection(SocketTransport(client))
+                tcp = socket.IPPROTO_TCP
+                assert client.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == user_timeout
+                assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert client.getsockopt(tcp, socket.TCP_KEEPIDLE) == probe_every
+                assert client.getsockopt(tcp, socket.TCP_KEEPINTVL) == probe_every

@@ -19,16 +19,15 @@ background with exponential backoff (:class:`RetryingCall`); while no connection
 none is being attempted for the first time, calls fail fast with :class:`BackendUnreachable`.
 
 A backend host that goes silent (network partition, host lost: packets dropped, no reset)
-is given ``connect_timeout`` to answer, as a new connection would be: the kernel drops a
-connection whose bytes stay unacknowledged that long, or that stays idle that long and then
-misses a keepalive probe (:func:`drop_when_silent`). Its calls fail with ConnectionLost,
-reconnecting fails, and the node knows the backend is unreachable.
+is given ``connect_timeout`` (at least 3 s) to answer, as a new connection would be: the
+kernel drops a connection whose bytes stay unacknowledged that long, or whose keepalive
+probes go unanswered that long (:func:`drop_when_silent`). Its calls fail with
+ConnectionLost, reconnecting fails, and the node knows the backend is unreachable.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -388,14 +387,19 @@ class UpstreamPool:
                 as_transport(conn.transport).loseConnection()
 
 
-def drop_when_silent(transport: object, seconds: float) -> None:
-    """Have the kernel drop this TCP connection once the peer host was silent ``seconds``.
+SILENCE_FLOOR = 3.0  # seconds: a packet or two lost (resent after 0.2 s, 0.4 s, ...) is not death
 
-    TCP_USER_TIMEOUT: bytes we sent that stay unacknowledged that long abort it; keepalive
-    probes after ``seconds`` idle (whole seconds, at least 1) catch a connection nobody
-    writes to, and the same user timeout decides when an unanswered probe aborts it. Only
-    the peer's kernel has to answer, so a slow backend process is never taken for a dead
-    host. Without this, a partitioned backend (packets dropped, no reset) keeps the
+
+def drop_when_silent(transport: object, seconds: float) -> None:
+    """Have the kernel drop this TCP connection once the peer host was silent ``seconds``
+    (at least :data:`SILENCE_FLOOR`).
+
+    TCP_USER_TIMEOUT: bytes we sent that stay unacknowledged that long abort it. An idle
+    connection is probed (keepalive) every third of that time, at least every second, and
+    aborted once no probe was answered for that long - two or more probes lost in a row.
+    Only the peer's kernel has to answer, so a slow backend process is never taken for a
+    dead host, and the floor keeps a lost packet or two on a lossy link from looking like
+    one. Without this, a partitioned backend (packets dropped, no reset) keeps the
     connection open for many minutes of retransmissions: every call sent on it waits out
     its timeout - an ambiguous failure, shared with the followers of non-idempotent
     methods - and the node never learns that the backend is unreachable (a local failure,
@@ -407,10 +411,11 @@ def drop_when_silent(transport: object, seconds: float) -> None:
         return
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
+    seconds = max(seconds, SILENCE_FLOOR)
+    probe_every = max(1, int(seconds // 3))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    idle = max(1, math.ceil(seconds))
-    options = [("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", idle)]
-    options.append(("TCP_USER_TIMEOUT", max(1, round(seconds * 1000))))
+    options = [("TCP_KEEPIDLE", probe_every), ("TCP_KEEPINTVL", probe_every)]
+    options.append(("TCP_USER_TIMEOUT", round(seconds * 1000)))
     for name, value in options:
         option = getattr(socket, name, None)  # Linux names; other systems keep their defaults
         if option is not None:

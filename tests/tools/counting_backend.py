@@ -2,7 +2,7 @@
 
 Usage: python counting_backend.py [--multiplexed] [--service Supervisor|Poetry]
            [--transport framed|buffered] [--protocol binary|compact] [--page-delay S]
-           [--host ADDR] [--port N] [--log FILE]
+           [--host ADDR] [--port N] [--log FILE] [--client-timeout S]
 
 Serves tests/idl/guarantees.thrift on ``--host`` (default 127.0.0.1), port ``--port``
 (default 0: OS-chosen) and prints ``counting backend listening on HOST:PORT`` once ready.
@@ -13,7 +13,9 @@ Calls are counted when they *arrive*, before any delay, so N coalesced callers s
 before the call is served, so it outlives a kill -9 and a restart appends to it (the chaos
 soak counts backend calls per in-flight window from it).
 Every connection is served by its own thread (pipelined calls on one connection are
-answered one after the other). SIGTERM/SIGKILL stops it.
+answered one after the other); like thriftpy2's server by default, it closes a connection
+that sent nothing for ``--client-timeout`` seconds (default 3; 0: never). SIGTERM/SIGKILL
+stops it.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--log", default=None)
+    parser.add_argument("--client-timeout", type=float, default=3.0)
     args = parser.parse_args(argv)
 
     counter = Counter(args.log)
@@ -122,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         TFramedTransportFactory() if args.transport == "framed" else TBufferedTransportFactory()
     )
     protocol = TBinaryProtocolFactory() if args.protocol == "binary" else TCompactProtocolFactory()
-    server_socket = TServerSocket(host=args.host, port=args.port)
+    server_socket = TServerSocket(
+        host=args.host, port=args.port, client_timeout=int(args.client_timeout * 1000)
+    )
     server = TThreadedServer(
         processor, server_socket, iprot_factory=protocol, itrans_factory=transport, daemon=True
     )
