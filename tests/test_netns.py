@@ -429,7 +429,7 @@ def test_backend_cut_from_one_node_its_calls_fail_cleanly_and_are_handed_back(
     # is less), then one reconnect attempt has to time out.
     took = wait_until(fails_fast, 3.0 + CONNECT_TIMEOUT + METHOD_TIMEOUT, "n3 failing fast")
     since = time.monotonic() - cut_at
-    print(f"netns: n3 failing fast {since:.2f}s after the cut (first call failed {mine.seconds:.2f}s)")
+    print(f"netns: n3 failing fast {since:.2f}s after the cut (first call: {mine.seconds:.2f}s)")
     for round_ in range(3):
         arg = f"cut-d-{round_}"
         answers = calls(lab, plan("echo", arg), delay=0.5, stagger=lambda i: 0.3 if i else 0.0)
