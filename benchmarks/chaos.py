@@ -42,7 +42,7 @@ from benchmarks.chaos_wire import CallSpec
 from benchmarks.common import markdown_table, raise_fd_limit, stop_children_on_sigterm
 
 NodeLog = Callable[[float, float], list[str]]
-SETTLE = 5.0  # seconds a fault's effects may outlast it (reconnect backoff, session expiry)
+SETTLE = 5.0  # seconds a fault's effects may outlast its end (every node in cluster mode again)
 LATE = "no fault: a late caller, after the first backend call had finished (new window)"
 UNEXPLAINED = "no fault: unexplained (within the first backend call)"
 
@@ -142,11 +142,21 @@ def analyse(
             "unexplained_samples": unexplained,
         },
         "faults": dict(Counter(f.kind for f in faults)),
+        "fault_seconds": {
+            kind: _spread([f.ended - f.started for f in faults if f.kind == kind])
+            for kind in sorted({f.kind for f in faults})
+        },
+        "faults_not_recovered": sum(1 for f in faults if not f.recovered),
         "fault_log": [
             {"kind": f.kind, "target": f.target, "seconds": round(f.ended - f.started, 2)}
             for f in faults
         ],
     }
+
+
+def _spread(values: list[float]) -> str:
+    """The range of ``values`` (seconds), as "min-max"."""
+    return f"{min(values):.1f}-{max(values):.1f}" if values else "-"
 
 
 def render(report: dict[str, Any]) -> str:
@@ -169,7 +179,10 @@ def render(report: dict[str, Any]) -> str:
             ["error", "calls"], [[k, v] for k, v in calls["errors_by_kind"].items()] or [["-", 0]]
         ),
         "",
-        markdown_table(["fault", "times"], sorted(report["faults"].items())),
+        markdown_table(
+            ["fault", "times", "seconds until whole again (restarted, all nodes in cluster mode)"],
+            [[k, n, report["fault_seconds"][k]] for k, n in sorted(report["faults"].items())],
+        ),
         "",
         f"In-flight windows: {windows['total']:,} ({windows['herds_of_2_or_more']:,} herds of "
         f"2-12 callers, the rest single calls), {windows['backend_calls']:,} backend calls; "

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,12 +29,40 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.localredis import RedisServer, SentinelGroup, free_port, replica_synced
-from gateway.testing import GatewayProcess, ManagedProcess, gateway_cli, start_process
+from gateway.localredis import RedisServer, SentinelGroup, replica_synced
+from gateway.testing import (
+    GatewayProcess,
+    ManagedProcess,
+    gateway_cli,
+    start_process,
+    wait_for_redis_mode,
+)
 
 BACKEND = Path(__file__).resolve().parent.parent / "tests" / "tools" / "counting_backend.py"
 BACKEND_LINE = r"counting backend listening on (\S+):(\d+)"
 PAGE_DELAY = 0.2
+
+
+def free_low_port() -> int:
+    """A free loopback port below the ephemeral range (32768 and up on Linux).
+
+    Processes are restarted on their port; a port the OS hands out for outgoing connections
+    (the soak makes thousands) could be taken by one in between.
+    """
+    while True:
+        port = random.randrange(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _HANDED_OUT.add(port)
+        return port
+
+
+_HANDED_OUT: set[int] = set()  # ports free_low_port() returned: never twice (none is bound yet)
 
 
 @dataclass
@@ -41,7 +70,8 @@ class Fault:
     kind: str
     target: str
     started: float  # unix time
-    ended: float = 0.0  # unix time the fleet was whole again
+    ended: float = 0.0  # unix time the fleet was whole again: every node in cluster mode
+    recovered: bool = True  # False: some node was not in cluster mode 20 s after the fault
 
 
 def node_config(path: Path, redis_url: str, backend_port: int) -> Path:
@@ -77,12 +107,12 @@ idempotent = true
 class Fleet:
     def __init__(self, workdir: Path, nodes: int, sentinel: bool) -> None:
         self.workdir = workdir
-        self.sentinel = SentinelGroup() if sentinel else None
-        self.redis = RedisServer() if not sentinel else None
-        self.backend_port = free_port()
+        self.sentinel = SentinelGroup(ports=free_low_port) if sentinel else None
+        self.redis = RedisServer(port=free_low_port()) if not sentinel else None
+        self.backend_port = free_low_port()
         self.backend_log = workdir / "arrivals.log"
         self.backend: ManagedProcess | None = None
-        self.node_ports = [(free_port(), free_port()) for _ in range(nodes)]
+        self.node_ports = [(free_low_port(), free_low_port()) for _ in range(nodes)]
         self.nodes: list[GatewayProcess | None] = [None] * nodes
         self.config = workdir / "gateway.toml"
         self.node_processes: list[tuple[str, ManagedProcess]] = []  # every one ever started
@@ -108,6 +138,20 @@ class Fleet:
         node_config(self.config, self.redis_url, self.backend_port)
         for i in range(len(self.nodes)):
             self.start_node(i)
+        self.wait_for_cluster(timeout=30)
+
+    def wait_for_cluster(self, timeout: float) -> bool:
+        """Wait until every node's /healthz says "cluster"; False if that takes too long.
+
+        A node that serves before it reached Redis (just started or reconnecting) coalesces
+        locally only, so the soak starts, and a fault ends, only once all of them are there.
+        """
+        nodes = [node for node in self.nodes if node is not None]
+        try:
+            wait_for_redis_mode(nodes, "cluster", timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def start_backend(self) -> None:
         # No idle timeout (thriftpy2's default is 3 s): closing an idle connection races with
@@ -225,6 +269,7 @@ class FaultLoop(threading.Thread):
             fleet.kill(fleet.backend)
             time.sleep(rng.uniform(0.2, 0.6))
             fleet.start_backend()
+        fault.recovered = fleet.wait_for_cluster(timeout=20)
         fault.ended = time.time()
 
     def _replica_ready(self) -> bool:

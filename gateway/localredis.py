@@ -259,6 +259,8 @@ class SentinelServer(RedisServer):
 class SentinelGroup:
     """A master, ``replicas`` replicas and ``sentinels`` sentinels on loopback.
 
+    ``ports`` picks the master's and the replicas' ports (default: free ephemeral ones).
+
     ``url`` is the group's ``redis+sentinel://`` URL. :meth:`start` returns once every
     sentinel knows every replica and every other sentinel (they find each other through
     hello messages every 2 s), so that a failover can happen.
@@ -272,11 +274,14 @@ class SentinelGroup:
         sentinels: int = 3,
         down_after_ms: int = 500,
         failover_timeout_ms: int = 2000,
+        ports: Callable[[], int] = free_port,
     ) -> None:
         self.master_name = master_name
-        self.master = RedisServer()
+        self.master = RedisServer(port=ports())
         replica_args = ["--replicaof", "127.0.0.1", str(self.master.port)]
-        self.replicas = [RedisServer(extra_args=replica_args) for _ in range(replicas)]
+        self.replicas = [
+            RedisServer(port=ports(), extra_args=replica_args) for _ in range(replicas)
+        ]
         self.sentinels = [
             SentinelServer(
                 master_name,
