@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ NodeLog = Callable[[float, float], list[str]]
 SETTLE = 5.0  # seconds a fault's effects may outlast its end (every node in cluster mode again)
 LATE = "no fault: a late caller, after the first backend call had finished (new window)"
 UNEXPLAINED = "no fault: unexplained (within the first backend call)"
+OUTAGE = "no fault: a node lost Redis by itself (its reply_timeout expired), local-only"
 
 
 def read_arrivals(log: Path) -> dict[str, list[float]]:
@@ -57,11 +58,17 @@ def read_arrivals(log: Path) -> dict[str, list[float]]:
     return arrivals
 
 
-def cause(at: float, first: float, herd: Herd, faults: list[Fault]) -> str:
-    """What made the backend call arriving at ``at`` (not the window's first) happen."""
+def cause(
+    at: float, first: float, herd: Herd, faults: list[Fault], outages: Sequence[Fault] = ()
+) -> str:
+    """What made the backend call arriving at ``at`` (not the window's first) happen: an
+    injected fault near it; else a node that had lost Redis by itself just then (its own
+    log says so); else a late caller or nothing known."""
     near = [f for f in faults if f.started <= at <= (f.ended or at) + SETTLE]
     if near:
         return max(near, key=lambda f: f.started).kind
+    if any(o.started - 0.5 <= at <= o.ended + 0.5 for o in outages):
+        return OUTAGE
     return LATE if at > first + backend_seconds(herd.spec) else UNEXPLAINED
 
 
@@ -99,6 +106,7 @@ def analyse(
     faults: list[Fault],
     arrivals: dict[str, list[float]],
     node_log: NodeLog | None = None,
+    outages: Sequence[Fault] = (),
 ) -> dict[str, Any]:
     backend_calls = 0
     by_cause: dict[str, Counter[str]] = defaultdict(Counter)
@@ -109,7 +117,7 @@ def analyse(
         backend_calls += len(times)
         if len(times) > 1:
             duplicated_windows += 1
-            causes = Counter(cause(at, times[0], herd, faults) for at in times[1:])
+            causes = Counter(cause(at, times[0], herd, faults, outages) for at in times[1:])
             for why, extra in causes.items():
                 by_cause[why]["windows"] += 1
                 by_cause[why]["extra_calls"] += extra
@@ -194,6 +202,10 @@ def render(report: dict[str, Any]) -> str:
             [[why, c["windows"], c["extra_calls"]] for why, c in windows["by_cause"].items()]
             or [["-", 0, 0]],
         ),
+        "",
+        "Nodes that lost Redis with no fault injected (their own log): "
+        + (", ".join(report.get("redis_lost_without_fault", [])) or "none")
+        + ".",
     ]
     return "\n".join(lines)
 
@@ -240,7 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         if faults.error is not None:
             print(f"chaos: the fault loop failed: {faults.error!r}", file=sys.stderr)
         arrivals = read_arrivals(fleet.backend_log)
-        report = analyse(tally, faults.faults, arrivals, fleet.node_log)
+        outages = fleet.redis_outages()
+        report = analyse(tally, faults.faults, arrivals, fleet.node_log, outages)
+        injected = [(f.started, (f.ended or f.started) + SETTLE) for f in faults.faults]
+        report["redis_lost_without_fault"] = [
+            f"{o.target} for {o.ended - o.started:.2f}s"
+            for o in outages
+            if not any(start <= o.started <= end for start, end in injected)
+        ]
         for sample in report["calls"]["crossed_samples"]:  # what the nodes said around it
             at = float(sample["time"])
             sample["node_log"] = fleet.node_log(at - 3.0, at + 0.5)[-40:]

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from gateway.localredis import RedisServer, SentinelGroup, replica_synced
 from gateway.testing import (
@@ -177,9 +178,9 @@ class Fleet:
         self.nodes[i] = node
         return node
 
-    def node_log(self, start: float, end: float) -> list[str]:
-        """The nodes' log lines (JSON, ``ts`` in UTC) from unix time ``start`` to ``end``."""
-        lines = []
+    def _entries(self) -> list[tuple[float, str, dict[str, Any]]]:
+        """Every node's JSON log lines as (unix time, node, entry), oldest first."""
+        entries = []
         for name, process in self.node_processes:
             for line in list(process.stderr_lines):
                 try:
@@ -187,10 +188,32 @@ class Fleet:
                     ts = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
                 except (ValueError, KeyError, TypeError):
                     continue
-                at = ts.replace(tzinfo=UTC).timestamp()
-                if start <= at <= end:
-                    lines.append(f"{at:.3f} {name} {entry.get('level')} {entry.get('msg')}")
-        return sorted(lines)
+                entries.append((ts.replace(tzinfo=UTC).timestamp(), name, entry))
+        return sorted(entries, key=lambda e: e[0])
+
+    def node_log(self, start: float, end: float) -> list[str]:
+        """The nodes' log lines from unix time ``start`` to ``end``."""
+        return [
+            f"{at:.3f} {name} {entry.get('level')} {entry.get('msg')}"
+            for at, name, entry in self._entries()
+            if start <= at <= end
+        ]
+
+    def redis_outages(self) -> list[Fault]:
+        """Each time a node said "redis down" until it said "redis up" (or stopped), as a
+        fault of kind ``node-lost-redis`` - whether a fault caused it or not."""
+        outages: list[Fault] = []
+        down: dict[str, Fault] = {}
+        for at, name, entry in self._entries():
+            message = str(entry.get("msg", ""))
+            if message.startswith("redis down") and name not in down:
+                down[name] = Fault("node-lost-redis", name, at, at)
+                outages.append(down[name])
+            elif message.startswith("redis up") and name in down:
+                down.pop(name).ended = at
+        for outage in down.values():
+            outage.ended = time.time()
+        return outages
 
     def kill(self, process: ManagedProcess | None) -> None:
         """kill -9 by PID, and reap it."""

@@ -12,7 +12,7 @@ from thriftpy2.protocol import TBinaryProtocol, TCompactProtocol
 from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport import TMemoryBuffer
 
-from benchmarks.chaos import LATE, UNEXPLAINED, cause
+from benchmarks.chaos import LATE, OUTAGE, UNEXPLAINED, cause
 from benchmarks.chaos_faults import Fault
 from benchmarks.chaos_load import Herd, error_kind
 from benchmarks.chaos_wire import CallSpec, decode_reply, guarantees, split_reply
@@ -64,8 +64,8 @@ def test_a_buffered_reply_is_split_only_once_it_is_whole(protocol: str) -> None:
 
 def test_an_extra_backend_call_is_put_down_to_the_fault_near_it() -> None:
     """An extra backend call during (or up to 5 s after) a fault is that fault's; without a
-    fault near it is a late caller if the window's first call had finished, else
-    unexplained."""
+    fault near it is down to a node that had lost Redis by itself then, else a late caller
+    if the window's first call had finished, else unexplained."""
     herd = Herd(1, SPEC, 3, started=100.0)
     faults = [Fault("stop-node", "n2", 90.0, 92.0), Fault("kill-node", "n1", 99.0, 100.5)]
     assert cause(100.2, 100.0, herd, faults) == "kill-node"
@@ -74,6 +74,8 @@ def test_an_extra_backend_call_is_put_down_to_the_fault_near_it() -> None:
     assert cause(106.05, 106.0, herd, faults) == UNEXPLAINED
     busy = Herd(2, CallSpec("Supervisor", "page", "busy:k2~9"), 3, started=106.0)
     assert cause(106.05, 106.0, busy, faults) == LATE  # Busy is raised at once
+    outage = Fault("node-lost-redis", "n2", 106.02, 106.1)  # its log: redis down ... up
+    assert cause(106.05, 106.0, herd, faults, [outage]) == OUTAGE
 
 
 @pytest.mark.integration
