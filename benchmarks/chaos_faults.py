@@ -178,41 +178,42 @@ class Fleet:
         self.nodes[i] = node
         return node
 
-    def _entries(self) -> list[tuple[float, str, dict[str, Any]]]:
-        """Every node's JSON log lines as (unix time, node, entry), oldest first."""
+    def _entries(self) -> list[tuple[float, int, str, dict[str, Any]]]:
+        """Every node process's JSON log lines as (unix time, process number, node, entry),
+        oldest first."""
         entries = []
-        for name, process in self.node_processes:
+        for number, (name, process) in enumerate(self.node_processes):
             for line in list(process.stderr_lines):
                 try:
                     entry = json.loads(line)
                     ts = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
                 except (ValueError, KeyError, TypeError):
                     continue
-                entries.append((ts.replace(tzinfo=UTC).timestamp(), name, entry))
+                entries.append((ts.replace(tzinfo=UTC).timestamp(), number, name, entry))
         return sorted(entries, key=lambda e: e[0])
 
     def node_log(self, start: float, end: float) -> list[str]:
         """The nodes' log lines from unix time ``start`` to ``end``."""
         return [
             f"{at:.3f} {name} {entry.get('level')} {entry.get('msg')}"
-            for at, name, entry in self._entries()
+            for at, _, name, entry in self._entries()
             if start <= at <= end
         ]
 
     def redis_outages(self) -> list[Fault]:
-        """Each time a node said "redis down" until it said "redis up" (or stopped), as a
-        fault of kind ``node-lost-redis`` - whether a fault caused it or not."""
+        """Each time a node process said "redis down" until it said "redis up" (or logged
+        its last line), as a fault of kind ``node-lost-redis``, whatever caused it."""
         outages: list[Fault] = []
-        down: dict[str, Fault] = {}
-        for at, name, entry in self._entries():
+        down: dict[int, Fault] = {}
+        for at, number, name, entry in self._entries():
             message = str(entry.get("msg", ""))
-            if message.startswith("redis down") and name not in down:
-                down[name] = Fault("node-lost-redis", name, at, at)
-                outages.append(down[name])
-            elif message.startswith("redis up") and name in down:
-                down.pop(name).ended = at
-        for outage in down.values():
-            outage.ended = time.time()
+            if message.startswith("redis down") and number not in down:
+                down[number] = Fault("node-lost-redis", name, at, at)
+                outages.append(down[number])
+            elif message.startswith("redis up") and number in down:
+                down.pop(number).ended = at
+            elif number in down:
+                down[number].ended = at  # still down as of this line
         return outages
 
     def kill(self, process: ManagedProcess | None) -> None:
