@@ -6,18 +6,11 @@ port of one bridge, which lives in a namespace of its own too (the *fabric*): th
 network has no link to the machine's own network, so nothing a test does there (addresses,
 routes, iptables rules) touches the host, and no traffic leaves the namespaces it created.
 
-The fabric is where the network misbehaves, per ordered pair of hosts (src -> dst):
-
-* **latency**, one way: ``tc netem`` on the bridge port towards dst (an htb class per
-  source, with a netem qdisc), or, on kernels built without netem, iptables' NFQUEUE target
-  plus ``tests/tools/nfqueue_delay.py``, which holds each packet that long (see
-  :func:`delay_method`; ``GW_NETNS_DELAY=netem|nfqueue`` forces one);
-* **loss**: iptables ``-m statistic --mode random --probability P -j DROP``;
-* **partitions**: iptables ``DROP`` in both directions - silent, like a pulled cable or a
-  firewall dropping packets, so TCP sees no reset and only timeouts tell.
-
-Bridged IPv4 packets pass the fabric's iptables FORWARD chain because
-``net.bridge.bridge-nf-call-iptables`` is set there (per namespace).
+The fabric is where the network misbehaves, per ordered pair of hosts: one-way latency,
+loss and silent partitions (:meth:`Network.delay`, :meth:`Network.zone_delays`,
+:meth:`Network.lose`, :meth:`Network.cut`, :meth:`Network.heal`; how: tests/netlinks.py).
+Latency is ``tc netem`` where the kernel has it, else NFQUEUE and a userspace delayer
+(:func:`delay_method`; ``GW_NETNS_DELAY=netem|nfqueue`` forces one).
 
 Processes run in a host with ``ip netns exec NS argv...``, which execs ``argv``: the PID
 is the process's own, so it is stopped by PID. The test process itself reaches into a host
@@ -41,21 +34,20 @@ import re
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
+
+from netlinks import Links, Shaper, delay_method_in, in_ns, run
 
 from gateway.testing import GatewayProcess, ManagedProcess, gateway_argv, start_process
 
 PREFIX = "gwn"
 SUBNET = "10.77.0"
 CLONE_NEWNET = 0x40000000
-DELAYER = Path(__file__).resolve().parent / "tools" / "nfqueue_delay.py"
 T = TypeVar("T")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -65,19 +57,6 @@ def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-def _run(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> str:
-    done = subprocess.run(
-        list(argv), input=stdin, capture_output=True, text=True, timeout=30, check=False
-    )
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout
-
-
-def _in(ns: str, *argv: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, *argv]
 
 
 # -- what this machine can do -----------------------------------------------------------------
@@ -95,37 +74,20 @@ def unavailable() -> str | None:
             return f"needs `{tool}` (Debian: iproute2, iptables; .ci/run installs them)"
     probe = f"{PREFIX}{os.getpid()}xprobe"
     try:
-        _run(["ip", "netns", "add", probe])
+        run(["ip", "netns", "add", probe])
     except RuntimeError as exc:
         return f"cannot create a network namespace: {exc}"
     try:
-        _run(["ip", "-n", probe, "link", "add", "br0", "type", "bridge"])
+        run(["ip", "-n", probe, "link", "add", "br0", "type", "bridge"])
         if not Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
             return "the kernel has no br_netfilter (bridged packets would skip iptables)"
-        _run(_in(probe, "iptables", "-L", "FORWARD"))
-        if _delay_method_in(probe) is None:
+        run(in_ns(probe, "iptables", "-L", "FORWARD"))
+        if delay_method_in(probe) is None:
             return "the kernel has neither netem nor NFQUEUE to delay packets with"
     except RuntimeError as exc:
         return f"network namespace set-up failed: {exc}"
     finally:
-        _run(["ip", "netns", "del", probe], check=False)
-    return None
-
-
-def _delay_method_in(ns: str) -> str | None:
-    forced = os.environ.get("GW_NETNS_DELAY")
-    if forced in ("netem", "nfqueue"):
-        return forced
-    netem = subprocess.run(
-        _in(ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"),
-        capture_output=True,
-        check=False,
-    )
-    if netem.returncode == 0:
-        _run(_in(ns, "tc", "qdisc", "del", "dev", "lo", "root"), check=False)
-        return "netem"
-    if Path("/proc/net/netfilter/nfnetlink_queue").exists():
-        return "nfqueue"
+        run(["ip", "netns", "del", probe], check=False)
     return None
 
 
@@ -133,11 +95,11 @@ def _delay_method_in(ns: str) -> str | None:
 def delay_method() -> str:
     """The way latency is made here: "netem" if the kernel has it, else "nfqueue"."""
     probe = f"{PREFIX}{os.getpid()}xdelay"
-    _run(["ip", "netns", "add", probe])
+    run(["ip", "netns", "add", probe])
     try:
-        method = _delay_method_in(probe)
+        method = delay_method_in(probe)
     finally:
-        _run(["ip", "netns", "del", probe], check=False)
+        run(["ip", "netns", "del", probe], check=False)
     if method is None:
         raise RuntimeError("no way to delay packets here (see unavailable())")
     return method
@@ -150,13 +112,13 @@ def sweep_stale() -> list[str]:
     only the processes still inside those namespaces are killed.
     """
     removed = []
-    for line in _run(["ip", "netns", "list"], check=False).splitlines():
+    for line in run(["ip", "netns", "list"], check=False).splitlines():
         name = line.split()[0] if line.split() else ""
         match = re.fullmatch(rf"{PREFIX}(\d+)x\w+(-[\w-]+)?", name)
         if match is None or _alive(int(match.group(1))):
             continue
         _kill_inside(name)
-        _run(["ip", "netns", "del", name], check=False)
+        run(["ip", "netns", "del", name], check=False)
         removed.append(name)
     return removed
 
@@ -173,7 +135,7 @@ def _alive(pid: int) -> bool:
 
 def _kill_inside(ns: str) -> None:
     """SIGKILL, by PID, every process still in namespace ``ns`` (the test's own leftovers)."""
-    for pid in _run(["ip", "netns", "pids", ns], check=False).split():
+    for pid in run(["ip", "netns", "pids", ns], check=False).split():
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
 
@@ -194,7 +156,7 @@ class Host:
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside this host (``ip netns exec``, which execs it: same PID)."""
-        return _in(self.ns, *argv)
+        return in_ns(self.ns, *argv)
 
     def start(self, argv: Sequence[str], env: dict[str, str] | None = None) -> ManagedProcess:
         """Start ``argv`` inside this host; :meth:`Network.close` stops it if the test did not."""
@@ -236,15 +198,6 @@ def _many(hosts: Hosts) -> list[Host]:
 # -- the network ------------------------------------------------------------------------------
 
 
-@dataclass
-class _Links:
-    """What the fabric does to each ordered pair (src name, dst name)."""
-
-    delay_ms: dict[tuple[str, str], float] = field(default_factory=dict)
-    loss: dict[tuple[str, str], float] = field(default_factory=dict)  # probability 0..1
-    cut: set[tuple[str, str]] = field(default_factory=set)
-
-
 class Network:
     """A test network: the fabric namespace with its bridge, and the hosts added to it.
 
@@ -252,21 +205,17 @@ class Network:
     processes started through it and removes every namespace it made, also after a failure.
     """
 
-    CHAINS = ("GWCUT", "GWLOSS", "GWDELAY")
-
     def __init__(self, method: str | None = None) -> None:
         sweep_stale()
         self.tag = f"{PREFIX}{os.getpid()}x{secrets.token_hex(3)}"
         self.fabric = f"{self.tag}-net"
         self.method = method or delay_method()
         self.hosts: dict[str, Host] = {}
-        self.links = _Links()
+        self.links = Links()
         self._processes: list[ManagedProcess] = []
         self._closers: list[Callable[[], object]] = []
         self._namespaces: list[str] = []
-        self._delayer: subprocess.Popen[str] | None = None
-        self._bound_queues: set[int] = set()
-        self._lock = threading.Lock()
+        self.shaper = Shaper(self.fabric, self.method)
         try:
             self._make_fabric()
         except BaseException:
@@ -274,42 +223,25 @@ class Network:
             raise
 
     def _add_namespace(self, name: str) -> None:
-        _run(["ip", "netns", "add", name])
+        run(["ip", "netns", "add", name])
         self._namespaces.append(name)
-        _run(["ip", "-n", name, "link", "set", "lo", "up"])
+        run(["ip", "-n", name, "link", "set", "lo", "up"])
 
     def _make_fabric(self) -> None:
         self._add_namespace(self.fabric)
-        _run(["ip", "-n", self.fabric, "link", "add", "br0", "type", "bridge"])
-        _run(["ip", "-n", self.fabric, "link", "set", "br0", "up"])
+        run(["ip", "-n", self.fabric, "link", "add", "br0", "type", "bridge"])
+        run(["ip", "-n", self.fabric, "link", "set", "br0", "up"])
         with self._fabric_entered():
             # Per namespace since Linux 5.3: bridged IPv4 packets go through this
             # namespace's iptables, where the loss, cut and delay rules are.
             Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1\n")
-        rules = [f":{chain} - [0:0]" for chain in self.CHAINS]
-        rules += [f"-A FORWARD -j {chain}" for chain in self.CHAINS]
-        self._restore(rules)
-        if self.method == "nfqueue":
-            self._delayer = subprocess.Popen(
-                _in(self.fabric, sys.executable, str(DELAYER)),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert self._delayer.stdout is not None
-            if self._delayer.stdout.readline().strip() != "ready":
-                raise RuntimeError("nfqueue_delay.py did not start")
+        self.shaper.start()
 
     @contextlib.contextmanager
     def _fabric_entered(self) -> Iterator[None]:
         fabric_host = Host(self, "fabric", self.fabric, "", "", "")
         with fabric_host.entered():
             yield
-
-    def _restore(self, lines: list[str]) -> None:
-        """Apply iptables rules (``iptables-restore --noflush`` syntax) in the fabric."""
-        script = "*filter\n" + "\n".join(lines) + "\nCOMMIT\n"
-        _run(_in(self.fabric, "iptables-restore", "--noflush"), stdin=script)
 
     # -- hosts --------------------------------------------------------------------------------
 
@@ -321,12 +253,12 @@ class Network:
         host = Host(self, name, f"{self.tag}-{name}", f"{SUBNET}.{index}", zone, f"p{index}")
         self._add_namespace(host.ns)
         # Both ends are created directly in their namespaces: nothing appears in the host's.
-        _run(["ip", "link", "add", "eth0", "netns", host.ns, "type", "veth",
+        run(["ip", "link", "add", "eth0", "netns", host.ns, "type", "veth",
               "peer", "name", host.port, "netns", self.fabric])  # fmt: skip
-        _run(["ip", "-n", self.fabric, "link", "set", host.port, "master", "br0"])
-        _run(["ip", "-n", self.fabric, "link", "set", host.port, "up"])
-        _run(["ip", "-n", host.ns, "addr", "add", f"{host.ip}/24", "dev", "eth0"])
-        _run(["ip", "-n", host.ns, "link", "set", "eth0", "up"])
+        run(["ip", "-n", self.fabric, "link", "set", host.port, "master", "br0"])
+        run(["ip", "-n", self.fabric, "link", "set", host.port, "up"])
+        run(["ip", "-n", host.ns, "addr", "add", f"{host.ip}/24", "dev", "eth0"])
+        run(["ip", "-n", host.ns, "link", "set", "eth0", "up"])
         self.hosts[name] = host
         return host
 
@@ -392,70 +324,10 @@ class Network:
         return [(x, y) for x in _many(a) for y in _many(b) if x is not y]
 
     def apply(self) -> None:
-        """Make the fabric's rules (and qdiscs) match :attr:`links`."""
-        with self._lock:
-            ip = {name: host.ip for name, host in self.hosts.items()}
-            lines = [f"-F {chain}" for chain in self.CHAINS]
-            for src, dst in sorted(self.links.cut):
-                lines.append(f"-A GWCUT -s {ip[src]} -d {ip[dst]} -j DROP")
-            for (src, dst), p in sorted(self.links.loss.items()):
-                if p > 0:
-                    lines.append(
-                        f"-A GWLOSS -s {ip[src]} -d {ip[dst]} "
-                        f"-m statistic --mode random --probability {p:.6f} -j DROP"
-                    )
-            if self.method == "nfqueue":
-                for (src, dst), ms in sorted(self.links.delay_ms.items()):
-                    if ms > 0:
-                        queue = self._queue_for(ms)
-                        lines.append(
-                            f"-A GWDELAY -s {ip[src]} -d {ip[dst]} -j NFQUEUE --queue-num {queue}"
-                        )
-            self._restore(lines)
-            if self.method == "netem":
-                self._apply_netem(ip)
-
-    def _queue_for(self, ms: float) -> int:
-        """The NFQUEUE number that holds packets ``ms`` milliseconds: one per 0.1 ms step."""
-        queue = round(ms * 10)
-        if not 1 <= queue <= 65535:
-            raise ValueError(f"delay {ms} ms out of range (0.1 .. 6553 ms)")
-        if queue not in self._bound_queues:
-            delayer = self._delayer
-            assert delayer is not None and delayer.stdin is not None and delayer.stdout
-            delayer.stdin.write(f"bind {queue} {queue / 10000:.4f}\n")
-            delayer.stdin.flush()
-            if delayer.stdout.readline().strip() != f"bound {queue}":
-                raise RuntimeError(f"nfqueue_delay.py could not bind queue {queue}")
-            self._bound_queues.add(queue)
-        return queue
-
-    def _apply_netem(self, ip: dict[str, str]) -> None:
-        """On each bridge port (egress = towards its host): an htb class per source host that
-        has a delay, each with a netem qdisc, chosen by a u32 match on the source address."""
-        for dst in self.hosts.values():
-            _run(["ip", "netns", "exec", self.fabric, "tc", "qdisc", "del", "dev", dst.port,
-                  "root"], check=False)  # fmt: skip
-            sources = [
-                (src, ms)
-                for (src, to), ms in sorted(self.links.delay_ms.items())
-                if to == dst.name and ms > 0
-            ]
-            if not sources:
-                continue
-            dev = dst.port
-            batch = [
-                f"qdisc add dev {dev} root handle 1: htb default 1",
-                f"class add dev {dev} parent 1: classid 1:1 htb rate 10gbit",
-            ]
-            for n, (src, ms) in enumerate(sources, start=10):
-                batch += [
-                    f"class add dev {dev} parent 1: classid 1:{n} htb rate 10gbit",
-                    f"qdisc add dev {dev} parent 1:{n} handle {n}: netem delay {ms}ms limit 100000",
-                    f"filter add dev {dev} parent 1: protocol ip prio 1 u32 "
-                    f"match ip src {ip[src]}/32 flowid 1:{n}",
-                ]
-            _run(_in(self.fabric, "tc", "-batch", "-"), stdin="\n".join(batch) + "\n")
+        """Make the fabric match :attr:`links` (called by every change above)."""
+        ip = {name: host.ip for name, host in self.hosts.items()}
+        ports = {name: host.port for name, host in self.hosts.items()}
+        self.shaper.apply(self.links, ip, ports)
 
     # -- teardown -----------------------------------------------------------------------------
 
@@ -476,21 +348,10 @@ class Network:
             with contextlib.suppress(Exception):
                 process.stop(timeout=3.0)
         self._processes.clear()
-        if self._delayer is not None:
-            delayer, self._delayer = self._delayer, None
-            with contextlib.suppress(Exception):
-                assert delayer.stdin is not None
-                delayer.stdin.close()  # it exits when its stdin closes
-            try:
-                delayer.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                delayer.kill()
-                delayer.wait(timeout=3)
-            if delayer.stdout is not None:
-                delayer.stdout.close()
+        self.shaper.close()
         for ns in reversed(self._namespaces):
             _kill_inside(ns)
-            _run(["ip", "netns", "del", ns], check=False)
+            run(["ip", "netns", "del", ns], check=False)
         self._namespaces.clear()
 
     def __enter__(self) -> Network:
@@ -498,26 +359,6 @@ class Network:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def call_in(host: Host, fn: Callable[[], T]) -> T:
-    """``fn()`` in a new thread that is inside ``host`` (for callers that keep their own
-    thread's namespace untouched, e.g. an event loop); exceptions are re-raised here."""
-    result: list[Any] = []
-
-    def run() -> None:
-        try:
-            result.append((True, host.run(fn)))
-        except BaseException as exc:
-            result.append((False, exc))
-
-    thread = threading.Thread(target=run, name=f"in-{host.name}")
-    thread.start()
-    thread.join()
-    ok, value = result[0]
-    if ok:
-        return value  # type: ignore[no-any-return]  # the value fn() returned
-    raise value
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
