@@ -279,4 +279,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # every process was stopped on the way out (main's finally)
+        print("chaos: interrupted", file=sys.stderr)
+        sys.exit(130)
