@@ -69,23 +69,34 @@ def free_cluster_port() -> int:
 
 
 class RedisServer:
-    """One ``redis-server`` process on 127.0.0.1, owned (and stopped, by PID) by its creator."""
+    """One ``redis-server`` process, owned (and stopped, by PID) by its creator.
+
+    It listens on ``host`` (default 127.0.0.1). ``launcher`` is an argv prefix the server
+    runs under, e.g. ``["ip", "netns", "exec", "ns1"]`` (which execs it: the PID stays the
+    server's); a server that the calling process cannot reach needs a subclass whose
+    :meth:`wait_ready` probes it from where it can be reached (tests/netns.py).
+    """
 
     def __init__(
         self,
         port: int | None = None,
         password: str | None = None,
         extra_args: Sequence[str] = (),
+        *,
+        host: str = "127.0.0.1",
+        launcher: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
         self.password = password
         self.extra_args = list(extra_args)  # more redis-server options: "--replicaof", ...
+        self.host = host
+        self.launcher = list(launcher)
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="gw-redis-")
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -94,13 +105,13 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def argv(self) -> list[str]:
         args = [
             find_redis_server(),
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.host,
             "--dir", self._dir,
             "--save", "",
             "--appendonly", "no",
@@ -113,7 +124,7 @@ class RedisServer:
     def spawn(self) -> None:
         """Start the process without waiting for it (see :meth:`wait_ready`)."""
         self.proc = subprocess.Popen(
-            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.launcher + self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
 
     def start(self, timeout: float = 10.0) -> Self:
@@ -128,7 +139,7 @@ class RedisServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                with socket.create_connection((self.host, self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
                     if sock.recv(64):
                         return self
@@ -159,7 +170,7 @@ class RedisServer:
 def run(server: RedisServer, *args: str | int) -> Any:
     """One command on a fresh redis-py connection to ``server`` (replies decoded as text)."""
     client = redis.Redis(
-        host="127.0.0.1",
+        host=server.host,
         port=server.port,
         password=server.password,
         decode_responses=True,
@@ -270,6 +281,8 @@ class _ServerSet:
 class SentinelGroup(_ServerSet):
     """A master, ``replicas`` replicas and ``sentinels`` sentinels on loopback.
 
+    ``ports`` picks the master's and the replicas' ports (default: free ephemeral ones).
+
     ``url`` is the group's ``redis+sentinel://`` URL. :meth:`start` returns once every
     sentinel knows every replica and every other sentinel (they find each other through
     hello messages every 2 s), so that a failover can happen.
@@ -283,11 +296,14 @@ class SentinelGroup(_ServerSet):
         sentinels: int = 3,
         down_after_ms: int = 500,
         failover_timeout_ms: int = 2000,
+        ports: Callable[[], int] = free_port,
     ) -> None:
         self.master_name = master_name
-        self.master = RedisServer()
+        self.master = RedisServer(port=ports())
         replica_args = ["--replicaof", "127.0.0.1", str(self.master.port)]
-        self.replicas = [RedisServer(extra_args=replica_args) for _ in range(replicas)]
+        self.replicas = [
+            RedisServer(port=ports(), extra_args=replica_args) for _ in range(replicas)
+        ]
         self.sentinels = [
             SentinelServer(
                 master_name,

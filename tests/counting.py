@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,12 @@ def call_name(service: str, method: str, arg: str, opts: dict[str, str]) -> str:
 
 
 class CountingBackend:
-    """A running counting backend process (stopped by PID with :meth:`stop`)."""
+    """A running counting backend process (stopped by PID with :meth:`stop`).
+
+    It listens on ``host`` (port ``port``, 0: OS-chosen); ``launcher`` is an argv prefix it
+    runs under (``ip netns exec NS`` in tests/netns.py, which execs it: same PID). It closes
+    connections idle for ``client_timeout`` seconds (thriftpy2's default 3; 0: never).
+    """
 
     LINE = r"counting backend listening on (\S+):(\d+)"
 
@@ -55,14 +60,22 @@ class CountingBackend:
         transport: str = "framed",
         protocol: str = "binary",
         page_delay: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        launcher: Sequence[str] = (),
+        client_timeout: float = 3.0,
     ) -> None:
         argv = [
+            *launcher,
             sys.executable,
             str(TESTS / "tools" / "counting_backend.py"),
             "--service", service,
             "--transport", transport,
             "--protocol", protocol,
             "--page-delay", str(page_delay),
+            "--host", host,
+            "--port", str(port),
+            "--client-timeout", str(client_timeout),
         ]  # fmt: skip
         if multiplexed:
             argv.append("--multiplexed")

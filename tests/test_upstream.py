@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -422,3 +423,38 @@ def test_submit_answers_exactly_once() -> None:
     [(message, header)] = got
     assert b"ack:a" in message and header == read_header(message, BINARY)
     assert ended == [True]
+
+
+# -- a silent backend host is noticed (real TCP sockets, no reactor) ---------------------------
+
+
+class SocketTransport(StringTransport):
+    """A StringTransport whose handle is a real connected TCP socket (for its options)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux TCP options")
+def test_pool_connections_are_dropped_by_the_kernel_when_the_backend_host_falls_silent() -> None:
+    """Each pool connection gets connect_timeout (at least 3 s) as TCP_USER_TIMEOUT
+    (unacknowledged bytes abort it) and keepalive probes every third of it, so a partitioned
+    backend makes its connections fail instead of holding calls until their timeouts for
+    minutes, while a packet or two lost on a sub-second connect_timeout does not."""
+    for connect_timeout, user_timeout, probe_every in ((7.5, 7500, 2), (0.5, 3000, 1)):
+        reactor = MemoryReactorClock()
+        pool(reactor, connect_timeout=connect_timeout).start()
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            client = socket.create_connection(server.getsockname())
+            with client, server.accept()[0]:
+                ((_host, _port, factory, _timeout, _bind),) = reactor.tcpClients
+                factory.buildProtocol(None).makeConnection(SocketTransport(client))
+                tcp = socket.IPPROTO_TCP
+                assert client.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == user_timeout
+                assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert client.getsockopt(tcp, socket.TCP_KEEPIDLE) == probe_every
+                assert client.getsockopt(tcp, socket.TCP_KEEPINTVL) == probe_every

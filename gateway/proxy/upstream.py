@@ -26,6 +26,12 @@ overflow fails at once with :class:`Overloaded`. Calls are driven by callbacks
 Lost connections reconnect in the background with exponential backoff
 (:class:`RetryingCall`); while no connection is up and none is being attempted for the
 first time, calls fail fast with :class:`BackendUnreachable`.
+
+A backend host that goes silent (network partition, host lost: packets dropped, no reset)
+is given ``connect_timeout`` (at least 3 s) to answer, as a new connection would be: the
+kernel drops a connection whose bytes stay unacknowledged that long, or whose keepalive
+probes go unanswered that long (:func:`drop_when_silent`). Its calls fail with
+ConnectionLost, reconnecting fails, and the node knows the backend is unreachable.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from gateway.errors import (
 )
 from gateway.primitives import Deadline, Deadlines, RetryingCall, exponential_backoff
 from gateway.proxy.connections import RateLimitedLog
+from gateway.proxy.silence import drop_when_silent
 from gateway.reactors import as_clock, as_transport
 from gateway.thrift import (
     FrameTooLarge,
@@ -149,8 +156,10 @@ class UpstreamConnection(TwistedProtocol):
         protocol: ProtocolKind,
         limits: Limits,
         oversized_log: RateLimitedLog | None = None,
+        silence_timeout: float | None = None,
     ):
         self._transport_kind = transport_kind
+        self._silence_timeout = silence_timeout
         # Shared by the pool's connections: clients choosing arguments that make big replies
         # could otherwise fill the log one line per call.
         self._oversized_log = oversized_log
@@ -170,6 +179,8 @@ class UpstreamConnection(TwistedProtocol):
 
     def connectionMade(self) -> None:
         self.connected_ok = True
+        if self._silence_timeout is not None:
+            drop_when_silent(self.transport, self._silence_timeout)
 
     def transmit(
         self,
@@ -305,6 +316,7 @@ class UpstreamPool:
         self._reactor = reactor
         self._clock = as_clock(reactor)
         self._endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        self._connect_timeout = connect_timeout
         self._transport_kind = transport
         self._limits = limits
         self._size = connections
@@ -339,7 +351,11 @@ class UpstreamPool:
 
         def attempt() -> Deferred[UpstreamConnection]:
             conn = UpstreamConnection(
-                self._transport_kind, self.protocol, self._limits, self._oversized_log
+                self._transport_kind,
+                self.protocol,
+                self._limits,
+                self._oversized_log,
+                silence_timeout=self._connect_timeout,
             )
             connected: Deferred[UpstreamConnection] = connectProtocol(  # type: ignore[no-untyped-call]  # untyped in Twisted
                 self._endpoint, conn
