@@ -128,3 +128,9 @@ class Coordinator(Protocol):
     def execute(
         self, key: str, policy: MethodPolicy, call_backend: BackendCall
     ) -> Deferred[Outcome]: ...
+
+    def cached(self, key: str, policy: MethodPolicy) -> Outcome | None:
+        """A fresh cache entry for ``key`` this node holds now, without waiting for anything
+        (None: ask :meth:`execute`, which may find one elsewhere). Only asked in cache mode;
+        a hit answers the call with no flight at all."""
+        ...

@@ -123,6 +123,12 @@ class FlightTable:
             flight.callers += 1
         return self._joins.call_shared(key, self._start, key, start, preview)
 
+    def answered(self, key: str, preview: str | None = None) -> None:
+        """A call for ``key`` answered at once (a cache hit): never a flight, but a hot key's
+        calls all the same."""
+        if self._hot_keys is not None:
+            self._hot_keys.record(*split_call_key(key), 1, preview)
+
     def spawn(self, key: str, work: Deferred[Any]) -> None:
         """Count ``work`` (no caller waits on it) as running until it fires: drain waits."""
         if not work.called:
@@ -181,8 +187,7 @@ class FlightTable:
     def _start(self, key: str, start: Callable[[], Deferred[Outcome]], preview: str | None) -> Any:
         d = start()
         if d.called:  # an outcome already in (a cache hit) is never a flight
-            if self._hot_keys is not None:
-                self._hot_keys.record(*split_call_key(key), 1, preview)
+            self.answered(key, preview)
             return d
         flight = self._register(Flight(self, key, self._clock.seconds(), d, preview=preview))
         self._by_key[key] = flight

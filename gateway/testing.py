@@ -134,6 +134,9 @@ class DirectCoordinator:
         self.keys.append(key)
         return call_backend().addCallback(lambda reply: Outcome(reply, Source.BACKEND))
 
+    def cached(self, key: str, policy: MethodPolicy) -> Outcome | None:
+        return None
+
 
 # ---------------------------------------------------------------------------------------------
 # Processes

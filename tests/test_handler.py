@@ -20,7 +20,7 @@ from gateway.errors import (
     BackendUnavailable,
 )
 from gateway.flights import FlightTable
-from gateway.observe import ErrorKinds
+from gateway.observe import ErrorKinds, HotKeys
 from gateway.proxy.handler import CallHandler
 from gateway.proxy.local import LocalCoordinator
 from gateway.proxy.router import Router
@@ -217,6 +217,28 @@ def test_backend_call_survives_all_callers_leaving() -> None:
     out = h.call(b"m", seqid=5)  # served by the entry the abandoned call cached
     assert h.backend.cancelled == 0 and len(h.backend.calls) == 1
     assert reply_text(out[0], BINARY) == (5, b"ack:m") and h.stats.cache_hits == 1
+
+
+def test_fresh_cache_hit_is_answered_at_once_without_a_flight() -> None:
+    """A call with a fresh local cache entry is answered before handle() returns, in its
+    own seqid, with no flight (nothing for a drain to wait on) and counted as a hot key."""
+    hot = HotKeys()
+    h = Harness(
+        {"methods": {"alertSupervisor": {"mode": "cache", "ttl": 60}}}, LocalCoordinator(Clock())
+    )
+    h.flights = FlightTable(h.clock, hot_keys=hot)
+    h.handler = CallHandler(
+        Router(h.config), h.backends, h.flights, LocalCoordinator(h.clock), h.stats, h.clock,
+        DEFAULT_LIMITS,
+    )  # fmt: skip
+    h.call(b"m")
+    h.answer(b"ack:m")
+    out = h.call(b"m", seqid=9)
+    assert h.last.called and len(h.flights) == 0
+    assert reply_text(out[0], BINARY) == (9, b"ack:m")
+    assert h.stats.cache_hits == 1 and h.stats.in_flight == 0 and len(h.backend.calls) == 1
+    [entry] = hot.drain()
+    assert entry.callers == 2  # the call that filled the entry, and the hit
 
 
 def test_caller_after_every_caller_left_joins_the_running_backend_call() -> None:

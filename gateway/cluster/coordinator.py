@@ -159,6 +159,13 @@ class ClusterCoordinator:
             return self._fallback.execute(key, policy, call_backend)
         return Deferred.fromCoroutine(self._execute(key, policy, call_backend))
 
+    def cached(self, key: str, policy: MethodPolicy) -> Outcome | None:
+        # The shared cache is in Redis: nothing is known without a round trip, unless the
+        # node is on its local fallback.
+        if self._stopped or not self.cluster_mode:
+            return self._fallback.cached(key, policy)
+        return None
+
     # -- roles ------------------------------------------------------------------------
 
     async def _execute(self, key: str, policy: MethodPolicy, call_backend: BackendCall) -> Outcome:

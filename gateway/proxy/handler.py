@@ -192,6 +192,17 @@ class CallHandler:
             assert eager is not None
             return self._forward(backend, eager, route, header, protocol, upstream_headers)
 
+        preview = None
+        if key is not None and route.preview:  # opted in: the key is known to be well-formed
+            preview = preview_args(message, protocol, route.preview, header=header)
+        if key is not None and route.policy.mode == "cache":
+            hit = self._coordinator.cached(key, route.policy)
+            if hit is not None:  # answered now: no flight, no Deferred chain
+                self._flights.answered(key, preview)
+                self._count(hit.source, False)
+                self._observe(header.method, hit.source.value, 0.0)
+                return defer.succeed(self._reply_from(hit, header, protocol))
+
         started = self._clock.seconds()
         self._stats.in_flight += 1
         backend_protocol = backend.protocol
@@ -222,9 +233,6 @@ class CallHandler:
             d = call_backend().addCallback(_from_backend)
         else:
             start = partial(self._coordinator.execute, key, route.policy, call_backend)
-            preview = None
-            if route.preview:  # opted in: the key is already known to be well-formed
-                preview = preview_args(message, protocol, route.preview, header=header)
             d = self._flights.join(key, start, preview)
 
         def done(result: tuple[Outcome, bool] | Failure) -> bytes | Failure | None:
@@ -238,10 +246,7 @@ class CallHandler:
                 outcome, shared = result
                 source = "joined" if shared else outcome.source.value
                 self._count(outcome.source, shared)
-                answer = outcome.reply
-                reply = self._reencode(
-                    answer.message, ProtocolKind(answer.protocol), answer.header, header, protocol
-                )
+                reply = self._reply_from(outcome, header, protocol)
             self._observe(header.method, source, self._clock.seconds() - started)
             return reply
 
@@ -333,6 +338,13 @@ class CallHandler:
             limits=self._limits, header=header,
         )  # fmt: skip
         return upstream, None
+
+    def _reply_from(self, outcome: Outcome, header: MessageHeader, protocol: ProtocolKind) -> bytes:
+        """The outcome's reply for this caller: its seqid, in its protocol."""
+        answer = outcome.reply
+        return self._reencode(
+            answer.message, ProtocolKind(answer.protocol), answer.header, header, protocol
+        )
 
     def _count(self, source: Source, shared: bool) -> None:
         if shared:

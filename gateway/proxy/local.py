@@ -75,6 +75,13 @@ class LocalCoordinator:
         d: Deferred[BackendReply] = defer.maybeDeferred(call_backend)
         return d.addCallback(_from_backend)
 
+    def cached(self, key: str, policy: MethodPolicy) -> Outcome | None:
+        entry = self._cache.get(key)
+        if entry is None or self._clock.seconds() >= entry.fresh_until:
+            return None  # stale entries go through execute(), which refreshes them
+        self._cache.move_to_end(key)
+        return Outcome(entry.reply, Source.CACHE)
+
     def _call(self, key: str, policy: MethodPolicy, call_backend: BackendCall) -> Deferred[Outcome]:
         def store(reply: BackendReply) -> Outcome:
             if policy.may_cache(reply):
