@@ -123,10 +123,15 @@ class ScriptedBackend:
 
 
 class DirectCoordinator:
-    """A ``contracts.Coordinator`` that always calls the backend and records the keys it saw."""
+    """A ``contracts.Coordinator`` that always calls the backend and records the keys it saw
+    (also a cluster node's local fallback in tests: :attr:`calls` counts what fell back)."""
 
     def __init__(self) -> None:
         self.keys: list[str] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.keys)
 
     def execute(
         self, key: str, policy: MethodPolicy, call_backend: BackendCall

@@ -17,12 +17,13 @@ import redis as redis_py
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 
 from gateway.cluster.envelope import Envelope, encode
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.node import ClusterNode
 from gateway.cluster.options import ClusterOptions
-from gateway.contracts import BackendCall, BackendReply, MethodPolicy, Outcome, ReplyKind, Source
+from gateway.contracts import BackendCall, BackendReply, MethodPolicy, ReplyKind, Source
 from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -35,6 +36,7 @@ from gateway.errors import (
 from gateway.flights import FlightTable
 from gateway.localredis import RedisServer, free_port
 from gateway.stats import NodeStats
+from gateway.testing import DirectCoordinator
 
 pytestmark = pytest.mark.integration
 
@@ -89,26 +91,13 @@ class Backend:
         return d
 
 
-class LocalFallback:
-    """The local-only coordinator a node falls back to: counts, then calls the backend."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def execute(
-        self, key: str, policy: MethodPolicy, call_backend: BackendCall
-    ) -> Deferred[Outcome]:
-        self.calls += 1
-        return call_backend().addCallback(lambda reply: Outcome(reply, Source.BACKEND))
-
-
 class Cluster:
     """Builds started, ready nodes on one Redis and stops them all afterwards."""
 
     def __init__(self, server: RedisServer) -> None:
         self.server = server
         self.nodes: list[ClusterNode] = []
-        self.fallbacks: dict[str, LocalFallback] = {}
+        self.fallbacks: dict[str, DirectCoordinator] = {}
         self.stats: dict[str, NodeStats] = {}
 
     async def node(
@@ -118,7 +107,7 @@ class Cluster:
         keepalive: float | None = 5.0,
         reply_timeout: float = 1.0,
     ) -> ClusterNode:
-        self.fallbacks[node_id] = LocalFallback()
+        self.fallbacks[node_id] = DirectCoordinator()
         self.stats[node_id] = NodeStats()
         node = ClusterNode(
             self.server.url,
@@ -415,7 +404,7 @@ async def test_redis_outage_falls_back_then_recovers(cluster: Cluster) -> None:
 async def test_redis_unreachable_at_start_falls_back_until_it_appears() -> None:
     """A node started before its Redis exists uses the fallback, then joins once Redis is up."""
     port = free_port()
-    fallback = LocalFallback()
+    fallback = DirectCoordinator()
     node = ClusterNode(
         f"redis://127.0.0.1:{port}/0",
         node_id="early",
@@ -442,6 +431,35 @@ async def test_redis_unreachable_at_start_falls_back_until_it_appears() -> None:
             )
     finally:
         await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscriber_connecting_first_at_start_logs_no_redis_down(
+    redis_server: RedisServer,
+) -> None:
+    """At start, pub/sub subscribed before the command connection is up is not an outage:
+    the node logs "redis up" once and never "redis down"."""
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "gateway.cluster":
+            lines.append(formatEvent(event))
+
+    node = ClusterNode(
+        redis_server.url, node_id="order", stats=NodeStats(), fallback=DirectCoordinator(),
+        clock=reactor, options=FAST, backoff=fast_backoff,
+    )  # fmt: skip
+    globalLogPublisher.addObserver(observe)
+    try:
+        node.completions.start()  # the subscriber alone first
+        await wait_until(lambda: node.completions.is_up)
+        node.start()  # then the command connection (the subscriber is already running)
+        await node.when_ready().addTimeout(5.0, reactor)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await node.stop()
+    assert not [line for line in lines if "redis down" in line], lines
+    assert len([line for line in lines if "redis up" in line]) == 1, lines
 
 
 @pytest_twisted.ensureDeferred

@@ -12,30 +12,19 @@ import pytest
 import pytest_twisted
 import redis as redis_py
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 
 from gateway.cluster.node import ClusterNode
 from gateway.cluster.opskeys import OpsKeys, hot_member, minute_of
 from gateway.cluster.status import collect, render_report
-from gateway.contracts import BackendCall, MethodPolicy, Outcome, Source
 from gateway.localredis import RedisServer
 from gateway.observe import Observations
 from gateway.stats import NodeStats
-from gateway.testing import gateway_cli
+from gateway.testing import DirectCoordinator, gateway_cli
 
 pytestmark = pytest.mark.integration
 
 OPS = OpsKeys("gw:")
 Node = tuple[ClusterNode, NodeStats, Observations]
-
-
-class Fallback:
-    """The local coordinator a node falls back to (these tests never make calls)."""
-
-    def execute(
-        self, key: str, policy: MethodPolicy, call_backend: BackendCall
-    ) -> Deferred[Outcome]:
-        return call_backend().addCallback(lambda reply: Outcome(reply, Source.BACKEND))
 
 
 @pytest_twisted.async_yield_fixture
@@ -45,7 +34,7 @@ async def node(redis_server: RedisServer) -> AsyncIterator[Node]:
         redis_server.url,
         node_id="n1",
         stats=stats,
-        fallback=Fallback(),
+        fallback=DirectCoordinator(),
         clock=reactor,
         address="127.0.0.1:9090",
         observations=observations,

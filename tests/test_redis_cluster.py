@@ -35,10 +35,10 @@ from gateway.cluster.options import ClusterOptions
 from gateway.cluster.shards import ClusterRedis
 from gateway.cluster.slots import key_slot
 from gateway.cluster.url import ClusterURL, parse_redis_target
-from gateway.contracts import BackendReply, MethodPolicy, Outcome, ReplyKind, Source
+from gateway.contracts import BackendReply, MethodPolicy, ReplyKind
 from gateway.localredis import LocalCluster, RedisServer, run
 from gateway.stats import NodeStats
-from gateway.testing import backend_count, wait_for_redis_mode
+from gateway.testing import DirectCoordinator, backend_count, wait_for_redis_mode
 
 pytestmark = pytest.mark.integration
 
@@ -198,21 +198,10 @@ class Backend:
         return call
 
 
-class Fallback:
-    """The local-only coordinator: counts the calls it got, then calls the backend."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def execute(self, key: str, policy: MethodPolicy, call_backend: Any) -> Any:
-        self.calls += 1
-        return call_backend().addCallback(lambda reply: Outcome(reply, Source.BACKEND))
-
-
 @pytest_twisted.ensureDeferred
 async def test_nodes_coalesce_keys_on_every_shard(shards: LocalCluster) -> None:
     """Three in-process nodes, calls for keys on all shards: one backend call per key."""
-    fallbacks = [Fallback() for _ in range(3)]
+    fallbacks = [DirectCoordinator() for _ in range(3)]
     nodes = [
         ClusterNode(
             shards.url,

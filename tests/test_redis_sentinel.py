@@ -34,10 +34,9 @@ from gateway.cluster.node import ClusterNode
 from gateway.cluster.sentinel import SentinelLocator
 from gateway.cluster.txredis import connect
 from gateway.cluster.url import SentinelURL, parse_redis_target
-from gateway.contracts import MethodPolicy, Outcome, Source
 from gateway.localredis import RedisServer, SentinelGroup, free_port, run
 from gateway.stats import NodeStats
-from gateway.testing import backend_count, wait_for_redis_mode
+from gateway.testing import DirectCoordinator, backend_count, wait_for_redis_mode
 
 pytestmark = pytest.mark.integration
 
@@ -113,13 +112,6 @@ async def test_master_check_refuses_a_replica(group: SentinelGroup) -> None:
         await attempt
 
 
-class Fallback:
-    """The local-only coordinator: calls the backend."""
-
-    def execute(self, key: str, policy: MethodPolicy, call_backend: Any) -> Any:
-        return call_backend().addCallback(lambda reply: Outcome(reply, Source.BACKEND))
-
-
 @pytest_twisted.ensureDeferred
 async def test_node_follows_a_sentinel_failover_to_the_new_master(group: SentinelGroup) -> None:
     """After SENTINEL FAILOVER both of a node's connections move to the promoted replica
@@ -128,7 +120,7 @@ async def test_node_follows_a_sentinel_failover_to_the_new_master(group: Sentine
         sentinel_url(group),
         node_id="sentinel-inproc",
         stats=NodeStats(),
-        fallback=Fallback(),
+        fallback=DirectCoordinator(),
         clock=reactor,
         backoff=fast_backoff,
     )

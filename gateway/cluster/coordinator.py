@@ -115,7 +115,7 @@ class ClusterCoordinator:
         self._announced: str | None = None  # last mode logged
         self._stopped = False
         redis.add_state_callback(self._redis_state)
-        completions.add_state_callback(lambda _: self._announce())
+        completions.add_state_callback(lambda _: self._announce(subscriber=True))
 
     @property
     def cluster_mode(self) -> bool:
@@ -313,9 +313,13 @@ class ClusterCoordinator:
             self._completions.fail_all(RedisUnavailable("redis connection lost"))
         self._announce()
 
-    def _announce(self) -> None:
+    def _announce(self, subscriber: bool = False) -> None:
         mode = self.mode
         if mode == self._announced or self._stopped:
+            return
+        if subscriber and mode == "local" and self._announced is None:
+            # At start the subscriber may connect before the command connection: that is
+            # still connecting, not an outage (a call that falls back announces one).
             return
         if mode == "cluster":
             log.info("redis up: cluster mode (node {node})", node=self.node_id)
