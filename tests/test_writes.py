@@ -1,4 +1,5 @@
-"""send_now: an idle TCP connection's bytes go out at once; a busy one keeps its order."""
+"""send_now: an idle TCP connection's bytes go out at once; a busy one keeps its order; an
+upstream connection sends at once only while it has no call outstanding."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from thrift.Thrift import TType
+from thrift_messages import message
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 
+from gateway.proxy.upstream import UpstreamConnection
 from gateway.proxy.writes import send_now
+from gateway.thrift import DEFAULT_LIMITS, ProtocolKind, TransportKind, encode, replace_header
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +32,16 @@ class Collect(protocol.Protocol):
             self.done.callback(self.data)
 
 
-async def pair(want: int) -> tuple[Any, Collect, Any]:
+async def pair(want: int, ours: protocol.Protocol | None = None) -> tuple[Any, Collect, Any]:
     """(our side's transport, the peer's collector, the listening port)."""
     peer = Collect(want)
     factory = protocol.Factory.forProtocol(lambda: peer)
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-    ours = await connectProtocol(
-        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), protocol.Protocol()
+    connected = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+        ours if ours is not None else protocol.Protocol(),
     )
-    return ours.transport, peer, port
+    return connected.transport, peer, port
 
 
 @pytest_twisted.ensureDeferred
@@ -61,6 +67,36 @@ async def test_bytes_queued_before_keep_their_order() -> None:
         transport.write(b"abc")  # buffered until the reactor's next turn
         send_now(transport, b"def")
         assert await peer.done == b"abcdef"
+    finally:
+        transport.loseConnection()
+        await port.stopListening()
+
+
+def call_message(text: bytes) -> bytes:
+    return message(ProtocolKind.BINARY, "alertSupervisor", [(1, TType.STRING, text)], seqid=7)
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_sends_at_once_only_while_no_call_is_outstanding() -> None:
+    """A call on an idle upstream connection leaves in transmit() itself; one sent while
+    another awaits its reply is buffered for the reactor's turn (batched with the others),
+    and both reach the backend in order."""
+    upstream = UpstreamConnection(TransportKind.FRAMED, ProtocolKind.BINARY, DEFAULT_LIMITS)
+    first, second = call_message(b"a"), call_message(b"b")
+    # The seqids the connection writes: 1 and 2 (its own, not the callers' 7).
+    want = len(first) + len(second) + 8
+    transport, peer, port = await pair(want, upstream)
+    try:
+        upstream.transmit(first, lambda *_: None)
+        assert transport.dataBuffer == b"" and not transport._tempDataBuffer
+        assert transport not in reactor.getWriters()
+        upstream.transmit(second, lambda *_: None)
+        assert transport in reactor.getWriters()  # waits for the reactor's turn
+        received = await peer.done
+        expected = [
+            replace_header(m, ProtocolKind.BINARY, seqid=n) for n, m in ((1, first), (2, second))
+        ]
+        assert received == b"".join(encode(TransportKind.FRAMED, m) for m in expected)
     finally:
         transport.loseConnection()
         await port.stopListening()

@@ -60,6 +60,7 @@ from gateway.errors import (
 from gateway.primitives import Deadline, Deadlines, RetryingCall, exponential_backoff
 from gateway.proxy.connections import RateLimitedLog
 from gateway.proxy.silence import drop_when_silent
+from gateway.proxy.writes import send_now
 from gateway.reactors import as_clock, as_transport
 from gateway.thrift import (
     FrameTooLarge,
@@ -207,9 +208,15 @@ class UpstreamConnection(TwistedProtocol):
             framed = encode_frame(message, seqid=seqid, protocol=self._protocol, headers=headers)
         else:
             framed = encode(self._transport_kind, message)
-        # A plain write, not send_now: calls of many clients share a few pipelined
-        # connections, and Twisted sends everything written in one reactor turn together.
-        as_transport(self.transport).write(framed)
+        if self._pending:
+            # Calls of many clients share a few pipelined connections: on a busy one a
+            # plain write lets Twisted send everything written in this reactor turn with
+            # one send() - under load that saves far more than the turn it waits.
+            as_transport(self.transport).write(framed)
+        else:
+            # Nothing outstanding here (light load): nothing to batch with, so the call
+            # leaves now instead of a reactor turn later (fewer epoll calls, less latency).
+            send_now(self.transport, framed)
         if on_reply is not None:
             self._pending[seqid] = on_reply
         return seqid
