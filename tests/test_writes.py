@@ -12,8 +12,9 @@ from thrift_messages import message
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.task import deferLater
 
-from gateway.proxy.upstream import UpstreamConnection
+from gateway.proxy.upstream import UpstreamPool
 from gateway.proxy.writes import send_now
 from gateway.thrift import DEFAULT_LIMITS, ProtocolKind, TransportKind, encode, replace_header
 
@@ -77,26 +78,35 @@ def call_message(text: bytes) -> bytes:
 
 
 @pytest_twisted.ensureDeferred
-async def test_upstream_sends_at_once_only_while_no_call_is_outstanding() -> None:
-    """A call on an idle upstream connection leaves in transmit() itself; one sent while
-    another awaits its reply is buffered for the reactor's turn (batched with the others),
-    and both reach the backend in order."""
-    upstream = UpstreamConnection(TransportKind.FRAMED, ProtocolKind.BINARY, DEFAULT_LIMITS)
-    first, second = call_message(b"a"), call_message(b"b")
-    # The seqids the connection writes: 1 and 2 (its own, not the callers' 7).
-    want = len(first) + len(second) + 8
-    transport, peer, port = await pair(want, upstream)
+async def test_upstream_pool_sends_at_once_only_a_call_alone_in_the_pool() -> None:
+    """A call with no other call underway in its pool leaves in submit() itself; one made
+    while another awaits its reply is buffered for the reactor's turn (so a busy pool sends
+    a turn's calls together), and both reach the backend in order."""
+    peer = Collect(0)
+    factory = protocol.Factory.forProtocol(lambda: peer)
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    pool = UpstreamPool(
+        reactor, "127.0.0.1", port.getHost().port, transport=TransportKind.FRAMED,
+        protocol=ProtocolKind.BINARY, limits=DEFAULT_LIMITS, connections=1,
+    )  # fmt: skip
+    pool.start()
     try:
-        upstream.transmit(first, lambda *_: None)
+        while not pool._live:  # connecting
+            await deferLater(reactor, 0.01)
+        (transport,) = [conn.transport for conn in pool._live]
+        first, second = call_message(b"a"), call_message(b"b")
+        peer.want = len(first) + len(second) + 8
+        pool.call(first, timeout=5).addErrback(lambda _: None)
         assert transport.dataBuffer == b"" and not transport._tempDataBuffer
         assert transport not in reactor.getWriters()
-        upstream.transmit(second, lambda *_: None)
+        pool.call(second, timeout=5).addErrback(lambda _: None)
         assert transport in reactor.getWriters()  # waits for the reactor's turn
         received = await peer.done
-        expected = [
+        # The pool's own seqids (1, 2), not the callers' 7.
+        sent = [
             replace_header(m, ProtocolKind.BINARY, seqid=n) for n, m in ((1, first), (2, second))
         ]
-        assert received == b"".join(encode(TransportKind.FRAMED, m) for m in expected)
+        assert received == b"".join(encode(TransportKind.FRAMED, m) for m in sent)
     finally:
-        transport.loseConnection()
+        pool.stop()
         await port.stopListening()

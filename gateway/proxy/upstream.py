@@ -189,6 +189,7 @@ class UpstreamConnection(TwistedProtocol):
         on_reply: OnReply | None,
         header: MessageHeader | None = None,
         headers: Headers = (),
+        now: bool = False,
     ) -> int:
         """Send ``message`` under a seqid unique on this connection and return that seqid.
 
@@ -196,8 +197,10 @@ class UpstreamConnection(TwistedProtocol):
         that ends the call (connection lost, reply too large) - unless :meth:`forget` came
         first. None: a oneway call, no reply. ``header``, if given, must be
         ``read_header(message, protocol)`` (the seqid rewrite then needs no second decode);
-        ``headers`` are the THeader info headers to send (THeader backends only). Raises
-        BackendUnreachable if the connection is gone.
+        ``headers`` are the THeader info headers to send (THeader backends only). ``now``:
+        try to send it with one ``send()`` right away (see :meth:`UpstreamPool._transmit`)
+        instead of in the reactor's next turn. Raises BackendUnreachable if the connection
+        is gone.
         """
         if self.transport is None or not self.connected_ok:
             raise BackendUnreachable("gateway: backend connection lost")
@@ -208,15 +211,10 @@ class UpstreamConnection(TwistedProtocol):
             framed = encode_frame(message, seqid=seqid, protocol=self._protocol, headers=headers)
         else:
             framed = encode(self._transport_kind, message)
-        if self._pending:
-            # Calls of many clients share a few pipelined connections: on a busy one a
-            # plain write lets Twisted send everything written in this reactor turn with
-            # one send() - under load that saves far more than the turn it waits.
-            as_transport(self.transport).write(framed)
-        else:
-            # Nothing outstanding here (light load): nothing to batch with, so the call
-            # leaves now instead of a reactor turn later (fewer epoll calls, less latency).
+        if now:
             send_now(self.transport, framed)
+        else:
+            as_transport(self.transport).write(framed)
         if on_reply is not None:
             self._pending[seqid] = on_reply
         return seqid
@@ -514,8 +512,18 @@ class UpstreamPool:
     def _transmit(self, conn: UpstreamConnection, call: Call) -> None:
         try:
             call.conn = conn
+            # Calls of many clients share a few pipelined connections, so while others are
+            # underway a plain write lets Twisted send everything written in this reactor
+            # turn with one send() per connection - under load far cheaper than a send()
+            # per call. A call alone in the pool (light load) has nothing to be batched
+            # with: it leaves now rather than a reactor turn later (less latency, two
+            # epoll calls fewer).
             call.seqid = conn.transmit(
-                call.message, None if call.oneway else call.reply, call.header, call.headers
+                call.message,
+                None if call.oneway else call.reply,
+                call.header,
+                call.headers,
+                now=self._underway == 1,
             )
         except GatewayError as exc:
             self._finish(call, exc)
