@@ -318,6 +318,21 @@ def test_unreachable_backend_fails_fast() -> None:
     p.stop()
 
 
+def test_long_queue_fails_without_recursion_when_the_backend_is_unreachable() -> None:
+    """Calls queued behind max_concurrency while the first connection attempt runs all fail
+    with BackendUnavailable once it fails, however many there are, and the pool is left
+    with nothing underway or waiting (each failure starting the next must not nest)."""
+    reactor = MemoryReactorClock()
+    p = pool(reactor, max_concurrency=64, queue_size=5000)
+    p.start()
+    outs = [collect(p.call(call(b"%d" % i), timeout=30)) for i in range(3000)]
+    _h, _p, factory, _t, _b = reactor.tcpClients.pop()
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError("refused")))
+    assert all(len(out) == 1 and out[0].check(BackendUnavailable) for out in outs)
+    assert (p._underway, p._waiting) == (0, 0)
+    p.stop()
+
+
 def test_calls_wait_for_the_first_connection() -> None:
     """A call made while the first connection is still being made is sent once it is up."""
     reactor = MemoryReactorClock()

@@ -341,6 +341,7 @@ class UpstreamPool:
         self._underway = 0
         self._queue: deque[Call] = deque()
         self._waiting = 0
+        self._starting = False  # _start_waiting is running (see there)
         self._parked: list[Call] = []  # started before any connection was up (start-up)
 
     # -- connection slots -------------------------------------------------------------------
@@ -535,17 +536,11 @@ class UpstreamPool:
     def _finish(
         self, call: Call, result: bytes | GatewayError, header: MessageHeader | None = None
     ) -> None:
-        """``call`` is over with ``result``: free its slot, answer it, start the next."""
+        """``call`` is over with ``result``: free its slot (or its queue place), answer it,
+        start the next."""
         if call.state is _DONE:
             return
-        was_underway = call.state is _UNDERWAY
-        call.state = _DONE
-        if call.deadline is not None:
-            call.deadline.cancel()
-        if was_underway:
-            self._underway -= 1
-        if call.on_end is not None:
-            call.on_end()
+        was_underway = self._end(call)
         call.on_reply(result, header)
         if was_underway:
             self._start_waiting()
@@ -554,43 +549,56 @@ class UpstreamPool:
         """``call`` ends without an answer (cancelled by its caller)."""
         if call.state is _DONE:
             return
-        if call.state is _WAITING:
-            self._waiting -= 1
-        else:
+        self._unhook(call)
+        if self._end(call):
+            self._start_waiting()
+
+    def _expire(self, call: Call) -> None:
+        """``call`` ends with BackendTimeout (a late reply is dropped)."""
+        self._unhook(call)
+        self._finish(call, BackendTimeout(f"gateway: backend timeout after {call.timeout:g}s"))
+
+    def _unhook(self, call: Call) -> None:
+        """Before ending a call no reply ended: its connection forgets it, or it leaves the
+        calls parked for a connection."""
+        if call.conn is not None:
+            call.conn.forget(call.seqid)
+        elif call.state is _UNDERWAY and call in self._parked:
+            self._parked.remove(call)
+
+    def _end(self, call: Call) -> bool:
+        """Mark ``call`` done and give back what it held; True if it held a slot (the
+        caller then starts the next waiting call). Every way a call ends goes through here."""
+        was_underway = call.state is _UNDERWAY
+        if was_underway:
             self._underway -= 1
-            if call.conn is not None:
-                call.conn.forget(call.seqid)
-            elif call in self._parked:
-                self._parked.remove(call)
+        elif call.state is _WAITING:
+            self._waiting -= 1  # its entry stays in the queue, skipped when reached
         call.state = _DONE
+        call.message = b""  # a skipped queue entry must not keep the call's bytes alive
         if call.deadline is not None:
             call.deadline.cancel()
         if call.on_end is not None:
             call.on_end()
-        self._start_waiting()
-
-    def _expire(self, call: Call) -> None:
-        timeout = BackendTimeout(f"gateway: backend timeout after {call.timeout:g}s")
-        if call.state is _WAITING:  # never started: it holds no slot
-            self._waiting -= 1
-            call.state = _DONE
-            if call.on_end is not None:
-                call.on_end()
-            call.on_reply(timeout, None)
-            return
-        if call.conn is not None:
-            call.conn.forget(call.seqid)
-        elif call in self._parked:
-            self._parked.remove(call)
-        self._finish(call, timeout)
+        return was_underway
 
     def _start_waiting(self) -> None:
-        queue = self._queue
-        while queue and self._underway < self._width:
-            call = queue.popleft()
-            if call.state is _WAITING:
-                self._waiting -= 1
-                self._start(call)
+        # Starting a call can end it at once (no connection, a failed write), and ending a
+        # call starts the next: without this guard each of those would nest one level
+        # deeper, and a long queue failing at once would overflow the stack. A nested
+        # call returns here; the outermost loop starts them all.
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            queue = self._queue
+            while queue and self._underway < self._width:
+                call = queue.popleft()
+                if call.state is _WAITING:
+                    self._waiting -= 1
+                    self._start(call)
+        finally:
+            self._starting = False
 
     def _notify_ready(self) -> None:
         if self._live or self._connecting == 0:
