@@ -225,10 +225,12 @@ class Fleet:
     def close(self) -> None:
         """Stop every process of the fleet (by PID), paused ones included."""
         with self.lock:
-            for node in self.nodes:
-                if node is not None and node.process.returncode is None:
-                    os.kill(node.pid, signal.SIGCONT)
-                    self.kill(node.process)
+            # Every node process ever started, not just self.nodes: a restart that never
+            # printed its listening line is in no slot but still running.
+            for _name, process in self.node_processes:
+                if process.returncode is None:
+                    os.kill(process.pid, signal.SIGCONT)
+                    self.kill(process)
             self.kill(self.backend)
             if self.sentinel is not None:
                 self.sentinel.close()

@@ -35,6 +35,7 @@ from pathlib import Path
 from struct import unpack
 from typing import Any
 
+from benchmarks.common import stop_children_on_sigterm
 from benchmarks.redisstats import CommandLog, local_ports_to
 from benchmarks.responder import Responder
 from benchmarks.wire import build_callset
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=1.0, help="backend delay, seconds")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    stop_children_on_sigterm()  # benchmarks.run's time limit: stop every process by PID
     report = run(args.runs, args.delay)
     print(json.dumps(report) if args.json else render(report))
     return 0

@@ -218,12 +218,24 @@ class Loop:
                 if framed:
                     skipped = self._odd_frame(conn, data, pos, again)
                     if skipped < 0:
+                        self.in_flight -= len(again)  # answered above, before the bad frame
                         return
                     if skipped == 0:
                         conn.rest = data[pos:]
                         break
                     pos += skipped
                 elif end - pos >= size:  # unframed and not the expected reply: out of step
+                    self.in_flight -= len(again)  # answered above, before these bytes
+                    # A buffered server answers in order: these bytes were the oldest
+                    # call's answer, which is wrong; the connection's other calls are lost.
+                    oldest = min(
+                        (slot for slot in range(first, first + depth) if start[slot]),
+                        key=start.__getitem__,
+                        default=None,
+                    )
+                    if oldest is not None:
+                        start[oldest] = 0
+                        self.in_flight -= 1
                     self._wrong(data[pos : pos + size], recording)
                     self._lose(conn)
                     return

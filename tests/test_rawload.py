@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -185,3 +186,40 @@ def test_generator_catches_crossed_replies(mode: str) -> None:
         assert result.all_wrong > 2 and result.unmatched == 0
     else:
         assert result.unmatched == 2 and result.lost == 2  # then nothing more is sent
+
+
+def _out_of_step_server(listener: socket.socket) -> None:
+    """Buffered: takes two equal-sized calls, answers the first correctly and the second
+    with as many junk bytes, in one write."""
+    conn, _ = listener.accept()
+    buf = b""
+    with conn:
+        while len(buf) < 2 or len(buf) % 2:  # both calls, sent back to back
+            buf += conn.recv(65536)
+        first = buf[: len(buf) // 2]
+        reply = answer("binary", first) or b""
+        conn.sendall(reply + b"\x00" * len(reply))
+        conn.recv(1)  # until the generator drops the connection
+
+
+@pytest.mark.integration
+def test_buffered_reply_out_of_step_is_wrong_and_the_answer_before_it_counts() -> None:
+    """In one read, a correct buffered reply followed by bytes that are not a reply: the
+    first call counts correct, the second wrong, none is lost, and the run does not wait
+    out its drain timeout for calls already answered."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = threading.Thread(target=_out_of_step_server, args=(listener,), daemon=True)
+    server.start()
+    try:
+        spec = LoadSpec(
+            connections=1, depth=2, transport="buffered", seconds=0.1, warmup=0.0,
+            drain_timeout=3.0, hot=True,
+        )  # fmt: skip
+        started = time.monotonic()
+        result = run_load("127.0.0.1", listener.getsockname()[1], spec)
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+        server.join(timeout=5)
+    assert (result.all_ok, result.all_wrong, result.lost) == (1, 1, 0)
+    assert elapsed < 2.0
