@@ -218,16 +218,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--sentinel", action="store_true")
     parser.add_argument("--connections", type=int, default=48, help="per node")
+    parser.add_argument(
+        "--fault-gap",
+        type=float,
+        nargs=2,
+        default=(2.0, 4.0),
+        metavar=("MIN", "MAX"),
+        help="seconds between faults, drawn from [MIN, MAX]",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.nodes < 1 or args.seconds <= 0:
         parser.error("--calls, --nodes and --seconds must be positive")
+    if not 0 < args.fault_gap[0] <= args.fault_gap[1]:
+        parser.error("--fault-gap needs 0 < MIN <= MAX")
     stop_children_on_sigterm()
     raise_fd_limit()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="gw-chaos-") as workdir:
         fleet = Fleet(Path(workdir), args.nodes, args.sentinel)
-        faults = FaultLoop(fleet, random.Random(rng.random()), gap=(2.0, 4.0))
+        faults = FaultLoop(fleet, random.Random(rng.random()), gap=tuple(args.fault_gap))
         soak: Soak | None = None
         try:
             fleet.start()

@@ -45,7 +45,6 @@ class Herd:
     spec: CallSpec
     size: int
     started: float  # unix time of the first send
-    finished: float = 0.0  # unix time the last of its calls ended
     outcomes: list[str] = field(default_factory=list)
     members: list[tuple[int, float]] = field(default_factory=list)  # (node, unix time sent)
 
@@ -220,7 +219,6 @@ class Soak:
         self.out -= 1
         herd = call.herd
         herd.outcomes.append(outcome)
-        herd.finished = time.time()
         tally = self.tally
         if outcome == "correct":
             tally.correct += 1

@@ -61,7 +61,6 @@ class Reply:
     kind: str  # "echo", "busy", "gateway_error", "other_error"
     correct: bool
     message: str = ""  # the TApplicationException's message
-    call: int = 0  # the backend's arrival number of this call (Echo.call)
     detail: str = ""  # what the reply said (for the report of a crossed reply)
 
 
@@ -143,7 +142,7 @@ def decode_reply(message: bytes, protocol: str, spec: CallSpec) -> Reply:
         and echo.arg == spec.arg
         and echo.opts == dict(spec.opts)
     )
-    return Reply(seqid, "echo", correct=correct, call=int(echo.call), detail=f"{name}: {echo}")
+    return Reply(seqid, "echo", correct=correct, detail=f"{name}: {echo}")
 
 
 def expected_kind(spec: CallSpec) -> str:

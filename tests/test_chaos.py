@@ -80,17 +80,19 @@ def test_an_extra_backend_call_is_put_down_to_the_fault_near_it() -> None:
 
 @pytest.mark.integration
 def test_a_short_soak_answers_every_call_and_crosses_none() -> None:
-    """A 600-call soak over two nodes with the fault loop running: every call ends (no lost
-    call), none is answered with another call's reply, and every window is accounted for."""
+    """A 600-call soak over two nodes with faults every 0.3-0.6 s: at least one fault
+    happens, every call ends (no lost call), none is answered with another call's reply,
+    and every window is accounted for."""
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.chaos", "--calls", "600", "--nodes", "2",
-         "--connections", "16", "--seed", "3", "--json"],
+         "--connections", "16", "--seed", "3", "--fault-gap", "0.3", "0.6", "--json"],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, check=False,
     )  # fmt: skip
     assert done.stdout, done.stderr
     report = json.loads(done.stdout)
     calls = report["calls"]
     assert calls["launched"] == 600
+    assert sum(report["faults"].values()) >= 1, report["faults"]
     assert calls["crossed"] == 0 and calls["lost"] == 0, calls
     assert calls["correct"] + calls["errors"] == 600
     assert report["windows"]["backend_calls"] >= report["windows"]["total"] - calls["errors"]

@@ -58,14 +58,18 @@ def test_an_earlier_deadline_moves_the_timer_forward() -> None:
 
 
 def test_timer_skips_buckets_whose_deadlines_were_all_cancelled() -> None:
-    """After the earliest bucket's deadlines are all cancelled, the timer moves to the next."""
+    """When the timer wakes, buckets whose deadlines were all cancelled are skipped: the
+    next wake-up is the next bucket that still holds a deadline, not each emptied one."""
     clock = Clock()
     deadlines = Deadlines(clock)
     fired: list[str] = []
-    deadlines.add(1.0, lambda: fired.append("cancelled")).cancel()
+    for seconds in (1.0, 2.0, 3.0):
+        deadlines.add(seconds, lambda: fired.append("cancelled")).cancel()
     deadlines.add(5.0, lambda: fired.append("kept"))
-    clock.advance(1.1)
-    assert fired == [] and len(clock.getDelayedCalls()) == 1
+    clock.advance(1.0)  # the timer set for the first bucket
+    assert fired == []
+    (timer,) = clock.getDelayedCalls()
+    assert timer.getTime() == pytest.approx(5.0)
     clock.advance(4.0)
     assert fired == ["kept"] and len(deadlines) == 0
 

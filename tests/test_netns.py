@@ -195,8 +195,9 @@ drain_timeout = 2
 [redis]
 url = "{redis.url}"
 # n3 is 40 ms and 1 % loss away from Redis: a lost packet costs a ~200 ms retransmission,
-# two in a row pass the default 0.4 s reply_timeout (the node would fall back to calling the
-# backend itself), so these follow the README's advice for lossy links.
+# and a tight reply_timeout would send the node back to calling the backend itself, so these
+# spell out the README's advice for lossy links (reply_timeout 1 s, which is also the
+# default, with the session and lease sized from it).
 reply_timeout = {REPLY_TIMEOUT}
 session_ttl = {2.5 * REPLY_TIMEOUT}
 lease_ttl = {3 * REPLY_TIMEOUT}

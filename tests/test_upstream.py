@@ -13,7 +13,7 @@ from thrift.Thrift import TMessageType, TType
 from thrift.transport.THeaderTransport import THeaderClientType, THeaderTransport
 from thrift.transport.TTransport import TMemoryBuffer
 from thrift_messages import message, write_struct
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -75,6 +75,23 @@ def connected(
     return conn, transport
 
 
+def send(conn: UpstreamConnection, message: bytes, headers: Any = ()) -> Deferred[bytes]:
+    """``transmit`` with a Deferred of the reply (failing with the GatewayError); cancelling
+    it forgets the call."""
+    d: Deferred[bytes] = Deferred(lambda _: conn.forget(seqid))
+
+    def on_reply(result: bytes | Exception, _header: Any) -> None:
+        if d.called:
+            return
+        if isinstance(result, bytes):
+            d.callback(result)
+        else:
+            d.errback(result)
+
+    seqid = conn.transmit(message, on_reply, headers=headers)
+    return d
+
+
 def collect(d: Any) -> list[Any]:
     out: list[Any] = []
     d.addBoth(out.append)
@@ -84,8 +101,8 @@ def collect(d: Any) -> list[Any]:
 def test_each_call_gets_a_unique_upstream_seqid() -> None:
     """Calls sent with the same client seqid go upstream with distinct seqids."""
     conn, transport = connected()
-    conn.send(call(b"a", seqid=5), oneway=False)
-    conn.send(call(b"b", seqid=5), oneway=False)
+    send(conn, call(b"a", seqid=5))
+    send(conn, call(b"b", seqid=5))
     ids = sent_seqids(transport)
     assert len(set(ids)) == 2
 
@@ -93,8 +110,8 @@ def test_each_call_gets_a_unique_upstream_seqid() -> None:
 def test_out_of_order_replies_are_matched_by_seqid() -> None:
     """A reply arriving before an earlier call's reply goes to its own caller."""
     conn, transport = connected()
-    first = collect(conn.send(call(b"a"), oneway=False))
-    second = collect(conn.send(call(b"b"), oneway=False))
+    first = collect(send(conn, call(b"a")))
+    second = collect(send(conn, call(b"b")))
     id_a, id_b = sent_seqids(transport)
     conn.dataReceived(reply(b"ack:b", id_b) + reply(b"ack:a", id_a))
     assert read_header(first[0], BINARY).seqid == id_a and b"ack:a" in first[0]
@@ -104,7 +121,7 @@ def test_out_of_order_replies_are_matched_by_seqid() -> None:
 def test_reply_for_a_cancelled_call_is_dropped() -> None:
     """A late reply whose caller gave up is ignored, and the connection stays usable."""
     conn, transport = connected()
-    gone = conn.send(call(b"a"), oneway=False)
+    gone = send(conn, call(b"a"))
     gone.addErrback(lambda f: f.trap(CancelledError))
     gone.cancel()
     (id_a,) = sent_seqids(transport)
@@ -115,7 +132,7 @@ def test_reply_for_a_cancelled_call_is_dropped() -> None:
 def test_connection_loss_fails_every_pending_call() -> None:
     """Losing the connection fails every outstanding call with BackendUnavailable."""
     conn, _ = connected()
-    outs = [collect(conn.send(call(t), oneway=False)) for t in (b"a", b"b")]
+    outs = [collect(send(conn, call(t))) for t in (b"a", b"b")]
     conn.connectionLost(Failure(ConnectionError("reset")))
     assert all(isinstance(o[0], Failure) and o[0].check(BackendUnavailable) for o in outs)
 
@@ -131,8 +148,8 @@ def test_replies_ahead_of_bad_bytes_in_one_read_are_delivered() -> None:
     """A reply that arrived whole in the same read as later garbage goes to its caller; only
     the calls still pending when the connection drops fail (ConnectionLost)."""
     conn, transport = connected()
-    first = collect(conn.send(call(b"a"), oneway=False))
-    second = collect(conn.send(call(b"b"), oneway=False))
+    first = collect(send(conn, call(b"a")))
+    second = collect(send(conn, call(b"b")))
     id_a, _ = sent_seqids(transport)
     conn.dataReceived(reply(b"ack:a", id_a) + b"\xff\xff\xff\xff")
     assert first and isinstance(first[0], bytes) and b"ack:a" in first[0]
@@ -149,7 +166,7 @@ def test_oversized_reply_fails_only_its_own_call() -> None:
     """A framed reply over max_frame_size fails its call alone (ReplyTooLarge, origin BACKEND);
     the replies around it, later calls and the connection itself are unaffected."""
     conn, transport = connected(Limits(max_frame_size=200, max_string_size=10_000))
-    outs = [collect(conn.send(call(t), oneway=False)) for t in (b"a", b"b", b"c")]
+    outs = [collect(send(conn, call(t))) for t in (b"a", b"b", b"c")]
     id_a, id_b, id_c = sent_seqids(transport)
     stream = reply(b"ack:a", id_a) + _big_reply(id_b, 5000) + reply(b"ack:c", id_c)
     for i in range(0, len(stream), 700):  # the big reply streams in over several reads
@@ -161,7 +178,7 @@ def test_oversized_reply_fails_only_its_own_call() -> None:
     assert "exceeds max_frame_size 200" in failure.getErrorMessage()
     assert not transport.disconnecting and conn.outstanding == 0
     transport.clear()
-    later = collect(conn.send(call(b"d"), oneway=False))
+    later = collect(send(conn, call(b"d")))
     (id_d,) = sent_seqids(transport)
     conn.dataReceived(reply(b"ack:d", id_d))
     assert b"ack:d" in later[0]
@@ -171,7 +188,7 @@ def test_oversized_buffered_reply_delivers_what_came_before_then_drops() -> None
     """Unframed, a reply over max_frame_size cannot be skipped: replies ahead of it are
     delivered, its own call fails with ReplyTooLarge, the others once the connection drops."""
     conn, transport = connected(Limits(max_frame_size=200, max_string_size=10_000), BUFFERED)
-    outs = [collect(conn.send(call(t), oneway=False)) for t in (b"a", b"b", b"c")]
+    outs = [collect(send(conn, call(t))) for t in (b"a", b"b", b"c")]
     id_a, id_b, _ = sent_seqids(transport, BUFFERED)
     unframed = [r[4:] for r in (reply(b"ack:a", id_a), _big_reply(id_b, 5000))]
     conn.dataReceived(b"".join(unframed))
@@ -213,8 +230,8 @@ def test_header_backend_gets_frames_the_stock_server_reads(protocol: ProtocolKin
     calls = [
         message(protocol, "alertSupervisor", [(1, TType.STRING, t)], seqid=5) for t in (b"a", b"b")
     ]
-    out_a = collect(conn.send(calls[0], oneway=False, headers=((b"trace", b"t-a"),)))
-    out_b = collect(conn.send(calls[1], oneway=False))
+    out_a = collect(send(conn, calls[0], headers=((b"trace", b"t-a"),)))
+    out_b = collect(send(conn, calls[1]))
     sent = [stock_read(f, protocol) for f in frames_of(transport.value())]
     assert [g["headers"] for g in sent] == [{b"trace": b"t-a"}, {}]
     assert [g["seqid"] == g["frame_seqid"] for g in sent] == [True, True]
@@ -232,7 +249,7 @@ def test_oversized_header_reply_fails_only_its_own_call() -> None:
     conn = UpstreamConnection(HEADER, BINARY, limits)
     transport = StringTransport()
     conn.makeConnection(transport)
-    outs = [collect(conn.send(call(t), oneway=False)) for t in (b"a", b"b")]
+    outs = [collect(send(conn, call(t))) for t in (b"a", b"b")]
     id_a, id_b = (stock_read(f, BINARY)["seqid"] for f in frames_of(transport.value()))
     stream = stock_reply(BINARY, id_a, b"", size=5000) + stock_reply(BINARY, id_b, b"ack:b")
     for i in range(0, len(stream), 700):
@@ -455,8 +472,9 @@ class SocketTransport(StringTransport):
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux TCP options")
-def test_pool_connections_are_dropped_by_the_kernel_when_the_backend_host_falls_silent() -> None:
-    """Each pool connection gets connect_timeout (at least 3 s) as TCP_USER_TIMEOUT
+def test_pool_connections_carry_user_timeout_and_keepalive_for_a_silent_host() -> None:
+    """(The kernel dropping them is tests/test_netns.py's backend-partition scenario.)
+    Each pool connection gets connect_timeout (at least 3 s) as TCP_USER_TIMEOUT
     (unacknowledged bytes abort it) and keepalive probes every third of it, so a partitioned
     backend makes its connections fail instead of holding calls until their timeouts for
     minutes, while a packet or two lost on a sub-second connect_timeout does not."""

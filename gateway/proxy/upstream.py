@@ -41,7 +41,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -222,24 +221,6 @@ class UpstreamConnection(TwistedProtocol):
     def forget(self, seqid: int) -> None:
         """The call is over for us (timed out, caller gone): a late reply is dropped."""
         self._pending.pop(seqid, None)
-
-    def send(
-        self,
-        message: bytes,
-        oneway: bool,
-        header: MessageHeader | None = None,
-        headers: Headers = (),
-    ) -> Deferred[bytes]:
-        """:meth:`transmit` with a Deferred: fires with the reply (b"" for oneway), fails with
-        the GatewayError; cancelling it forgets the call."""
-        d: Deferred[bytes] = Deferred(lambda _: self.forget(seqid))
-        try:
-            seqid = self.transmit(message, None if oneway else _settle(d), header, headers)
-        except GatewayError as exc:
-            return defer.fail(exc)
-        if oneway:
-            d.callback(b"")
-        return d
 
     def dataReceived(self, data: bytes) -> None:
         reader = self._reader
@@ -482,7 +463,6 @@ class UpstreamPool:
         oneway: bool = False,
         header: MessageHeader | None = None,
         headers: Headers = (),
-        on_end: Callable[[], None] | None = None,
     ) -> Deferred[bytes]:
         """:meth:`submit` with a Deferred: it fires with the reply, fails with the
         GatewayError, and cancelling it cancels the call."""
@@ -494,7 +474,6 @@ class UpstreamPool:
             oneway=oneway,
             header=header,
             headers=headers,
-            on_end=on_end,
         )
         return d
 

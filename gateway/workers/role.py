@@ -100,7 +100,10 @@ class WorkerRole:
         node: Any,
         extra: Callable[[], Mapping[str, float | str]],
     ) -> None:
-        """Serve the private admin socket, keep SIGHUP from killing us, watch the parent.
+        """Serve the private admin socket and watch the parent.
+
+        The SIGHUP the supervisor forwards is the config reload handler ``serve`` installed
+        before calling this.
 
         ``node`` is the worker's :class:`~gateway.proxy.node.GatewayNode`; ``extra`` its
         coordinator's heartbeat fields.
@@ -109,10 +112,6 @@ class WorkerRole:
         with contextlib.suppress(FileNotFoundError):  # left by a crashed predecessor
             os.unlink(self.admin_path)
         reactor.listenUNIX(self.admin_path, site, mode=0o600)
-        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
-            # Python's default for SIGHUP kills the process, and the supervisor forwards
-            # every SIGHUP it gets. A config reload handler installed by serve wins over this.
-            signal.signal(signal.SIGHUP, _sighup_ignored)
         reactor.addReader(_ParentWatch(reactor, os.path.dirname(self.admin_path)))
 
 
@@ -151,10 +150,6 @@ class _JsonLeaf(Resource):
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(self._body()).encode()
-
-
-def _sighup_ignored(_signum: int, _frame: object) -> None:
-    log.info("SIGHUP: no config reload in this version; ignored")
 
 
 @implementer(IReadDescriptor)

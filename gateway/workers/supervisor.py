@@ -158,7 +158,7 @@ class Supervisor:
         def check(_: object) -> None:
             if self._serving or self._stopping or not self.pool.all_ready():
                 return  # a worker died meanwhile: its replacement's ready line comes back here
-            modes = [r.health.get("redis") for r in self.view.readings]
+            modes = self.view.modes()
             if modes.count("private") == self.config.workers:
                 self._serve()
             elif self._reactor.seconds() >= deadline:
