@@ -168,6 +168,21 @@ def test_counters_and_gauges_sum_over_workers() -> None:
     assert view.errors() == {"overloaded": 7}
 
 
+def test_counters_health_and_heartbeat_fields_do_not_parse_the_metrics_text() -> None:
+    """What the supervisor reads every second (stats, errors, heartbeat extras) comes
+    without parsing the workers' /metrics text: only the node's own /metrics parses it."""
+    view = two_workers()
+    for slot in view.slots:
+        assert slot.reading is not None
+        slot.reading.metrics_text = "not { the prometheus text format"
+
+    assert view.stats().calls == 7
+    assert view.errors() == {"overloaded": 7}
+    assert view.extra()["error.overloaded"] == 7.0
+    with pytest.raises(ValueError):
+        view.render()
+
+
 def test_metrics_sum_counters_and_histograms_and_take_the_max_of_mode_gauges() -> None:
     """/metrics of the node: counters and histogram series with the same labels summed,
     in_flight summed, the redis-mode and build-info gauges 1 (not 2), no _created series."""

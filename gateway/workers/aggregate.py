@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -50,14 +51,27 @@ Key = tuple[Any, ...]
 
 @dataclass
 class Reading:
-    """One worker's ``/state``."""
+    """One worker's ``/state``.
+
+    Its ``/metrics`` text is parsed only when asked for (a scrape of the node, a worker's
+    end): the supervisor reads every worker every second for its heartbeat and health,
+    which need the counters alone, and parsing that text costs far more than the rest.
+    """
 
     pid: int
     health: dict[str, Any]
     stats: dict[str, float]
     extra: dict[str, float | str]
     errors: dict[str, float]
-    families: list[Metric]
+    metrics_text: str
+
+    @cached_property
+    def families(self) -> list[Metric]:
+        return [
+            f
+            for f in text_string_to_metric_families(self.metrics_text)
+            if not f.name.endswith("_created")
+        ]
 
     @classmethod
     def parse(cls, state: Mapping[str, Any]) -> Reading:
@@ -71,15 +85,12 @@ class Reading:
                 for k, v in dict(state["extra"]).items()
             },
             errors={str(k): float(v) for k, v in dict(state["errors"]).items()},
-            families=[
-                f
-                for f in text_string_to_metric_families(str(state["metrics"]))
-                if not f.name.endswith("_created")
-            ],
+            metrics_text=str(state["metrics"]),
         )
 
-    def monotonic(self) -> dict[Key, float]:
-        """Every value of this reading that only grows while its worker lives."""
+    def monotonic(self, metrics: bool = True) -> dict[Key, float]:
+        """Every value of this reading that only grows while its worker lives (without the
+        /metrics samples if not ``metrics``)."""
         values: dict[Key, float] = {}
         for name, value in self.stats.items():
             if name not in STATS_GAUGES:
@@ -89,6 +100,8 @@ class Reading:
                 values["extra", name] = extra
         for kind, count in self.errors.items():
             values["error", kind] = count
+        if not metrics:
+            return values
         for family in self.families:
             if family.type in MONOTONIC_TYPES:
                 for sample in family.samples:
@@ -161,9 +174,12 @@ class NodeView:
         if reading.pid != slot.pid or seq <= slot.seq:
             return False
         slot.reading, slot.seq = reading, seq
+        return True
+
+    def _learn_families(self, reading: Reading) -> None:
+        """Remember each family's type and help: its samples may outlive the worker."""
         for family in reading.families:
             self._families.setdefault(family.name, (family.type, family.documentation))
-        return True
 
     def ended(self, index: int, pid: int, drain: DrainLine | None = None) -> None:
         """The slot's worker ``pid`` exited: its counts so far become the slot's retired
@@ -171,7 +187,10 @@ class NodeView:
         slot = self.slots[index]
         if slot.pid != pid:
             return
-        final = slot.reading.monotonic() if slot.reading is not None else {}
+        final: dict[Key, float] = {}
+        if slot.reading is not None:
+            self._learn_families(slot.reading)
+            final = slot.reading.monotonic()
         if drain is not None:
             for name, value in drain.counters.items():
                 key: Key = ("stats", name)
@@ -186,20 +205,22 @@ class NodeView:
     def readings(self) -> list[Reading]:
         return [s.reading for s in self.slots if s.reading is not None]
 
-    def totals(self) -> dict[Key, float]:
-        """Monotonic values summed over every worker, past and present."""
+    def totals(self, metrics: bool = True) -> dict[Key, float]:
+        """Monotonic values summed over every worker, past and present (without the
+        /metrics samples if not ``metrics``: what the heartbeat and health need)."""
         total: dict[Key, float] = {}
         for slot in self.slots:
-            current = slot.reading.monotonic() if slot.reading is not None else {}
+            current = slot.reading.monotonic(metrics) if slot.reading is not None else {}
             for source in (slot.retired, current):
                 for key, value in source.items():
-                    total[key] = total.get(key, 0.0) + value
+                    if metrics or len(key) == 2:
+                        total[key] = total.get(key, 0.0) + value
         return total
 
     def stats(self) -> NodeStats:
         """The node's NodeStats: counters from :meth:`totals`, gauges of live workers."""
         values: dict[str, float] = {}
-        for key, value in self.totals().items():
+        for key, value in self.totals(metrics=False).items():
             if key[0] == "stats":
                 values[key[1]] = value
         for reading in self.readings:
@@ -210,12 +231,13 @@ class NodeView:
         return NodeStats(**kwargs, started_at=self.started_at)
 
     def errors(self) -> dict[str, int]:
-        return {k[1]: int(v) for k, v in self.totals().items() if k[0] == "error"}
+        return {k[1]: int(v) for k, v in self.totals(metrics=False).items() if k[0] == "error"}
 
     def extra(self) -> dict[str, float | str]:
         """Heartbeat extras: numbers summed (monotonic), ``redis_mode`` the worst worker's,
         other text (sessions) every worker's, comma-separated; error kinds as ``error.*``."""
-        out: dict[str, float | str] = {k[1]: v for k, v in self.totals().items() if k[0] == "extra"}
+        totals = self.totals(metrics=False)
+        out: dict[str, float | str] = {k[1]: v for k, v in totals.items() if k[0] == "extra"}
         texts: dict[str, list[str]] = {}
         for reading in self.readings:
             for name, value in reading.extra.items():
@@ -223,8 +245,9 @@ class NodeView:
                     texts.setdefault(name, []).append(value)
         for name, values in texts.items():
             out[name] = worst_mode(values) if name == "redis_mode" else ",".join(sorted(values))
-        for kind, count in self.errors().items():
-            out[f"error.{kind}"] = float(count)
+        for key, count in totals.items():
+            if key[0] == "error":
+                out[f"error.{key[1]}"] = float(int(count))
         return out
 
     def modes(self) -> list[str]:
@@ -232,6 +255,8 @@ class NodeView:
 
     def families(self, extra: Iterable[Metric] = ()) -> list[Metric]:
         """Every /metrics family of the node, merged as the module doc says."""
+        for reading in self.readings:
+            self._learn_families(reading)
         totals = self.totals()
         merged: dict[str, Metric] = {}
 
