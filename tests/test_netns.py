@@ -403,7 +403,9 @@ def test_backend_cut_from_one_node_its_calls_fail_cleanly_and_are_handed_back(
     (they go silent: no reset): every call on n3 ends within the method timeout with a clean
     gateway error, n3 soon knows the backend is unreachable and fails fast, and a call n3
     leads is handed back rather than its failure passed on: the callers on n1 and n2 are
-    answered, the backend called once. After the heal n3 answers again."""
+    answered, the backend called once (n3's own caller gets the clean error, or, when a
+    lost packet made n3 decide after the others, follows their leader and its answer).
+    After the heal n3 answers again."""
     lab = healed
     n1, n2, n3 = lab.nodes.values()
     lab.net.cut(lab.host_of(n3), lab.backend_host)
@@ -431,13 +433,21 @@ def test_backend_cut_from_one_node_its_calls_fail_cleanly_and_are_handed_back(
     took = wait_until(fails_fast, 3.0 + CONNECT_TIMEOUT + METHOD_TIMEOUT, "n3 failing fast")
     since = time.monotonic() - cut_at
     print(f"netns: n3 failing fast {since:.2f}s after the cut (first call: {mine.seconds:.2f}s)")
+    led = 0
     for round_ in range(3):
         arg = f"cut-d-{round_}"
         answers = calls(lab, plan("echo", arg), delay=0.5, stagger=lambda i: 0.3 if i else 0.0)
         mine, theirs = answers[0], answers[1:]
-        assert mine.clean_error and "unreachable" in str(mine.reply), mine
+        if mine.clean_error:  # n3 led: it failed fast and handed the call back
+            assert "unreachable" in str(mine.reply), mine
+            led += 1
+        else:
+            # A lost packet on n3's lossy link to Redis (a ~200 ms retransmission) delayed
+            # its decide past the others' 0.3 s: it followed their leader, and was answered.
+            assert own_answers([mine], "echo", arg), mine
         assert own_answers(theirs, "echo", arg), (took, answers, lab.logs())
         assert lab.backend_count("echo", arg) == 1
+    assert led >= 1, "n3 never led a call: the hand-back was not exercised"
     lab.net.heal()
     wait_until(
         lambda: own_answers(calls(lab, [(lab.west, n3, "echo", "healed-d")]), "echo", "healed-d"),
