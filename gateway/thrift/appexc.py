@@ -6,6 +6,7 @@ import struct
 
 from thrift.Thrift import TApplicationException
 
+from gateway.thrift.binscan import I32, STOP, STRING
 from gateway.thrift.kinds import (
     DEFAULT_LIMITS,
     MalformedMessage,
@@ -15,7 +16,7 @@ from gateway.thrift.kinds import (
 )
 from gateway.thrift.message import MessageHeader, encode_header, read_header
 from gateway.thrift.protocols import InputBuffer, OutputBuffer, reader, writer
-from gateway.thrift.walk import I32, NULL_SINK, STOP, STRING, BodyErrors, check_type, walk_value
+from gateway.thrift.walk import NULL_SINK, BodyErrors, check_type, walk_value
 
 _MESSAGE_FIELD = 1  # TApplicationException.message: string
 _TYPE_FIELD = 2  # TApplicationException.type: i32

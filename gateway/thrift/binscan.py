@@ -28,12 +28,14 @@ _D = Struct(">d")
 _ELEMENTS = Struct(">bi")  # element type, size (list/set)
 _MAP = Struct(">bbi")  # key type, value type, size
 
+# Thrift's type ids (thrift.Thrift.TType), as the binary and compact protocols and
+# gateway.thrift.walk use them.
 STOP, BOOL, BYTE, DOUBLE, I16, I32, I64, STRING, STRUCT, MAP, SET, LIST, UUID = (
     0, 2, 3, 4, 6, 8, 10, 11, 12, 13, 14, 15, 16,
 )  # fmt: skip
 # Fixed-size scalars: type -> size in bytes (bool and double are checked for canonicality).
 _FIXED = {BYTE: 1, I16: 2, I32: 4, I64: 8, UUID: 16}
-_VALUE_TYPES = frozenset({BOOL, BYTE, DOUBLE, I16, I32, I64, STRING, STRUCT, MAP, SET, LIST, UUID})
+VALUE_TYPES = frozenset({BOOL, BYTE, DOUBLE, I16, I32, I64, STRING, STRUCT, MAP, SET, LIST, UUID})
 
 
 def scan_struct(buf: bytes, pos: int, limits: Limits, depth: int = 1) -> tuple[int, bool]:
@@ -57,7 +59,7 @@ def scan_struct(buf: bytes, pos: int, limits: Limits, depth: int = 1) -> tuple[i
         if pos + 3 > end:
             raise MalformedMessage("message body is truncated")
         ftype, fid = _FIELD.unpack_from(buf, pos)
-        if ftype not in _VALUE_TYPES:
+        if ftype not in VALUE_TYPES:
             raise MalformedMessage(f"invalid type id {ftype}")
         if fid < last_id:
             canonical = False
@@ -120,7 +122,7 @@ def _scan_elements(
     if pos + 5 > len(buf):
         raise MalformedMessage("message body is truncated")
     etype, size = _ELEMENTS.unpack_from(buf, pos)
-    if etype not in _VALUE_TYPES:
+    if etype not in VALUE_TYPES:
         raise MalformedMessage(f"invalid type id {etype}")
     _size(size, limits)
     pos += 5
@@ -157,8 +159,8 @@ def _scan_map(buf: bytes, pos: int, limits: Limits, depth: int) -> tuple[int, bo
         # Compact carries no types for an empty map; the canonical form has 0/0 (the
         # walker accepts invalid ones here too, and writes 0/0).
         return pos, ktype == 0 and vtype == 0
-    if ktype not in _VALUE_TYPES or vtype not in _VALUE_TYPES:
-        raise MalformedMessage(f"invalid type id {ktype if ktype not in _VALUE_TYPES else vtype}")
+    if ktype not in VALUE_TYPES or vtype not in VALUE_TYPES:
+        raise MalformedMessage(f"invalid type id {ktype if ktype not in VALUE_TYPES else vtype}")
     canonical = True
     previous = b""
     for _ in range(size):

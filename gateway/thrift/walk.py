@@ -19,26 +19,27 @@ from collections.abc import Collection
 from typing import Any
 
 from thrift.protocol.TCompactProtocol import TCompactProtocol
-from thrift.Thrift import TType
 
-from gateway.thrift.binscan import scan_struct
+from gateway.thrift.binscan import (  # the type ids are defined once, there
+    BOOL,
+    BYTE,
+    DOUBLE,
+    I16,
+    I32,
+    I64,
+    LIST,
+    MAP,
+    SET,
+    STOP,
+    STRING,
+    STRUCT,
+    UUID,
+    VALUE_TYPES,
+    scan_struct,
+)
 from gateway.thrift.kinds import Limits, MalformedMessage, ProtocolKind
 from gateway.thrift.message import MessageHeader
 from gateway.thrift.protocols import DECODE_ERRORS, InputBuffer, Truncated, reader
-
-STOP = TType.STOP
-BOOL = TType.BOOL
-BYTE = TType.BYTE
-DOUBLE = TType.DOUBLE
-I16 = TType.I16
-I32 = TType.I32
-I64 = TType.I64
-STRING = TType.STRING
-STRUCT = TType.STRUCT
-MAP = TType.MAP
-SET = TType.SET
-LIST = TType.LIST
-UUID = TType.UUID
 
 # Scalar type -> (reader method, writer method). Strings are read with readBinary: values
 # are opaque bytes (a `binary` field need not be UTF-8) and are never decoded.
@@ -52,7 +53,6 @@ SCALARS: dict[int, tuple[str, str]] = {
     STRING: ("readBinary", "writeBinary"),
     UUID: ("readUuid", "writeUuid"),
 }
-VALUE_TYPES = frozenset((*SCALARS, STRUCT, MAP, SET, LIST))
 
 
 class NullSink:
