@@ -130,6 +130,36 @@ def test_passthrough_never_joins() -> None:
     assert len(h.backend.calls) == 2
 
 
+PASSTHROUGH = {"methods": {"alertSupervisor": {"mode": "passthrough"}}}
+
+
+def test_passthrough_caller_leaving_cancels_its_backend_call() -> None:
+    """A passthrough caller that goes away cancels its own backend call (nobody else waits
+    for it) and is no longer counted in flight; a late reply is dropped."""
+    h = Harness(PASSTHROUGH)
+    out = h.call(b"m")
+    assert h.stats.in_flight == 1
+    h.last.cancel()
+    assert h.backend.cancelled == 1 and h.stats.in_flight == 0
+    assert len(out) == 1 and out[0].check(CancelledError)
+
+
+def test_passthrough_backend_failure_is_the_callers_error_reply() -> None:
+    """A passthrough call whose backend call fails gets the gateway's TApplicationException
+    with its own seqid, counted as an error."""
+    h = Harness(PASSTHROUGH)
+    out = h.call(b"m", seqid=7)
+    h.backend.fail(BackendTimeout("gateway: backend timeout after 30s"))
+    code, text = parse_application_exception(out[0], BINARY)
+    assert code == INTERNAL_ERROR and "timeout" in text
+    assert read_header(out[0], BINARY).seqid == 7
+    assert (h.stats.errors, h.stats.in_flight, h.errors.snapshot()) == (
+        1,
+        0,
+        {"backend_timeout": 1},
+    )
+
+
 def test_oneway_forwarded_never_coalesced() -> None:
     """Identical oneway calls are each forwarded and produce no reply."""
     h = Harness()
