@@ -40,6 +40,7 @@ from benchmarks.chaos_faults import PAGE_DELAY, Fault, FaultLoop, Fleet
 from benchmarks.chaos_load import Herd, Soak, Tally
 from benchmarks.chaos_wire import CallSpec
 from benchmarks.common import markdown_table, raise_fd_limit, stop_children_on_sigterm
+from benchmarks.loadspec import percentiles
 
 NodeLog = Callable[[float, float], list[str]]
 SETTLE = 5.0  # seconds a fault's effects may outlast its end (every node in cluster mode again)
@@ -123,10 +124,11 @@ def analyse(
                 by_cause[why]["extra_calls"] += extra
             if UNEXPLAINED in causes and len(unexplained) < 5:
                 unexplained.append(explain(herd, times, faults, node_log))
-    latencies = sorted(tally.latencies)
+    # The load generator's percentiles (nearest rank), from seconds.
+    ranks = percentiles([round(seconds * 1e9) for seconds in tally.latencies])
 
-    def pct(p: float) -> float | None:
-        return round(latencies[int(p * (len(latencies) - 1))] * 1000, 1) if latencies else None
+    def pct(name: str) -> float | None:
+        return round(ranks[name], 1) if name in ranks else None
 
     return {
         "calls": {
@@ -139,7 +141,7 @@ def analyse(
             "unexpected_replies": tally.unexpected,
             "crossed_samples": tally.crossed_samples,
         },
-        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+        "latency_ms": {"p50": pct("p50"), "p99": pct("p99"), "max": pct("max")},
         "windows": {
             "total": len(tally.herds),
             "herds_of_2_or_more": sum(1 for h in tally.herds if h.size > 1),

@@ -32,13 +32,15 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
-from struct import unpack
 from typing import Any
+
+from thrift.transport.TTransport import TTransportException
 
 from benchmarks.common import stop_children_on_sigterm
 from benchmarks.redisstats import CommandLog, local_ports_to
 from benchmarks.responder import Responder
-from benchmarks.wire import build_callset
+from benchmarks.wire import expected_result
+from clients.sync_client import ExampleClient
 from gateway.localredis import RedisServer
 from gateway.testing import GatewayProcess, start_gateway, wait_for_redis_mode
 
@@ -46,24 +48,11 @@ KILL_AFTER = 0.3  # seconds between the followers' calls and the kill
 
 
 def call(address: tuple[str, int], message: str, timeout: float = 30.0) -> tuple[bool, float]:
-    """One blocking alertSupervisor call: (answered with the right reply, when answered)."""
-    calls = build_callset("alertSupervisor", "binary", "framed", [message])
-    with socket.create_connection(address, timeout=timeout) as sock:
-        sock.sendall(calls.calls[0])
-        head = _read(sock, 4)
-        body = _read(sock, unpack(">i", head)[0])
-    expected = calls.reply_head + calls.codec.encode(calls.codec.low) + calls.reply_tails[0]
-    return head + body == expected, time.monotonic()
-
-
-def _read(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
+    """One blocking alertSupervisor call with the project's sync client: (answered with the
+    right reply, when answered)."""
+    with ExampleClient(*address, timeout=timeout) as client:
+        right = client.alert(message) == expected_result("alertSupervisor", message)
+    return right, time.monotonic()
 
 
 class Backend:
@@ -167,7 +156,8 @@ def _idle_cost(redis: RedisServer, node: GatewayProcess, seconds: float = 5.0) -
 
 
 def _ignore(fn: Any, *args: Any) -> None:
-    with contextlib.suppress(OSError):  # the leader's node is killed under this caller
+    # The leader's node is killed under this caller.
+    with contextlib.suppress(OSError, TTransportException):
         fn(*args)
 
 

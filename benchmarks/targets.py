@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from benchmarks.common import child_pids, cpu_seconds
+from benchmarks.common import cpu_seconds
 from benchmarks.thirdparty import find_haproxy, find_nginx, haproxy_config, nginx_config
 from gateway.localredis import free_port
 from gateway.testing import (
@@ -32,6 +32,7 @@ from gateway.testing import (
     ExampleBackend,
     GatewayProcess,
     ManagedProcess,
+    child_pids,
     example_backend_argv,
     gateway_argv,
     start_process,

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypeVar
@@ -486,6 +487,52 @@ def start_gateway(
         host=host,
     )  # fmt: skip
     return _started(start_process(argv, env=env), lambda p: GatewayProcess.from_process(p, timeout))
+
+
+# -- waiting, threads and child processes (tests and benchmarks) ----------------------------
+
+
+def wait_for(
+    probe: Callable[[], T], accept: Callable[[T], bool], what: str, timeout: float = 20.0
+) -> T:
+    """Poll ``probe`` until ``accept`` says yes and return that value; AssertionError with
+    the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached in {timeout}s (last: {value!r})")
+        time.sleep(0.05)
+
+
+def concurrently(n: int, fn: Callable[[int], T]) -> list[T]:
+    """``fn(0..n-1)`` on n threads released together; the results in order."""
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> T:
+        barrier.wait(timeout=30)
+        return fn(i)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc/<pid>/stat of every process)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        # The command name (field 2) may hold spaces or parentheses; fields restart after ")".
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
 
 
 # -- admin endpoint readings (best effort: a node that does not answer reads as "no data") --

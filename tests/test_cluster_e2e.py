@@ -42,6 +42,7 @@ from gateway.testing import (
     run_herd,
     start_example_backend,
     start_process,
+    wait_for,
     wait_for_redis_mode,
 )
 from gateway.thrift import ProtocolKind, call_identity
@@ -71,20 +72,6 @@ class Cluster:
 
 
 # -- polling and HTTP ---------------------------------------------------------------------
-
-
-def wait_for(
-    probe: Callable[[], T], accept: Callable[[T], bool], what: str, timeout: float = 10.0
-) -> T:
-    """Poll ``probe`` until ``accept`` says yes; AssertionError with the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout}s (last: {value!r})")
-        time.sleep(0.05)
 
 
 def http_get(node: GatewayProcess, path: str) -> tuple[int, str]:

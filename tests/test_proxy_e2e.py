@@ -9,7 +9,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ from gateway.testing import (
     GatewayProcess,
     backend_count,
     call_once,
+    concurrently,
     gateway_cli,
     metric,
     run_herd,
@@ -36,18 +36,6 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
-
-
-def concurrently(n: int, fn: Callable[[int], T]) -> list[T]:
-    """Run fn(0..n-1) on n threads at once and return the results in order."""
-    barrier = threading.Barrier(n)
-
-    def run(i: int) -> T:
-        barrier.wait(timeout=30)
-        return fn(i)
-
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(run, range(n)))
 
 
 def alert(gw: GatewayProcess, text: str, **kw: Any) -> str:

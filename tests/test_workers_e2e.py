@@ -13,9 +13,7 @@ import re
 import signal
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +25,8 @@ from gateway.testing import (
     GatewayProcess,
     backend_count,
     call_once,
+    child_pids,
+    concurrently,
     gateway_cli,
     healthz,
     metric,
@@ -34,6 +34,7 @@ from gateway.testing import (
     start_example_backend,
     start_gateway,
     start_process,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -41,19 +42,6 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 HOST = "127.0.0.1"
 STARTUP = 60.0  # a loaded 2-core box starts two Python workers in ~4 s; leave room
-
-
-def wait_for(
-    probe: Callable[[], T], accept: Callable[[T], bool], what: str, timeout: float = 20
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout}s (last: {value!r})")
-        time.sleep(0.05)
 
 
 def start_workers(backend: ExampleBackend, node_id: str, *extra: str, **kw: Any) -> GatewayProcess:
@@ -73,20 +61,6 @@ def worker_pids(node: GatewayProcess) -> list[int]:
     return [w["pid"] for w in health(node)["workers"]]
 
 
-def children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def private_dir(pids: list[int]) -> Path:
     """The supervisor's private directory, from a worker's --worker-admin flag."""
     for pid in pids:
@@ -102,18 +76,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
-
-
-def concurrently(n: int, fn: Callable[[int], T]) -> list[T]:
-    """fn(0..n-1) on n threads released together, each on a fresh connection."""
-    barrier = threading.Barrier(n)
-
-    def run(i: int) -> T:
-        barrier.wait(timeout=30)
-        return fn(i)
-
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(run, range(n)))
 
 
 def herd_once(node: GatewayProcess, backend: ExampleBackend, clients: int = 60) -> int:
@@ -362,7 +324,7 @@ def test_killing_the_supervisor_takes_its_workers_and_private_redis_down(
     pipe close, drain and remove its directory; the private redis-server dies with it."""
     node = start_workers(backend, "wk-orphans")
     try:
-        started = children(node.pid)
+        started = child_pids(node.pid)
         assert len(started) == 3, started  # two workers and the private redis-server
         workdir = private_dir(started)
         node.kill()
@@ -371,7 +333,7 @@ def test_killing_the_supervisor_takes_its_workers_and_private_redis_down(
         assert not workdir.exists()  # its sockets and the private Redis's directory
     finally:
         node.stop()
-        for pid in children(node.pid):
+        for pid in child_pids(node.pid):
             os.kill(pid, signal.SIGKILL)
 
 
