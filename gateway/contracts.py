@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 from twisted.internet.defer import Deferred
@@ -37,7 +38,7 @@ class BackendReply:
     known_kind: ReplyKind | None = None
     header: MessageHeader | None = field(default=None, compare=False, repr=False)
 
-    @property
+    @cached_property  # asked by may_cache and by the envelope: decoded once
     def kind(self) -> ReplyKind:
         if self.known_kind is not None:
             return self.known_kind

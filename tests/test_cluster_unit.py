@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from thrift.Thrift import TType
+from thrift_messages import message
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -25,7 +27,8 @@ from gateway.cluster.lease import NoticeListener
 from gateway.cluster.options import ClusterOptions
 from gateway.cluster.session import is_dead, new_session, node_of, session_of
 from gateway.cluster.url import InvalidRedisURL, RedisURL, parse_redis_url
-from gateway.contracts import BackendReply, ReplyKind
+from gateway.contracts import BackendReply, MethodPolicy, ReplyKind
+from gateway.thrift import ProtocolKind
 
 KEY = "Svc.get:0123456789abcdef0123456789abcdef"
 TOKEN = "a" * 32
@@ -106,6 +109,25 @@ def test_bad_urls_are_rejected(bad: str) -> None:
 
 
 # -- envelope.py --------------------------------------------------------------------------
+
+
+def test_reply_kind_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reply's kind, asked by may_cache and again by the envelope, is decoded once."""
+    import gateway.contracts
+
+    decoded: list[bytes] = []
+    real = gateway.contracts.reply_kind
+
+    def counting(message: bytes, *args: object, **kwargs: object) -> ReplyKind:
+        decoded.append(message)
+        return real(message, *args, **kwargs)  # type: ignore[arg-type]  # passed through
+
+    monkeypatch.setattr(gateway.contracts, "reply_kind", counting)
+    success = message(ProtocolKind.BINARY, "get", [(0, TType.STRING, b"x")], mtype=2)
+    reply = BackendReply(success, "binary")
+    assert MethodPolicy(mode="cache", ttl=1).may_cache(reply)
+    assert reply.kind is ReplyKind.SUCCESS
+    assert len(decoded) == 1
 
 
 def test_envelope_roundtrip_keeps_reply_bytes() -> None:
