@@ -1,16 +1,44 @@
 # Everything runs inside .venv so a fresh machine needs only python3.
+# Installs come from the hash-locked files in requirements/ (made by `make lock` from
+# pyproject.toml's ranges): an upstream release never changes what `make test` runs.
+# `make test-latest` runs the same suite on the newest releases, in .venv-latest, on purpose.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/test.txt
+# Build tools first (from their own lock), so that sdists build with them, not with
+# whatever setuptools is newest (--no-build-isolation).
+PIP_LOCKED = --quiet --require-hashes --no-deps --no-build-isolation
 
-.PHONY: test lint unit integration demo bench idl clean
+.PHONY: test test-latest lint unit integration demo bench bench-scale fuzz fuzz-smoke docs lock idl clean
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) requirements/build.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install $(PIP_LOCKED) -r requirements/build.txt
+	$(BIN)/python -m pip install $(PIP_LOCKED) -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Refreshes every lock from pyproject.toml (newest releases within its ranges); commit the
+# result once `make test` is green on it. Each group's file includes what `make` needs for it.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu --no-header --upgrade
+lock: $(STAMP)
+	$(UV_COMPILE) requirements/build.in -o requirements/build.txt
+	$(UV_COMPILE) pyproject.toml -o requirements/runtime.txt
+	$(UV_COMPILE) pyproject.toml --extra test --extra dev --extra docs -o requirements/test.txt
+	$(UV_COMPILE) pyproject.toml --extra test --extra dev --extra docs --extra bench -c requirements/test.txt \
+		-o requirements/bench.txt
+	$(UV_COMPILE) pyproject.toml --extra test --extra dev --extra fuzz -c requirements/test.txt \
+		-o requirements/fuzz.txt
+
+# The suite on the newest releases (no lock): what the next `make lock` would bring.
+test-latest:
+	rm -rf .venv-latest && $(PY) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet --upgrade -e '.[test,dev,docs]'
+	$(MAKE) test VENV=.venv-latest STAMP=.venv-latest/bin/python
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -58,4 +86,4 @@ idl:
 	rm -rf $(GEN) && mv $(GEN).tmp $(GEN)
 
 clean:
-	rm -rf $(GEN).tmp $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(GEN).tmp $(VENV) .venv-latest .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -26,10 +26,8 @@ def sync_client(url: str, *, timeout: float = 2.0, **options: Any) -> SyncRedis:
     timeouts: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
     if isinstance(target, SentinelURL):
         sentinel_auth = {"username": target.sentinel_username, "password": target.sentinel_password}
-        sentinels = Sentinel(  # type: ignore[no-untyped-call]  # unannotated in redis-py
-            list(target.sentinels), sentinel_kwargs={**sentinel_auth, **timeouts}
-        )
-        master: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]  # ditto
+        sentinels = Sentinel(list(target.sentinels), sentinel_kwargs={**sentinel_auth, **timeouts})
+        master: redis.Redis = sentinels.master_for(
             target.master_name,
             db=target.db,
             username=target.username,
