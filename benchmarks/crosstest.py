@@ -1,0 +1,261 @@
+"""Apache Thrift's own cross-test through ``gateway serve``: the suite's test client in every
+protocol x transport its ``test/tests.json`` lists, against the suite's test server, in
+passthrough, coalesce and cache modes.
+
+The suite is not part of this repository (fetch it, pinned: ``v0.17.0``, and point at it)::
+
+    python -m benchmarks.crosstest /path/to/apache-thrift [--python PY] [--only header]
+
+``/path/to/apache-thrift`` holds at least ``test/py``, ``test/ThriftTest.thrift`` and
+``test/tests.json`` of the release (``git archive v0.17.0 test lib/py``). ``--python`` runs the
+suite's TestClient/TestServer (default: this interpreter; the Makefile target uses a venv
+with the suite's own ``lib/py``, which has the accelerated protocols). Code is generated with
+the ``thrift`` compiler on PATH (Debian's thrift-compiler). Prints one line per run and a
+markdown matrix at the end; exit status 1 if any run failed.
+
+The gateway speaks binary, compact and THeader, framed, to its backends, so each client
+dialect runs against a TestServer the gateway can reach: the server side of the suite's
+protocol pair when it is binary, compact or THeader (their multiplexed forms included),
+else binary; always ``--transport framed`` (``header`` speaks THeader). What is tested is
+the client side: every dialect a client may use, through the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.testing import GatewayProcess, start_gateway, start_process, wait_for_port
+
+HOST = "127.0.0.1"
+MODES = ("passthrough", "coalesce", "cache")
+LANGUAGE = "py"
+# Server protocols the gateway can speak upstream -> its backend (transport, protocol, multiplexed).
+_UPSTREAM = {
+    "binary": ("framed", "binary", False),
+    "compact": ("framed", "compact", False),
+    "header": ("header", "binary", False),
+    "multi": ("framed", "binary", True),
+    "multic": ("framed", "compact", True),
+    "multih": ("header", "binary", True),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    server_protocol: str  # the suite's name of the server side
+    client_protocol: str
+    transport: str
+    mode: str
+
+    @property
+    def backend(self) -> str:
+        """The TestServer protocol used as the gateway's backend for this run."""
+        if self.server_protocol in _UPSTREAM:
+            return self.server_protocol
+        return "multi" if self.client_protocol.startswith("multi") else "binary"
+
+    @property
+    def label(self) -> str:
+        pair = self.client_protocol
+        if self.server_protocol != self.client_protocol:
+            pair = f"{self.server_protocol}:{self.client_protocol}"
+        return f"{LANGUAGE} {pair} {self.transport} {self.mode}"
+
+
+def matrix(suite: Path, language: str = LANGUAGE) -> tuple[list[tuple[str, str]], list[str]]:
+    """``(protocol pairs (server, client), transports)`` that tests.json lists for ``language``."""
+    entries = json.loads((suite / "test" / "tests.json").read_text())
+    entry = next(e for e in entries if e["name"] == language)
+    pairs = []
+    for proto in entry["protocols"]:
+        server, _, client = proto.partition(":")
+        pairs.append((server, client or server))
+    return pairs, list(entry["transports"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def generate(suite: Path, out: Path) -> Path:
+    """``thrift --gen py`` of the suite's ThriftTest.thrift into ``out/gen-py``."""
+    compiler = shutil.which("thrift")
+    if compiler is None:
+        raise SystemExit("needs the thrift compiler on PATH (Debian thrift-compiler)")
+    gen = out / "gen-py"
+    gen.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [compiler, "--gen", "py", "-out", str(gen), str(suite / "test" / "ThriftTest.thrift")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return gen
+
+
+@contextmanager
+def test_server(suite: Path, python: str, gen: Path, protocol: str) -> Iterator[int]:
+    """The suite's TestServer.py (TSimpleServer) in ``protocol``, framed; yields its port."""
+    port = free_port()
+    transport = "framed" if _UPSTREAM[protocol][0] == "framed" else "buffered"
+    argv = [
+        python, "TestServer.py", f"--genpydir={gen}", f"--protocol={protocol}",
+        f"--transport={transport}", f"--port={port}", "TSimpleServer",
+    ]  # fmt: skip
+    process = start_process(argv, cwd=suite / "test" / "py")
+    try:
+        wait_for_port(HOST, port, timeout=30)
+        yield port
+    finally:
+        process.stop()
+
+
+def gateway_config(port: int, backend: str, mode: str) -> str:
+    transport, protocol, multiplexed = _UPSTREAM[backend]
+    lines = [
+        "[gateway]",
+        'default_backend = "apache"',
+        "",
+        "[backends.apache]",
+        f'address = "{HOST}:{port}"',
+        f'transport = "{transport}"',
+        f'protocol = "{protocol}"',
+        # TSimpleServer serves one connection at a time: a second one would wait forever.
+        "connections = 1",
+    ]
+    if multiplexed:
+        lines += ["multiplexed = true", 'service = "ThriftTest"']
+    lines += ["", '[methods."*"]', f'mode = "{mode}"', "timeout = 20"]
+    if mode == "cache":
+        lines.append("ttl = 5")
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def gateway(config_dir: Path, port: int, backend: str, mode: str) -> Iterator[GatewayProcess]:
+    config = config_dir / f"gateway-{backend}-{mode}.toml"
+    config.write_text(gateway_config(port, backend, mode))
+    node = start_gateway(config=config, node_id=f"crosstest-{backend}-{mode}", timeout=30)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+_FAILED_TEST = re.compile(r"^(ERROR|FAIL): (\w+)", re.MULTILINE)
+
+
+def run_client(
+    suite: Path, python: str, gen: Path, run: Run, node: GatewayProcess, timeout: float
+) -> tuple[bool, str]:
+    """(passed, why not) of one TestClient run through ``node``."""
+    argv = [
+        python, "TestClient.py", f"--genpydir={gen}", f"--host={node.host}",
+        f"--port={node.port}", f"--protocol={run.client_protocol}",
+        f"--transport={run.transport}",
+    ]  # fmt: skip
+    if run.transport == "zlib":
+        argv.append("--zlib")
+    seen = len(node.process.stderr_lines) + len(node.process.stdout_lines)
+    try:
+        done = subprocess.run(
+            argv, cwd=suite / "test" / "py", capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"client timed out after {timeout:g}s"
+    if done.returncode == 0:
+        return True, ""
+    failed = [name for _, name in _FAILED_TEST.findall(done.stderr)]
+    log = (node.process.stdout_lines + node.process.stderr_lines)[seen:]
+    closing = [line.split("closing client", 1)[-1] for line in log if "closing client" in line]
+    why = f"{len(failed)} tests failed ({', '.join(failed[:4])})" if failed else "client error"
+    if closing:
+        why += f"; gateway: {closing[0].strip()[:120]}"
+    elif not failed:
+        why += ": " + (done.stderr.strip().splitlines() or ["?"])[-1][:160]
+    return False, why
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite", type=Path, help="the Apache Thrift tree (test/py, test/*.json)")
+    parser.add_argument("--python", default=sys.executable, help="runs TestClient/TestServer")
+    parser.add_argument("--only", default="", help="run only protocols containing this")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--timeout", type=float, default=60.0, help="per client run")
+    parser.add_argument("--markdown", type=Path, help="also write the matrix here")
+    args = parser.parse_args(argv)
+    suite: Path = args.suite.resolve()
+    if not (suite / "test" / "py" / "TestClient.py").exists():
+        raise SystemExit(f"{suite} has no test/py/TestClient.py (the Apache Thrift suite)")
+    pairs, transports = matrix(suite)
+    runs = [
+        Run(server, client, transport, mode)
+        for mode in args.modes.split(",")
+        for server, client in pairs
+        if args.only in f"{server}:{client}"
+        for transport in transports
+    ]
+    results: dict[Run, tuple[bool, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="crosstest-") as scratch:
+        gen = generate(suite, Path(scratch))
+        for backend in sorted({run.backend for run in runs}):
+            with test_server(suite, args.python, gen, backend) as port:
+                for mode in args.modes.split(","):
+                    mine = [r for r in runs if r.backend == backend and r.mode == mode]
+                    if not mine:
+                        continue
+                    with gateway(Path(scratch), port, backend, mode) as node:
+                        for run in mine:
+                            started = time.monotonic()
+                            ok, why = run_client(suite, args.python, gen, run, node, args.timeout)
+                            results[run] = (ok, why)
+                            took = time.monotonic() - started
+                            status = "pass" if ok else f"FAIL {why}"
+                            print(f"{run.label}: {status} ({took:.1f}s)", flush=True)
+    table = render(results)
+    print(table)
+    if args.markdown is not None:
+        args.markdown.write_text(table)
+    passed = sum(ok for ok, _ in results.values())
+    print(f"{passed} of {len(results)} runs pass")
+    return 0 if passed == len(results) else 1
+
+
+def render(results: dict[Run, tuple[bool, str]]) -> str:
+    """The matrix as markdown: one row per protocol pair x transport, one column per mode."""
+    modes = [m for m in MODES if any(r.mode == m for r in results)]
+    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    for run, (ok, why) in results.items():
+        pair = run.client_protocol
+        if run.server_protocol != run.client_protocol:
+            pair = f"{run.server_protocol}:{run.client_protocol}"
+        row = rows.setdefault((pair, run.transport, run.backend), {})
+        row[run.mode] = "pass" if ok else f"**fail**: {why}"
+    out = [
+        "| language | protocol | transport | backend | " + " | ".join(modes) + " |",
+        "|---|---|---|---|" + "---|" * len(modes),
+    ]
+    for (pair, transport, backend), cells in rows.items():
+        line = " | ".join(cells.get(mode, "-") for mode in modes)
+        out.append(f"| {LANGUAGE} | {pair} | {transport} | {backend} framed | {line} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
