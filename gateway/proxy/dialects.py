@@ -203,8 +203,14 @@ def _http_method(prefix: bytes) -> bool | None:
     return None if len(head) < 9 else False
 
 
-def _maybe_double_framed(prefix: bytes) -> bool:
-    """``prefix`` (under 10 bytes) may be the start of THeader inside TFramedTransport."""
+def _maybe_layered(prefix: bytes) -> bool:
+    """``prefix``, too short for :func:`_outer` to tell, may start a layered stream: a zlib
+    header's first byte, a frame whose first byte may start JSON or zlib, or THeader inside
+    a frame (its magic is at byte 8)."""
+    if prefix == b"\x78":
+        return True
+    if len(prefix) == 5 and prefix[0] <= 0x3F and prefix[4] in (0x5B, 0x78):
+        return True
     if not 5 <= len(prefix) < 10 or prefix[4] != 0:  # the inner length is < 16 MiB
         return False
     if len(prefix) >= 8:
@@ -234,8 +240,8 @@ def detect_stack(prefix: bytes, limits: Limits, depth: int = 0) -> Stack | None:
         try:
             kinds = detect(prefix, header=True)
         except NotThrift:
-            if depth < _MAX_LAYERS and _maybe_double_framed(prefix):
-                return None  # may still be THeader inside a frame: its magic is at byte 8
+            if depth < _MAX_LAYERS and _maybe_layered(prefix):
+                return None  # too short to tell
             raise
         if kinds is None:
             return None
