@@ -109,14 +109,20 @@ def generate(suite: Path, out: Path) -> Path:
 
 
 @contextmanager
-def test_server(suite: Path, python: str, gen: Path, protocol: str) -> Iterator[int]:
-    """The suite's TestServer.py (TSimpleServer) in ``protocol``, framed; yields its port."""
+def test_server(
+    suite: Path, python: str, gen: Path, protocol: str, transport: str | None = None
+) -> Iterator[int]:
+    """The suite's TestServer.py (TSimpleServer) in ``protocol``; yields its port. Without
+    ``transport``: as the gateway's backend (framed; THeader frames itself)."""
     port = free_port()
-    transport = "framed" if _UPSTREAM[protocol][0] == "framed" else "buffered"
+    if transport is None:
+        transport = "framed" if _UPSTREAM[protocol][0] == "framed" else "buffered"
     argv = [
         python, "TestServer.py", f"--genpydir={gen}", f"--protocol={protocol}",
         f"--transport={transport}", f"--port={port}", "TSimpleServer",
     ]  # fmt: skip
+    if transport == "zlib":
+        argv.append("--zlib")
     process = start_process(argv, cwd=suite / "test" / "py")
     try:
         wait_for_port(HOST, port, timeout=30)
@@ -161,17 +167,25 @@ _FAILED_TEST = re.compile(r"^(ERROR|FAIL): (\w+)", re.MULTILINE)
 
 
 def run_client(
-    suite: Path, python: str, gen: Path, run: Run, node: GatewayProcess, timeout: float
+    suite: Path,
+    python: str,
+    gen: Path,
+    run: Run,
+    node: GatewayProcess | None,
+    timeout: float,
+    port: int = 0,
 ) -> tuple[bool, str]:
-    """(passed, why not) of one TestClient run through ``node``."""
+    """(passed, why not) of one TestClient run through ``node`` (None: directly to the
+    TestServer on ``port``)."""
     argv = [
-        python, "TestClient.py", f"--genpydir={gen}", f"--host={node.host}",
-        f"--port={node.port}", f"--protocol={run.client_protocol}",
+        python, "TestClient.py", f"--genpydir={gen}", f"--host={HOST}",
+        f"--port={node.port if node else port}", f"--protocol={run.client_protocol}",
         f"--transport={run.transport}",
     ]  # fmt: skip
     if run.transport == "zlib":
         argv.append("--zlib")
-    seen = len(node.process.stderr_lines) + len(node.process.stdout_lines)
+    lines = [] if node is None else node.process.stdout_lines + node.process.stderr_lines
+    seen = len(lines)
     try:
         done = subprocess.run(
             argv, cwd=suite / "test" / "py", capture_output=True, text=True, timeout=timeout
@@ -181,7 +195,7 @@ def run_client(
     if done.returncode == 0:
         return True, ""
     failed = [name for _, name in _FAILED_TEST.findall(done.stderr)]
-    log = (node.process.stdout_lines + node.process.stderr_lines)[seen:]
+    log = [] if node is None else (node.process.stdout_lines + node.process.stderr_lines)[seen:]
     closing = [line.split("closing client", 1)[-1] for line in log if "closing client" in line]
     why = f"{len(failed)} tests failed ({', '.join(failed[:4])})" if failed else "client error"
     if closing:
@@ -199,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--timeout", type=float, default=60.0, help="per client run")
     parser.add_argument("--markdown", type=Path, help="also write the matrix here")
+    parser.add_argument(
+        "--no-direct", action="store_true", help="skip the reference runs without the gateway"
+    )
     args = parser.parse_args(argv)
     suite: Path = args.suite.resolve()
     if not (suite / "test" / "py" / "TestClient.py").exists():
@@ -214,6 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[Run, tuple[bool, str]] = {}
     with tempfile.TemporaryDirectory(prefix="crosstest-") as scratch:
         gen = generate(suite, Path(scratch))
+        if not args.no_direct:
+            # The reference: each client against a TestServer of its own dialect, no gateway.
+            for run in {
+                Run(r.server_protocol, r.client_protocol, r.transport, "direct") for r in runs
+            }:
+                with test_server(
+                    suite, args.python, gen, run.server_protocol, run.transport
+                ) as port:
+                    results[run] = run_client(
+                        suite, args.python, gen, run, None, args.timeout, port
+                    )
+                print(f"{run.label}: {'pass' if results[run][0] else 'FAIL ' + results[run][1]}")
         for backend in sorted({run.backend for run in runs}):
             with test_server(suite, args.python, gen, backend) as port:
                 for mode in args.modes.split(","):
@@ -232,28 +261,32 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.markdown is not None:
         args.markdown.write_text(table)
-    passed = sum(ok for ok, _ in results.values())
-    print(f"{passed} of {len(results)} runs pass")
-    return 0 if passed == len(results) else 1
+    through = {run: result for run, result in results.items() if run.mode != "direct"}
+    passed = sum(ok for ok, _ in through.values())
+    print(f"{passed} of {len(through)} runs through the gateway pass")
+    return 0 if passed == len(through) else 1
 
 
 def render(results: dict[Run, tuple[bool, str]]) -> str:
     """The matrix as markdown: one row per protocol pair x transport, one column per mode."""
-    modes = [m for m in MODES if any(r.mode == m for r in results)]
-    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    modes = [m for m in ("direct", *MODES) if any(r.mode == m for r in results)]
+    rows: dict[tuple[str, str], dict[str, str]] = {}
     for run, (ok, why) in results.items():
         pair = run.client_protocol
         if run.server_protocol != run.client_protocol:
             pair = f"{run.server_protocol}:{run.client_protocol}"
-        row = rows.setdefault((pair, run.transport, run.backend), {})
+        row = rows.setdefault((pair, run.transport), {})
+        if run.mode != "direct":
+            row["backend"] = run.backend
         row[run.mode] = "pass" if ok else f"**fail**: {why}"
     out = [
         "| language | protocol | transport | backend | " + " | ".join(modes) + " |",
         "|---|---|---|---|" + "---|" * len(modes),
     ]
-    for (pair, transport, backend), cells in rows.items():
+    for (pair, transport), cells in sorted(rows.items()):
         line = " | ".join(cells.get(mode, "-") for mode in modes)
-        out.append(f"| {LANGUAGE} | {pair} | {transport} | {backend} framed | {line} |")
+        backend = cells.get("backend", "-")
+        out.append(f"| {LANGUAGE} | {pair} | {transport} | {backend} | {line} |")
     return "\n".join(out) + "\n"
 
 

@@ -151,6 +151,17 @@ class Json:
         return binary_to_json(data, self._limits)
 
 
+class BadFirstCall(MalformedMessage):
+    """The first JSON call of a connection is bad but its header decoded: the connection's
+    ``layers`` are known (their inner stream is strict binary, buffered) and ``error`` is to
+    be answered as on any other connection."""
+
+    def __init__(self, error: MalformedMessage, layers: list[Layer]) -> None:
+        super().__init__(str(error), error.header)
+        self.error = error
+        self.layers = layers
+
+
 def _zlib_header(first: int, second: int) -> bool:
     # CMF: deflate (8) with a window of at most 32 KiB; FCHECK makes the pair a multiple of 31;
     # no preset dictionary (TZlibTransport never uses one).
@@ -252,12 +263,18 @@ def detect_stack(prefix: bytes, limits: Limits, depth: int = 0) -> Stack | None:
     except HttpError:
         raise  # answered with an HTTP error status
     except MalformedMessage as exc:
+        if isinstance(layer, Json) and exc.header is not None:
+            raise BadFirstCall(exc, [layer]) from None
         raise NotThrift(f"{layer.name}: {exc}") from None
     if isinstance(layer, Json):
         # The proxy sees the JSON calls as strict binary messages back to back: known now,
         # however long the first message is.
         return [layer], TransportKind.BUFFERED, ProtocolKind.BINARY, inner
-    found = detect_stack(inner, limits, depth + 1)
+    try:
+        found = detect_stack(inner, limits, depth + 1)
+    except BadFirstCall as exc:
+        exc.layers.insert(0, layer)
+        raise
     if found is None:
         return None
     layers, transport, protocol, rest = found

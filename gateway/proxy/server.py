@@ -40,7 +40,7 @@ from zope.interface import implementer
 from gateway.errors import PROTOCOL_ERROR
 from gateway.primitives import DeferredPool
 from gateway.proxy.connections import DEFAULT_CLIENT_LIMITS, ClientLimits, ConnectionTable
-from gateway.proxy.dialects import Layer, detect_stack, max_prefix, unwrap, wrap
+from gateway.proxy.dialects import BadFirstCall, Layer, detect_stack, max_prefix, unwrap, wrap
 from gateway.proxy.handler import CallHandler
 from gateway.proxy.http import Http, HttpError, refusal
 from gateway.proxy.writes import send_now
@@ -127,6 +127,11 @@ class ClientConnection(Protocol):
                 stack = detect_stack(self._prefix, self._limits)
             except HttpError as exc:
                 self._refuse(exc)
+                return
+            except BadFirstCall as exc:
+                stack = (exc.layers, TransportKind.BUFFERED, ProtocolKind.BINARY, b"")
+                self._layers, self._transport_kind, self._protocol, _ = stack
+                self._bad_input(exc.error)
                 return
             except NotThrift as exc:
                 self._close(f"not a Thrift stream ({exc})")
