@@ -103,6 +103,9 @@ class GatewayConfig:
     max_connections: int = 10_000  # open client connections; more are closed at once
     # Processes serving the client port (gateway.workers): 1 = this process, no supervisor.
     workers: int = 1
+    # THeader replies zlib-compressed when their call was (docs/dialects-notes.md: off by
+    # default because Apache Thrift C++ 0.17 overruns its heap inflating large ones).
+    header_zlib_replies: bool = False
 
 
 def parse_address(text: str, key: str, allow_zero: bool = False) -> Address:
@@ -416,6 +419,8 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
         if name in gw:
             kwargs[name] = _take(gw, name, int, "gateway")
             _positive(kwargs[name], f"gateway.{name}")
+    if "header_zlib_replies" in gw:
+        kwargs["header_zlib_replies"] = _take(gw, "header_zlib_replies", bool, "gateway")
     if "idle_timeout" in gw:
         kwargs["idle_timeout"] = float(_take(gw, "idle_timeout", (int, float), "gateway"))
         if kwargs["idle_timeout"] < 0:

@@ -214,6 +214,52 @@ def test_garbage_inside_zlib_closes_only_that_connection(
     node.process.wait_for_line(r"closing client .*zlib", stream="stderr")
 
 
+def _header_zlib_call(supervisor: Any, arg: str) -> bytes:
+    """A stock THeader call (binary, zlib transform) as the bytes it puts on the socket."""
+    from thrift.transport.THeaderTransport import THeaderTransformID
+    from thrift.transport.TTransport import TMemoryBuffer
+
+    sink = TMemoryBuffer()
+    protocol = THeaderProtocol(sink, [THeaderClientType.HEADERS])
+    protocol.add_transform(THeaderTransformID.ZLIB)
+    supervisor.Client(protocol).send_echo(arg, {}, 0.0)
+    return sink.getvalue()
+
+
+def _one_reply_frame(address: str, data: bytes) -> tuple[bytes, Any]:
+    """Send ``data``; the first THeader frame answered, parsed: (payload, HeaderInfo)."""
+    from gateway.thrift import parse_frame
+
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        buf = b""
+        while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+            chunk = sock.recv(65536)
+            assert chunk, "closed before a whole reply frame"
+            buf += chunk
+    return parse_frame(buf[4 : 4 + int.from_bytes(buf[:4], "big")])
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_header_zlib_replies(
+    tmp_path: Path,
+    backend: CountingBackend,
+    nodes: list[GatewayProcess],
+    stock_supervisor: Any,
+    enabled: bool,
+) -> None:
+    """A zlib-compressed THeader call is answered zlib-compressed with
+    ``header_zlib_replies = true``, uncompressed by default; the reply is right either way."""
+    extra = "header_zlib_replies = true" if enabled else ""
+    address = gateway(
+        nodes, write_config(tmp_path, backend, gateway_extra=extra), "zlib-replies"
+    ).address
+    payload, info = _one_reply_frame(address, _header_zlib_call(stock_supervisor, "z" * 3000))
+    assert info.transforms == ((1,) if enabled else ())
+    assert b"z" * 3000 in payload
+
+
 class _Memory:
     """A readable thrift transport over bytes (TMemoryBuffer without the write side)."""
 

@@ -61,6 +61,7 @@ from gateway.thrift import (
     application_exception,
     encode,
     error_answer,
+    reply_frame,
 )
 
 log = logging.getLogger("gateway.server")
@@ -363,7 +364,9 @@ class ClientConnection(Protocol):
     def _write(self, message: bytes, frame: HeaderInfo | None = None) -> None:
         """Write ``message`` in the connection's dialect; ``frame`` is the THeader frame of
         the call it answers (its fields are echoed), None on framed/buffered connections."""
-        if self._transport_kind is not None:
+        if frame is not None and frame.transforms and self._table.limits.header_zlib_replies:
+            self._write_bytes(reply_frame(message, frame, transforms=frame.transforms))
+        elif self._transport_kind is not None:
             self._write_bytes(encode(self._transport_kind, message, frame))
 
     def _write_bytes(self, data: bytes) -> None:
