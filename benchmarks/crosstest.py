@@ -40,7 +40,9 @@ from gateway.testing import GatewayProcess, start_gateway, start_process, wait_f
 
 HOST = "127.0.0.1"
 MODES = ("passthrough", "coalesce", "cache")
-LANGUAGE = "py"
+LANGUAGES = ("py", "cpp")
+# Transports the gateway does not serve on the client port (reported, not run).
+UNSUPPORTED = {"websocket": "WebSocket transport is not served by the gateway"}
 # Server protocols the gateway can speak upstream -> its backend (transport, protocol, multiplexed).
 _UPSTREAM = {
     "binary": ("framed", "binary", False),
@@ -54,6 +56,7 @@ _UPSTREAM = {
 
 @dataclass(frozen=True)
 class Run:
+    language: str  # of the client
     server_protocol: str  # the suite's name of the server side
     client_protocol: str
     transport: str
@@ -71,15 +74,16 @@ class Run:
         pair = self.client_protocol
         if self.server_protocol != self.client_protocol:
             pair = f"{self.server_protocol}:{self.client_protocol}"
-        return f"{LANGUAGE} {pair} {self.transport} {self.mode}"
+        return f"{self.language} {pair} {self.transport} {self.mode}"
 
 
-def matrix(suite: Path, language: str = LANGUAGE) -> tuple[list[tuple[str, str]], list[str]]:
-    """``(protocol pairs (server, client), transports)`` that tests.json lists for ``language``."""
+def matrix(suite: Path, language: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """``(protocol pairs (server, client), transports)`` that tests.json lists for
+    ``language``'s client (the py servers serve every protocol it names)."""
     entries = json.loads((suite / "test" / "tests.json").read_text())
     entry = next(e for e in entries if e["name"] == language)
     pairs = []
-    for proto in entry["protocols"]:
+    for proto in [*entry["protocols"], *entry.get("client", {}).get("protocols", [])]:
         server, _, client = proto.partition(":")
         pairs.append((server, client or server))
     return pairs, list(entry["transports"])
@@ -168,19 +172,19 @@ _FAILED_TEST = re.compile(r"^(ERROR|FAIL): (\w+)", re.MULTILINE)
 
 def run_client(
     suite: Path,
-    python: str,
-    gen: Path,
+    client: list[str],
     run: Run,
     node: GatewayProcess | None,
     timeout: float,
     port: int = 0,
 ) -> tuple[bool, str]:
-    """(passed, why not) of one TestClient run through ``node`` (None: directly to the
-    TestServer on ``port``)."""
-    argv = [
-        python, "TestClient.py", f"--genpydir={gen}", f"--host={HOST}",
-        f"--port={node.port if node else port}", f"--protocol={run.client_protocol}",
-        f"--transport={run.transport}",
+    """(passed, why not) of one TestClient run (``client``: its argv before the options)
+    through ``node`` (None: directly to the TestServer on ``port``)."""
+    if run.transport in UNSUPPORTED:
+        return False, UNSUPPORTED[run.transport]
+    argv = [*client,
+        f"--host={HOST}", f"--port={node.port if node else port}",
+        f"--protocol={run.client_protocol}", f"--transport={run.transport}",
     ]  # fmt: skip
     if run.transport == "zlib":
         argv.append("--zlib")
@@ -209,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("suite", type=Path, help="the Apache Thrift tree (test/py, test/*.json)")
     parser.add_argument("--python", default=sys.executable, help="runs TestClient/TestServer")
+    parser.add_argument("--language", choices=LANGUAGES, default="py", help="of the client")
+    parser.add_argument("--cpp-client", type=Path, help="the built test/cpp TestClient binary")
     parser.add_argument("--only", default="", help="run only protocols containing this")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--timeout", type=float, default=60.0, help="per client run")
@@ -220,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     suite: Path = args.suite.resolve()
     if not (suite / "test" / "py" / "TestClient.py").exists():
         raise SystemExit(f"{suite} has no test/py/TestClient.py (the Apache Thrift suite)")
-    pairs, transports = matrix(suite)
+    language: str = args.language
+    pairs, transports = matrix(suite, language)
     runs = [
-        Run(server, client, transport, mode)
+        Run(language, server, client, transport, mode)
         for mode in args.modes.split(",")
         for server, client in pairs
         if args.only in f"{server}:{client}"
@@ -231,17 +238,25 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[Run, tuple[bool, str]] = {}
     with tempfile.TemporaryDirectory(prefix="crosstest-") as scratch:
         gen = generate(suite, Path(scratch))
+        if language == "cpp":
+            if args.cpp_client is None:
+                raise SystemExit("--language cpp needs --cpp-client (test/cpp's TestClient built)")
+            client = [str(args.cpp_client.resolve())]
+        else:
+            client = [args.python, "TestClient.py", f"--genpydir={gen}"]
         if not args.no_direct:
             # The reference: each client against a TestServer of its own dialect, no gateway.
             for run in {
-                Run(r.server_protocol, r.client_protocol, r.transport, "direct") for r in runs
+                Run(language, r.server_protocol, r.client_protocol, r.transport, "direct")
+                for r in runs
             }:
+                if run.transport in UNSUPPORTED:
+                    results[run] = (False, UNSUPPORTED[run.transport])
+                    continue
                 with test_server(
                     suite, args.python, gen, run.server_protocol, run.transport
                 ) as port:
-                    results[run] = run_client(
-                        suite, args.python, gen, run, None, args.timeout, port
-                    )
+                    results[run] = run_client(suite, client, run, None, args.timeout, port)
                 print(f"{run.label}: {'pass' if results[run][0] else 'FAIL ' + results[run][1]}")
         for backend in sorted({run.backend for run in runs}):
             with test_server(suite, args.python, gen, backend) as port:
@@ -252,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                     with gateway(Path(scratch), port, backend, mode) as node:
                         for run in mine:
                             started = time.monotonic()
-                            ok, why = run_client(suite, args.python, gen, run, node, args.timeout)
+                            ok, why = run_client(suite, client, run, node, args.timeout)
                             results[run] = (ok, why)
                             took = time.monotonic() - started
                             status = "pass" if ok else f"FAIL {why}"
@@ -270,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 def render(results: dict[Run, tuple[bool, str]]) -> str:
     """The matrix as markdown: one row per protocol pair x transport, one column per mode."""
     modes = [m for m in ("direct", *MODES) if any(r.mode == m for r in results)]
+    language = next(iter(results)).language if results else "py"
     rows: dict[tuple[str, str], dict[str, str]] = {}
     for run, (ok, why) in results.items():
         pair = run.client_protocol
@@ -286,7 +302,7 @@ def render(results: dict[Run, tuple[bool, str]]) -> str:
     for (pair, transport), cells in sorted(rows.items()):
         line = " | ".join(cells.get(mode, "-") for mode in modes)
         backend = cells.get("backend", "-")
-        out.append(f"| {LANGUAGE} | {pair} | {transport} | {backend} | {line} |")
+        out.append(f"| {language} | {pair} | {transport} | {backend} | {line} |")
     return "\n".join(out) + "\n"
 
 
