@@ -73,6 +73,8 @@ interop-apache: $(STAMP)
 	test -x $(APACHE_THRIFT)/.venv-py/bin/python || { $(PY) -m venv $(APACHE_THRIFT)/.venv-py && \
 		$(APACHE_THRIFT)/.venv-py/bin/python -m pip install --quiet $(APACHE_THRIFT)/lib/py; }
 	$(BIN)/python -m benchmarks.crosstest $(APACHE_THRIFT) --python $(APACHE_THRIFT)/.venv-py/bin/python
+	$(BIN)/python -m benchmarks.crosstest $(APACHE_THRIFT) --python $(APACHE_THRIFT)/.venv-py/bin/python \
+		--language cpp
 
 # `make bench BASELINE=<rev>` also runs the gateway of that git revision in the comparison.
 bench: $(STAMP)
