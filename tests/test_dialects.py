@@ -266,13 +266,13 @@ def test_other_protocols_are_not_thrift(garbage: bytes) -> None:
 
 def test_framed_layer_unwraps_across_chunks_and_frames_replies() -> None:
     """The framed layer passes frame contents through whatever the chunking, and frames
-    each reply; a frame over max_frame_size is refused."""
+    each reply; a negative frame length is refused."""
     layer = Framed(DEFAULT_LIMITS)
     stream = b"\x00\x00\x00\x03abc\x00\x00\x00\x02de"
     assert b"".join(layer.unwrap(stream[i : i + 1]) for i in range(len(stream))) == b"abcde"
     assert layer.wrap(b"xy") == b"\x00\x00\x00\x02xy"
     with pytest.raises(MalformedMessage):
-        Framed(Limits(max_frame_size=10)).unwrap(b"\x00\x00\x00\x20")
+        Framed(DEFAULT_LIMITS).unwrap(b"\xff\x00\x00\x20")
 
 
 def test_zlib_layer_round_trip_and_bomb() -> None:

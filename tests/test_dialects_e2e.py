@@ -214,6 +214,21 @@ def test_garbage_inside_zlib_closes_only_that_connection(
     node.process.wait_for_line(r"closing client .*zlib", stream="stderr")
 
 
+def test_oversized_header_call_in_framing_is_answered_and_the_connection_goes_on(
+    tmp_path: Path, backend: CountingBackend, nodes: list[GatewayProcess], stock_supervisor: Any
+) -> None:
+    """A THeader-in-TFramedTransport call over max_frame_size is answered PROTOCOL_ERROR
+    without reaching the backend, and the next call on that connection is served."""
+    config = write_config(tmp_path, backend, gateway_extra="max_frame_size = 4096")
+    address = gateway(nodes, config, "oversized").address
+    with stock_client(stock_supervisor, address, "header-in-framed") as stub:
+        with pytest.raises(TApplicationException) as info:
+            stub.echo("x" * 10_000, {}, 0.0)
+        assert info.value.type == TApplicationException.PROTOCOL_ERROR
+        assert stub.echo("small", {}, 0.0).arg == "small"
+    assert backend.count("Supervisor", "echo", "x" * 10_000) == 0
+
+
 def _header_zlib_call(supervisor: Any, arg: str) -> bytes:
     """A stock THeader call (binary, zlib transform) as the bytes it puts on the socket."""
     from thrift.transport.THeaderTransport import THeaderTransformID
