@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import socket
@@ -40,7 +41,7 @@ from gateway.testing import GatewayProcess, start_gateway, start_process, wait_f
 
 HOST = "127.0.0.1"
 MODES = ("passthrough", "coalesce", "cache")
-LANGUAGES = ("py", "cpp")
+LANGUAGES = ("py", "cpp", "nodejs")
 # Transports the gateway does not serve on the client port (reported, not run).
 UNSUPPORTED = {"websocket": "WebSocket transport is not served by the gateway"}
 # Server protocols the gateway can speak upstream -> its backend (transport, protocol, multiplexed).
@@ -192,6 +193,33 @@ def gateway(config_dir: Path, port: int, backend: str, mode: str) -> Iterator[Ga
 
 
 _FAILED_TEST = re.compile(r"^(ERROR|FAIL): (\w+)", re.MULTILINE)
+_CPP_TEST = re.compile(r"\b(test\w+)")
+
+
+NODE_MODULES = Path(os.environ.get("CROSSTEST_NODE_MODULES", "node_modules"))
+
+
+def _client_env(language: str) -> dict[str, str] | None:
+    if language != "nodejs":
+        return None
+    return {**os.environ, "NODE_PATH": str(NODE_MODULES.resolve())}
+
+
+def prepare_node(suite: Path, modules: Path | None) -> list[str]:
+    """The Node.js client's argv (lib/nodejs/test/client.js): code generated into the suite's
+    scratch tree (gen-nodejs), npm packages thrift@0.17.0, commander and tape in ``modules``
+    (``npm install thrift@0.17.0 commander@2.20.3 tape@4.17.0`` there)."""
+    global NODE_MODULES
+    if modules is None or not (modules / "thrift").exists():
+        raise SystemExit("--language nodejs needs --node-modules with thrift, commander, tape")
+    NODE_MODULES = modules
+    test = suite / "lib" / "nodejs" / "test"
+    compiler = shutil.which("thrift") or "thrift"
+    idl = suite / "test" / "ThriftTest.thrift"
+    gen = [compiler, "--gen", "js:node", "-out", str(test / "gen-nodejs"), str(idl)]
+    (test / "gen-nodejs").mkdir(exist_ok=True)
+    subprocess.run(gen, check=True, capture_output=True, timeout=120)
+    return ["node", "client.js", "--type=tcp"]
 
 
 def run_client(
@@ -216,13 +244,28 @@ def run_client(
     seen = len(lines)
     try:
         done = subprocess.run(
-            argv, cwd=suite / "test" / "py", capture_output=True, text=True, timeout=timeout
+            argv,
+            cwd=suite / ("lib/nodejs/test" if run.language == "nodejs" else "test/py"),
+            env=_client_env(run.language),
+            capture_output=True,
+            text=True,
+            errors="replace",  # the C++ client prints binary values raw
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return False, f"client timed out after {timeout:g}s"
     if done.returncode == 0:
         return True, ""
     failed = [name for _, name in _FAILED_TEST.findall(done.stderr)]
+    if run.language == "cpp":  # "testI32(...) ... *** FAILED ***" and the like, on stdout
+        output = done.stdout + done.stderr
+        failed = sorted(
+            {m for line in output.splitlines() if "FAIL" in line for m in _CPP_TEST.findall(line)}
+        )
+    if run.language == "nodejs":  # tape: "not ok 12 testI32"
+        failed = [
+            line[7:].strip() for line in done.stdout.splitlines() if line.startswith("not ok")
+        ]
     log = [] if node is None else (node.process.stdout_lines + node.process.stderr_lines)[seen:]
     closing = [line.split("closing client", 1)[-1] for line in log if "closing client" in line]
     why = f"{len(failed)} tests failed ({', '.join(failed[:4])})" if failed else "client error"
@@ -238,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", type=Path, help="the Apache Thrift tree (test/py, test/*.json)")
     parser.add_argument("--python", default=sys.executable, help="runs TestClient/TestServer")
     parser.add_argument("--language", choices=LANGUAGES, default="py", help="of the client")
+    parser.add_argument("--node-modules", type=Path, help="npm packages for the Node.js client")
     parser.add_argument(
         "--cpp-client", type=Path, help="test/cpp's TestClient, built (default: build it)"
     )
@@ -264,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[Run, tuple[bool, str]] = {}
     with tempfile.TemporaryDirectory(prefix="crosstest-") as scratch:
         gen = generate(suite, Path(scratch))
-        if language == "cpp":
+        if language == "nodejs":
+            client = prepare_node(suite, args.node_modules)
+        elif language == "cpp":
             binary = args.cpp_client or build_cpp_client(suite, Path(scratch))
             client = [str(binary.resolve())]
         else:

@@ -344,3 +344,15 @@ def test_http_1_0_closes_after_the_response() -> None:
     http = Http(DEFAULT_LIMITS)
     http.unwrap(_request(b"x", "POST / HTTP/1.0\r\n"))
     assert b"Connection: close" in http.respond() and http.closing
+
+
+def test_http_oneway_answers_follow_the_client() -> None:
+    """A request whose calls were all oneway gets an empty 200, except from Apache's C++
+    THttpClient, which reads no response to it."""
+    for agent, answered in (
+        ("Python/THttpClient", True),
+        ("Thrift/0.17.0 (C++/THttpClient)", False),
+    ):
+        http = Http(DEFAULT_LIMITS)
+        http.unwrap(_request(b"x", f"POST / HTTP/1.1\r\nUser-Agent: {agent}\r\n"))
+        assert bool(http.respond()) is answered

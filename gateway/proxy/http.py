@@ -4,7 +4,8 @@ What THttpClient (Python, C++, Java), the Node.js library and browsers' XHR clie
 ``POST <any path> HTTP/1.1`` with ``Content-Length`` and the protocol's bytes as the body
 (binary, compact, JSON or THeader frames; ``Content-Type`` ``application/x-thrift`` or
 ``application/vnd.apache.thrift.*``, not checked). The answer is ``200 OK`` carrying the
-replies of the calls in the body (an empty body for oneway calls), ``Content-Type:
+replies of the calls in the body (an empty body for oneway calls, except to Apache's C++
+THttpClient, which reads no response to a oneway call and gets none), ``Content-Type:
 application/x-thrift``, with the request's keep-alive honoured (HTTP/1.1 default on, HTTP/1.0
 only with ``Connection: keep-alive``).
 
@@ -62,6 +63,7 @@ class Http:
         self._in_request = False  # a request head was read and is not answered yet
         self._reply = bytearray()  # the current response's body, as replies come
         self.keep_alive = True
+        self._silent_oneway = False  # a request without replies gets no response (C++)
         self.closing = False  # the last response went out with "Connection: close"
 
     @property
@@ -118,6 +120,9 @@ class Http:
                 413,
                 f"HTTP body of {length} bytes exceeds max_frame_size {self._limits.max_frame_size}",
             )
+        # Apache's C++ THttpClient sends a oneway call and never reads a response to it (its
+        # THttpServer writes none); every other client (Python, Java, Node.js) waits for one.
+        self._silent_oneway = "C++/THttpClient" in fields.get("user-agent", "")
         connection = fields.get("connection", "").lower()
         if version == "HTTP/1.0":
             self.keep_alive = "keep-alive" in connection
@@ -142,6 +147,8 @@ class Http:
         self._in_request = False
         if not self.keep_alive:
             self.closing = True
+        if not body and self._silent_oneway:
+            return b""  # only oneway calls: this client reads no response
         return response(200, body, keep_alive=self.keep_alive, content_type="application/x-thrift")
 
     def has_next(self) -> bool:
