@@ -196,23 +196,28 @@ _FAILED_TEST = re.compile(r"^(ERROR|FAIL): (\w+)", re.MULTILINE)
 _CPP_TEST = re.compile(r"\b(test\w+)")
 
 
-NODE_MODULES = Path(os.environ.get("CROSSTEST_NODE_MODULES", "node_modules"))
+_NODE_PATH: list[str] = []  # set by prepare_node
 
 
 def _client_env(language: str) -> dict[str, str] | None:
     if language != "nodejs":
         return None
-    return {**os.environ, "NODE_PATH": str(NODE_MODULES.resolve())}
+    return {**os.environ, "NODE_PATH": os.pathsep.join(_NODE_PATH)}
 
 
-def prepare_node(suite: Path, modules: Path | None) -> list[str]:
+def prepare_node(suite: Path, modules: Path | None, scratch: Path) -> list[str]:
     """The Node.js client's argv (lib/nodejs/test/client.js): code generated into the suite's
-    scratch tree (gen-nodejs), npm packages thrift@0.17.0, commander and tape in ``modules``
-    (``npm install thrift@0.17.0 commander@2.20.3 tape@4.17.0`` there)."""
-    global NODE_MODULES
+    scratch tree (gen-nodejs); ``modules`` holds the npm packages it needs (``npm install
+    thrift@0.17.0 commander@2.20.3 tape@4.17.0`` there). ``require("thrift")`` is pointed at
+    the suite's own lib/nodejs (the test helpers load it by path: two copies of the library
+    would not recognise each other's errors)."""
     if modules is None or not (modules / "thrift").exists():
         raise SystemExit("--language nodejs needs --node-modules with thrift, commander, tape")
-    NODE_MODULES = modules
+    shim = scratch / "node-shim" / "thrift"
+    shim.mkdir(parents=True, exist_ok=True)
+    library = suite / "lib" / "nodejs" / "lib" / "thrift"
+    (shim / "index.js").write_text(f"module.exports = require({json.dumps(str(library))});\n")
+    _NODE_PATH[:] = [str(shim.parent), str(modules.resolve())]
     test = suite / "lib" / "nodejs" / "test"
     compiler = shutil.which("thrift") or "thrift"
     idl = suite / "test" / "ThriftTest.thrift"
@@ -287,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", default="", help="run only protocols containing this")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--transports", default="", help="comma-separated (default: all listed)")
     parser.add_argument("--timeout", type=float, default=60.0, help="per client run")
     parser.add_argument("--markdown", type=Path, help="also write the matrix here")
     parser.add_argument(
@@ -304,12 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         for server, client in pairs
         if args.only in f"{server}:{client}"
         for transport in transports
+        if not args.transports or transport in args.transports.split(",")
     ]
     results: dict[Run, tuple[bool, str]] = {}
     with tempfile.TemporaryDirectory(prefix="crosstest-") as scratch:
         gen = generate(suite, Path(scratch))
         if language == "nodejs":
-            client = prepare_node(suite, args.node_modules)
+            client = prepare_node(suite, args.node_modules, Path(scratch))
         elif language == "cpp":
             binary = args.cpp_client or build_cpp_client(suite, Path(scratch))
             client = [str(binary.resolve())]
