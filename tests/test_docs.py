@@ -172,3 +172,12 @@ def test_documented_default_is_the_real_one(table: str, key: str, cell: str) -> 
         assert (type(real), real) == (type(default), default), f"[{table}] {key}"
         explicit = build_config(config_with(table, key, default), {})
         assert explicit == replace(base), f"[{table}] {key} = {cell} is not the default"
+
+
+def test_readme_links_resolve() -> None:
+    """Every relative link of README.md (the front page, outside the site) names a real file."""
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert len(local) >= 10
+    assert [link for link in local if not (ROOT / link).exists()] == []
