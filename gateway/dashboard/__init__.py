@@ -17,9 +17,9 @@ import redis
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from gateway.cluster.status import collect, open_client
-    from gateway.cluster.url import InvalidRedisURL
     from gateway.config import ConfigError, parse_address
+    from gateway.ops.status import collect, open_client
+    from gateway.redis.url import InvalidRedisURL
 
     try:
         listen = parse_address(args.listen, "--listen", allow_zero=True)

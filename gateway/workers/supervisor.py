@@ -354,11 +354,11 @@ class Supervisor:
         redis = self.config.redis
         if redis is None:
             return
-        from gateway.cluster.heartbeat import Heartbeat
         from gateway.cluster.keys import KeySchema
-        from gateway.cluster.topology import open_links
-        from gateway.cluster.url import parse_redis_target
         from gateway.observe import Observations
+        from gateway.ops.heartbeat import Heartbeat
+        from gateway.redis.topology import open_links
+        from gateway.redis.url import parse_redis_target
 
         # Only the command link: the supervisor coordinates nothing, it publishes.
         self._links = open_links(

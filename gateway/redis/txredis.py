@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from gateway.cluster.url import RedisURL
+from gateway.redis.url import RedisURL
 
 
 class RedisUnavailable(Exception):

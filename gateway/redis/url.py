@@ -77,7 +77,7 @@ class RedisURL:
     def endpoint(self, reactor: Any, timeout: float = 5.0) -> IStreamClientEndpoint:
         """A Twisted client endpoint for this server (see endpoints.client_endpoint)."""
         # Imported here: this module stays importable without Twisted's TLS stack.
-        from gateway.cluster.endpoints import client_endpoint
+        from gateway.redis.endpoints import client_endpoint
 
         return client_endpoint(self, reactor, timeout)
 

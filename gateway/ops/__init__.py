@@ -1,0 +1,1 @@
+"""gateway.ops: see issue 18 (layout)."""

@@ -1,0 +1,1 @@
+"""gateway.redis: see issue 18 (layout)."""
