@@ -18,8 +18,9 @@ from gateway.localredis import RedisServer
 from gateway.observe import Observations
 from gateway.ops.opskeys import OpsKeys, hot_member, minute_of
 from gateway.ops.status import collect, render_report
+from gateway.processes import gateway_cli
 from gateway.stats import NodeStats
-from gateway.testing import DirectCoordinator, gateway_cli
+from gateway.testing import DirectCoordinator
 
 pytestmark = pytest.mark.integration
 

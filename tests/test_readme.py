@@ -15,7 +15,7 @@ import yaml
 
 from gateway.cli import build_parser
 from gateway.config import build_config
-from gateway.testing import REPO_ROOT
+from gateway.processes import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 BLOCKS = [

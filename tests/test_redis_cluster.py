@@ -33,12 +33,13 @@ from gateway.cluster.node import ClusterNode
 from gateway.cluster.options import ClusterOptions
 from gateway.contracts import BackendReply, MethodPolicy, ReplyKind
 from gateway.localredis import LocalCluster, RedisServer, run
+from gateway.processes import backend_count, wait_for_redis_mode
 from gateway.redis.connection import RedisCommandError
 from gateway.redis.shards import ClusterRedis
 from gateway.redis.slots import key_slot
 from gateway.redis.url import ClusterURL, parse_redis_target
 from gateway.stats import NodeStats
-from gateway.testing import DirectCoordinator, backend_count, wait_for_redis_mode
+from gateway.testing import DirectCoordinator
 
 pytestmark = pytest.mark.integration
 

@@ -31,12 +31,13 @@ from twisted.internet.task import deferLater
 
 from gateway.cluster.node import ClusterNode
 from gateway.localredis import RedisServer, SentinelGroup, free_port, run
+from gateway.processes import backend_count, wait_for_redis_mode
 from gateway.redis.connection import RedisUnavailable
 from gateway.redis.sentinel import SentinelLocator
 from gateway.redis.txredis import connect
 from gateway.redis.url import SentinelURL, parse_redis_target
 from gateway.stats import NodeStats
-from gateway.testing import DirectCoordinator, backend_count, wait_for_redis_mode
+from gateway.testing import DirectCoordinator
 
 pytestmark = pytest.mark.integration
 

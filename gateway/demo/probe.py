@@ -8,7 +8,7 @@ time reads as "no data", never as an error.
 
 from __future__ import annotations
 
-from gateway.testing import GatewayProcess, metric_samples, metric_total
+from gateway.processes import GatewayProcess, metric_samples, metric_total
 
 
 def progress_counts(node: GatewayProcess) -> tuple[int, int]:

@@ -28,7 +28,7 @@ from gateway.demo.processes import DemoCluster, DemoError, Settings
 from gateway.demo.progress import Progress
 from gateway.demo.summary import build_summary, render_summary
 from gateway.ops.status import collect
-from gateway.testing import ManagedProcess
+from gateway.processes import ManagedProcess
 
 PREFIX = "gw:"
 
