@@ -85,9 +85,11 @@ def test_rediss_endpoint_wraps_tcp_in_tls() -> None:
     from twisted.internet import reactor
     from twisted.internet.endpoints import HostnameEndpoint
 
+    from gateway.redis.endpoints import client_endpoint
+
     # Nothing connects: building an endpoint only needs the reactor's name resolver.
-    assert isinstance(parse_redis_url("redis://h").endpoint(reactor), HostnameEndpoint)
-    tls = parse_redis_url("rediss://h?ssl_cert_reqs=none").endpoint(reactor)
+    assert isinstance(client_endpoint(parse_redis_url("redis://h"), reactor), HostnameEndpoint)
+    tls = client_endpoint(parse_redis_url("rediss://h?ssl_cert_reqs=none"), reactor)
     assert not isinstance(tls, HostnameEndpoint)
     assert isinstance(tls._wrappedEndpoint, HostnameEndpoint)
 
