@@ -45,6 +45,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from gateway.config import ConfigError, GatewayConfig, advertised_address
 from gateway.logs import setup_logging
 from gateway.proxy.node import DrainSummary
+from gateway.runconfig import load_from_args
 from gateway.stats import NodeStats
 from gateway.workers import sockets
 from gateway.workers.aggregate import DrainLine, NodeView, Reading, parse_drain_line, worst_mode
@@ -430,8 +431,6 @@ class Supervisor:
         log.info("signal %d: forwarded to %d worker(s)", signum, sent)
         # The workers may reload drain_timeout: keep our deadline for their drain in step.
         # Anything else the supervisor runs by (port, admin, workers) needs a restart.
-        from gateway.app import load_from_args
-
         with contextlib.suppress(ConfigError):  # a bad file: the workers keep theirs too
             self.drain_timeout = load_from_args(self._args).drain_timeout
 
