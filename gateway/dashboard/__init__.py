@@ -4,6 +4,9 @@
 ``static/``) and ``/api/status``, the report of ``gateway status --json``. It needs no gateway
 node: any machine that reaches the Redis can run it. Prints one line once listening:
 ``gateway dashboard listening on http://HOST:PORT/ (redis redis://host:6379/0)``.
+
+May import: gateway.ops, gateway.redis, gateway.config, gateway.primitives,
+gateway.reactors.
 """
 
 from __future__ import annotations
