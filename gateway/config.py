@@ -15,11 +15,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# url.py is standard-library only (like keys.py for the CLI): validating a URL here loads
-# no Twisted or Redis client.
-from gateway.cluster.url import InvalidRedisURL, parse_redis_target
 from gateway.contracts import MethodPolicy
 from gateway.observe import PREVIEW_LIMIT
+
+# url.py is standard-library only (like keys.py for the CLI): validating a URL here loads
+# no Twisted or Redis client.
+from gateway.redis.url import InvalidRedisURL, parse_redis_target
 
 MODES = ("coalesce", "cache", "passthrough")
 TRANSPORTS = ("framed", "buffered", "header")

@@ -25,7 +25,7 @@ import yaml
 
 from gateway.cli import build_parser
 from gateway.config import build_config
-from gateway.testing import REPO_ROOT
+from gateway.processes import REPO_ROOT
 
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 
