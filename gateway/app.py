@@ -136,17 +136,21 @@ def run_serve(args: argparse.Namespace) -> int:
     # The node's one table of calls in flight; it reports finished flights as hot keys.
     flights = FlightTable(global_reactor, hot_keys=observations.hot_keys)
     cluster = build_cluster(config, reactor, stats, flights, observations, worker)
-    node = GatewayNode(
-        config,
-        reactor,
-        cluster.coordinator,
-        stats,
-        mode=worker.node_mode(cluster.mode) if worker else cluster.mode,
-        flights=flights,
-        observations=observations,
-        config_sha256=config_sha256,
-        listen_fd=worker.listen_fd if worker else None,
-    )
+    try:
+        node = GatewayNode(
+            config,
+            reactor,
+            cluster.coordinator,
+            stats,
+            mode=worker.node_mode(cluster.mode) if worker else cluster.mode,
+            flights=flights,
+            observations=observations,
+            config_sha256=config_sha256,
+            listen_fd=worker.listen_fd if worker else None,
+        )
+    except ConfigError as exc:  # a TLS certificate or key file that cannot be used
+        print(f"gateway: config error: {exc}", file=sys.stderr)
+        return 2
     try:
         node.start()
     except CannotListenError as exc:
@@ -218,8 +222,10 @@ def run_serve(args: argparse.Namespace) -> int:
     # The one stdout line: tests, the demo and scripts read the real ports from it (a
     # worker's goes to its supervisor: it means the worker serves).
     admin = f" admin {config.admin.host}:{node.admin_listen_port}" if config.admin else ""
+    tls = f" tls {config.tls_listen.host}:{node.tls_listen_port}" if config.tls_listen else ""
     print(
-        f"gateway {config.node_id} listening on {config.listen.host}:{node.listen_port}{admin}",
+        f"gateway {config.node_id} listening on "
+        f"{config.listen.host}:{node.listen_port}{admin}{tls}",
         flush=True,
     )
 
