@@ -126,14 +126,16 @@ class _ClientTLS(BufferingTLSTransport):
             transport.bufferSize = size
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self._handshakeDone and isinstance(reason.value, SSL.Error):
+        # The TLS layer keeps its own error; ``reason`` is the socket's (see the base class).
+        why = self._reason or reason
+        if not self._handshakeDone and isinstance(why.value, SSL.Error):
             below: Any = self.transport
             peer = below.getPeer() if below is not None else None
             self.factory.refusals.warning(
                 "client %s:%s: TLS handshake failed: %s",
                 getattr(peer, "host", "?"),
                 getattr(peer, "port", "?"),
-                describe_ssl_error(reason.value),
+                describe_ssl_error(why.value),
             )
         super().connectionLost(reason)
 
@@ -155,6 +157,12 @@ class TLSServerFactory(TLSMemoryBIOFactory):
 
 def describe_ssl_error(error: BaseException) -> str:
     """One line from an OpenSSL error (its reason strings), not the nested tuple repr."""
+    mismatched = getattr(error, "errors", None)  # service_identity's VerificationError
+    if isinstance(mismatched, list) and mismatched:
+        ids = [getattr(e, "mismatched_id", e) for e in mismatched]
+        names = [getattr(i, "hostname", None) or getattr(i, "ip", None) or i for i in ids]
+        shown = ", ".join(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        return f"the certificate is not valid for {shown}"
     if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
         reasons = [str(entry[-1]) for entry in error.args[0] if entry]
         if reasons:
@@ -173,5 +181,6 @@ def peer_identity(transport: Any) -> bytes:
     cert = get() if get is not None else None
     if cert is None:
         return b""
-    parts = (cert.get_issuer().der(), cert.get_subject().der())
+    parsed = cert.to_cryptography()
+    parts = (parsed.issuer.public_bytes(), parsed.subject.public_bytes())  # DER
     return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
