@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -345,3 +346,20 @@ def test_a_wrong_ca_or_server_name_fails_the_handshake_with_one_log_line(
             call_once(gw, lambda c: c.alert("again"))
         lines = [line for line in gw.process.stderr_lines if "TLS handshake" in line]
         assert len(lines) == 1, lines
+
+
+def test_a_backend_that_never_answers_the_handshake_fails_within_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    """A TLS backend whose port accepts TCP but never speaks TLS fails the handshake after
+    connect_timeout: the caller gets the TLS error instead of waiting out the call."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes TCP connects; nobody ever reads or writes
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        toml = backend_tls_toml(address, "connect_timeout = 0.5\n")
+        with start_gateway(config=write_config(tmp_path / "gw.toml", toml)) as gw:
+            line = gw.process.wait_for_line(r"TLS handshake with backend", stream="stderr")
+            assert "no handshake within 0.5s" in line.string
+            with pytest.raises(TApplicationException, match="TLS handshake"):
+                call_once(gw, lambda c: c.alert("silent"))

@@ -81,7 +81,8 @@ class TLSClientEndpoint:
         self._address, self._timeout = address, timeout
 
     def connect(self, factory: Any) -> Any:
-        done: Deferred[Any] = Deferred()
+        # Cancelled (the pool stops) while the handshake runs: drop that connection too.
+        done: Deferred[Any] = Deferred(lambda _: gate.abort())
         gate: Any = _GateFactory(factory, done, self)
         tls = TLSMemoryBIOFactory(self._creator, True, gate, self._reactor)
         connecting = self._tcp.connect(tls)
@@ -98,12 +99,19 @@ class TLSClientEndpoint:
 class _GateFactory(Factory):
     def __init__(self, app: Any, done: Deferred[Any], endpoint: TLSClientEndpoint):
         self._app, self._done, self._endpoint = app, done, endpoint
+        self._built: _Handshake | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         app = self._app.buildProtocol(addr)
         if app is None:
             return None
-        return _Handshake(app, self._done, self._endpoint)
+        self._built = _Handshake(app, self._done, self._endpoint)
+        return self._built
+
+    def abort(self) -> None:
+        transport: Any = self._built.transport if self._built is not None else None
+        if transport is not None:
+            transport.abortConnection()
 
 
 @implementer(IHandshakeListener)
