@@ -10,9 +10,11 @@ Targets, all in front of the cheap backend (:mod:`benchmarks.responder`), passth
 * ``nginx_tls``: nginx ``stream`` with ``listen ... ssl`` (TLS termination), plain upstream;
 * ``nginx``: nginx ``stream``, plain, for reference.
 
-The load generator (:mod:`benchmarks.rawload`) speaks only plain TCP, so TLS targets are
-reached through one more nginx process that originates TLS (``proxy_ssl on``), the same one
-for both TLS targets. It plays the clients' part: its CPU is not counted as the proxy's.
+The load generator (:mod:`benchmarks.rawload`) speaks only plain TCP, so every target is
+reached through one more nginx process (the *originator*, one server per target) that opens
+TLS connections to the TLS targets (``proxy_ssl on``) and plain ones to the others: each
+target has the same hop in front of it, so the same calls per reactor turn. The originator
+plays the clients' part: its CPU is not counted as the proxy's.
 Connections are made before the recorded window, so the figures are steady-state record
 encryption, not handshakes. CPU is the proxy process's utime+stime per correct reply.
 """
@@ -52,6 +54,11 @@ def terminating(port: int, backend: int, cert: Path, key: Path) -> str:
         f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
         f"        ssl_protocols TLSv1.2 TLSv1.3;\n        proxy_pass 127.0.0.1:{backend};\n    }}\n"
     )
+
+
+def plain_server(port: int, upstream: int) -> str:
+    """An nginx stream server forwarding plain TCP."""
+    return f"    server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{upstream}; }}\n"
 
 
 def originating(port: int, upstream: int) -> str:
@@ -97,49 +104,43 @@ class TLSFleet:
         return process.pid
 
     def start(self) -> list[Target]:
+        """Every target, each reached through its own server of the one originating nginx
+        (plain ones too: every target then has the same hop in front of it)."""
         fleet = self.fleet
         responder: Responder = fleet.responder()
-        targets: list[Target] = []
         node = self._gateway(responder)
         tls_port = int(node.process.wait_for_line(r" tls 127\.0\.0\.1:(\d+)").group(1))
-        if "plain" in self.only:
-            targets.append(
-                Target(
-                    "plain", "gateway, plain port", node.host, node.port, [node.pid], responder.pid
-                )
-            )
-        terminator_port = free_port()
-        terminator = None
-        if "nginx_tls" in self.only:
-            servers = terminating(terminator_port, responder.port, self.cert, self.key)
-            terminator = self._nginx("nginx_tls", servers, terminator_port)
-        origin_gw, origin_ng = free_port(), free_port()
-        servers = originating(origin_gw, tls_port)
-        if terminator is not None:
-            servers += originating(origin_ng, terminator_port)
-        if self._nginx("originator", servers, origin_gw) is None:
-            return targets
-        if "tls" in self.only:
-            targets.append(
-                Target(
-                    "tls", "gateway, tls_listen", "127.0.0.1", origin_gw, [node.pid], responder.pid
-                )
-            )
-        if terminator is not None:
-            targets.append(
-                Target(
-                    "nginx_tls",
-                    "nginx stream, TLS termination",
-                    "127.0.0.1",
-                    origin_ng,
-                    [terminator],
-                    responder.pid,
-                )
-            )
-        if "nginx" in self.only:
-            fleet.add_nginx(responder)
-            targets += [t for t in fleet.targets if t.slug == "nginx"]
-        return targets
+        # slug -> (label, port the originator forwards to, over TLS?, the proxy's pids)
+        behind: dict[str, tuple[str, int, bool, list[int]]] = {
+            "plain": ("gateway, plain port", node.port, False, [node.pid]),
+            "tls": ("gateway, tls_listen", tls_port, True, [node.pid]),
+        }
+        for slug, tls in (("nginx_tls", True), ("nginx", False)):
+            if slug not in self.only:
+                continue
+            port = free_port()
+            if tls:
+                servers = terminating(port, responder.port, self.cert, self.key)
+            else:
+                servers = plain_server(port, responder.port)
+            pid = self._nginx(slug, servers, port)
+            if pid is not None:
+                label = "nginx stream, TLS termination" if tls else "nginx stream, plain"
+                behind[slug] = (label, port, tls, [pid])
+        wanted = [slug for slug in TARGETS if slug in self.only and slug in behind]
+        fronts = {slug: free_port() for slug in wanted}
+        servers = "".join(
+            originating(fronts[slug], behind[slug][1])
+            if behind[slug][2]
+            else plain_server(fronts[slug], behind[slug][1])
+            for slug in wanted
+        )
+        if not wanted or self._nginx("originator", servers, fronts[wanted[0]]) is None:
+            return []
+        return [
+            Target(slug, behind[slug][0], "127.0.0.1", fronts[slug], behind[slug][3], responder.pid)
+            for slug in wanted
+        ]
 
     def _gateway(self, responder: Responder) -> GatewayProcess:
         config = self.fleet.tmp / "gateway.toml"
