@@ -26,6 +26,7 @@ from gateway.testing import (
     GatewayProcess,
     backend_count,
     call_once,
+    metric,
     start_example_backend,
     start_gateway,
     start_process,
@@ -337,7 +338,7 @@ def test_a_wrong_ca_or_server_name_fails_the_handshake_with_one_log_line(
     else:
         options = f'tls_ca = "{backend_pki.ca_pem}"\ntls_server_name = "wrong.example"\n'
     toml = backend_tls_toml(backend.address, options)
-    with start_gateway(config=write_config(tmp_path / "gw.toml", toml)) as gw:
+    with start_gateway(config=write_config(tmp_path / "gw.toml", toml), admin=True) as gw:
         gw.process.wait_for_line(r"TLS handshake with backend", stream="stderr")
         with pytest.raises(TApplicationException) as raised:
             call_once(gw, lambda c: c.alert("nope"))
@@ -346,6 +347,7 @@ def test_a_wrong_ca_or_server_name_fails_the_handshake_with_one_log_line(
             call_once(gw, lambda c: c.alert("again"))
         lines = [line for line in gw.process.stderr_lines if "TLS handshake" in line]
         assert len(lines) == 1, lines
+        assert metric(gw.admin_url, "gateway_errors_by_kind_total", kind="backend_tls") == 2
 
 
 def test_a_backend_that_never_answers_the_handshake_fails_within_connect_timeout(

@@ -368,8 +368,9 @@ class UpstreamPool:
             self._down = reason.value if isinstance(reason.value, GatewayError) else None
             if attempts_seen[0] == 1:
                 self._connecting -= 1
-                # One line per pool (not per connection slot) until it connects again.
-                if first and not self._warned:
+                # One line per pool (not per connection slot) until it connects again; a
+                # reconnect is worth one too when it fails for a reason (a TLS handshake).
+                if not self._warned and (first or self._down is not None):
                     self._warned = True
                     log.warning(
                         "backend %s unreachable: %s", self.address, reason.getErrorMessage()
