@@ -365,3 +365,56 @@ def test_a_backend_that_never_answers_the_handshake_fails_within_connect_timeout
             assert "no handshake within 0.5s" in line.string
             with pytest.raises(TApplicationException, match="TLS handshake"):
                 call_once(gw, lambda c: c.alert("silent"))
+
+
+def test_sighup_can_start_requiring_client_certificates(
+    pki: Pki, backend: ExampleBackend, tmp_path: Path
+) -> None:
+    """tls_client_ca added on SIGHUP: new anonymous clients are refused, a client connected
+    without a certificate before keeps being answered."""
+    pki.server()
+    config = write_config(tmp_path / "gw.toml", gateway_toml(pki, backend.address))
+    gw, tls_port = start_tls_gateway(config)
+    with gw:
+        before = TLSClient(tls_port, pki.ca_pem)
+        try:
+            assert before.alert("a") == "ack:a"
+            write_config(config, gateway_toml(pki, backend.address, client_ca=True))
+            os.kill(gw.pid, signal.SIGHUP)
+            gw.process.wait_for_line(r"reloaded", stream="stderr")
+            with pytest.raises((TTransport.TTransportException, ssl.SSLError, OSError, EOFError)):
+                anonymous = TLSClient(tls_port, pki.ca_pem)
+                try:
+                    anonymous.alert("b")
+                finally:
+                    anonymous.close()
+            assert before.alert("c") == "ack:c"
+        finally:
+            before.close()
+
+
+def test_garbage_on_the_tls_port_harms_no_call_in_flight(
+    pki: Pki, backend: ExampleBackend, tmp_path: Path
+) -> None:
+    """Plain Thrift bytes sent to the TLS port end that connection with one log line; a TLS
+    caller's call in flight at the time is answered."""
+    pki.server()
+    config = write_config(tmp_path / "gw.toml", gateway_toml(pki, backend.address))
+    gw, tls_port = start_tls_gateway(config)
+    with gw:
+        client = TLSClient(tls_port, pki.ca_pem)
+        try:
+            reply: list[str] = []
+            caller = threading.Thread(target=lambda: reply.append(client.alert("in flight")))
+            caller.start()  # the backend takes 0.5 s to answer
+            with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw:
+                raw.sendall(b"\x00\x00\x00\x0c\x80\x01\x00\x01\x00\x00\x00\x00garbage!")
+                while raw.recv(4096):  # maybe an alert, then EOF: the gateway hangs up
+                    pass
+            caller.join(timeout=20)
+            assert reply == ["ack:in flight"]
+        finally:
+            client.close()
+        gw.process.wait_for_line(r"TLS handshake failed", stream="stderr")
+        refusals = [line for line in gw.process.stderr_lines if "TLS handshake failed" in line]
+        assert len(refusals) == 1, refusals
