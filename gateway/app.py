@@ -19,6 +19,7 @@ from gateway.observe import Observations
 from gateway.proxy.local import LocalCoordinator
 from gateway.proxy.node import DrainSummary, GatewayNode
 from gateway.proxy.reload import reload_from
+from gateway.proxy.tls_upstream import check_tls_files
 from gateway.reactors import as_reactor
 from gateway.runconfig import load_file_from_args, load_from_args
 from gateway.stats import NodeStats
@@ -101,6 +102,7 @@ def run_check_config(args: argparse.Namespace) -> int:
     """``gateway check-config FILE``: 0 and a one-line summary, or 2 and serve's error line."""
     try:
         config = load_from_args(args)
+        check_tls_files(config)  # what serve reads at startup: the same error line
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import trustme
 from gateway.config import BackendTLS, ConfigError, ServerTLS, build_config
 from gateway.proxy.tls import load_certificates, peer_identity, server_context
 from gateway.proxy.tls_upstream import client_creator
+from gateway.testing import gateway_cli
 from gateway.thrift.callkey import CallIdentity
 
 BACKEND = {"backends": {"default": {"address": "127.0.0.1:9091"}}}
@@ -151,3 +153,21 @@ def test_peer_identity_is_issuer_and_subject(pki: tuple[trustme.CA, Path, Path, 
     parsed = x509.to_cryptography()
     assert parsed.subject.public_bytes() in identity and parsed.issuer.public_bytes() in identity
     assert peer_identity(_FakeTLS(None)) == b"" == peer_identity(object())
+
+
+def test_check_config_and_serve_refuse_an_unreadable_certificate_alike(tmp_path: Path) -> None:
+    """check-config reads the TLS files too: a missing tls_cert exits 2 with the very line
+    `gateway serve` prints for it."""
+    missing = tmp_path / "missing.pem"
+    toml = tmp_path / "gw.toml"
+    toml.write_text(
+        f'[gateway]\nlisten = "127.0.0.1:0"\ntls_listen = "127.0.0.1:0"\n'
+        f'tls_cert = "{missing}"\ntls_key = "{missing}"\n'
+        f'[backends.default]\naddress = "127.0.0.1:1"\n'
+    )
+    runs = [
+        subprocess.run(gateway_cli(cmd, *args), capture_output=True, text=True, timeout=60)
+        for cmd, args in (("check-config", [str(toml)]), ("serve", ["--config", str(toml)]))
+    ]
+    expected = f"gateway: config error: gateway.tls_cert {missing}: No such file or directory\n"
+    assert [(r.returncode, r.stderr) for r in runs] == [(2, expected), (2, expected)]

@@ -52,8 +52,9 @@ def _read(path: str, what: str) -> bytes:
 
 def load_certificates(path: str, what: str) -> list[crypto.X509]:
     """Every certificate of the PEM file at ``path`` (ConfigError naming ``what``)."""
+    data = _read(path, what)  # outside the try: ConfigError is a ValueError too
     try:
-        certs = x509.load_pem_x509_certificates(_read(path, what))
+        certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise ConfigError(f"{what} {path}: not a PEM certificate file ({exc})") from None
     return [crypto.X509.from_cryptography(cert) for cert in certs]
@@ -61,8 +62,9 @@ def load_certificates(path: str, what: str) -> list[crypto.X509]:
 
 def load_key(path: str, what: str) -> crypto.PKey:
     """The (unencrypted) PEM private key at ``path``."""
+    data = _read(path, what)
     try:
-        key = serialization.load_pem_private_key(_read(path, what), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{what} {path}: not an unencrypted PEM private key ({exc})") from None
     return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]  # any usable key

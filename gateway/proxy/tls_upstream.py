@@ -26,10 +26,16 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import BackendTLS
+from gateway.config import BackendTLS, GatewayConfig
 from gateway.errors import BackendTLSFailed
 from gateway.proxy.silence import drop_when_silent
-from gateway.proxy.tls import MIN_VERSIONS, describe_ssl_error, load_certificates, load_key
+from gateway.proxy.tls import (
+    MIN_VERSIONS,
+    describe_ssl_error,
+    load_certificates,
+    load_key,
+    server_context,
+)
 
 
 def client_creator(tls: BackendTLS, host: str, where: str) -> Any:
@@ -58,6 +64,16 @@ def client_creator(tls: BackendTLS, host: str, where: str) -> Any:
 
 # Any: twisted.internet.ssl is untyped (and its zope interfaces confuse mypy).
 _ssl: Any = ssl
+
+
+def check_tls_files(config: GatewayConfig) -> None:
+    """Read every certificate and key file ``config`` names, as ``gateway serve`` would at
+    startup (backends first, then the client port): ConfigError for the first unusable one."""
+    for name, backend in config.backends.items():
+        if backend.tls is not None:
+            client_creator(backend.tls, backend.address.host, f"backends.{name}")
+    if config.tls is not None:
+        server_context(config.tls)
 
 
 def _certificate(cert: Any) -> Any:
