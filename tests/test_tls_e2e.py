@@ -308,6 +308,37 @@ def tls_backend(tmp_path: Path) -> Iterator[tuple[ExampleBackend, Pki]]:
         process.stop()
 
 
+@pytest.fixture
+def mtls_backend(tmp_path: Path) -> Iterator[tuple[ExampleBackend, Pki]]:
+    """A TLS backend that requires a client certificate signed by its own CA."""
+    backend_pki = make_pki(tmp_path / "mtls-pki", "backend CA")
+    cert, key = backend_pki.server("backend")
+    argv = [sys.executable, str(TOOLS / "tls_backend.py"), str(cert), str(key)]
+    process = start_process([*argv, str(backend_pki.ca_pem)])
+    try:
+        yield ExampleBackend.from_process(process), backend_pki
+    finally:
+        process.stop()
+
+
+def test_a_client_certificate_is_presented_to_a_backend_that_requires_one(
+    mtls_backend: tuple[ExampleBackend, Pki], tmp_path: Path
+) -> None:
+    """With tls_cert/tls_key the gateway passes a backend's mTLS; without them the backend
+    refuses the handshake and the caller is told so."""
+    backend, backend_pki = mtls_backend
+    cert, key = backend_pki.client("gateway")
+    ca = f'tls_ca = "{backend_pki.ca_pem}"\n'
+    with_cert = backend_tls_toml(backend.address, ca + f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    with start_gateway(config=write_config(tmp_path / "with.toml", with_cert)) as gw:
+        assert call_once(gw, lambda c: c.alert("mtls")) == "ack:mtls"
+    without = backend_tls_toml(backend.address, ca)
+    with start_gateway(config=write_config(tmp_path / "without.toml", without)) as gw:
+        gw.process.wait_for_line(r"TLS handshake with backend", stream="stderr")
+        with pytest.raises(TApplicationException, match="TLS handshake"):
+            call_once(gw, lambda c: c.alert("anonymous"))
+
+
 def backend_tls_toml(address: str, options: str) -> str:
     return (
         f'[gateway]\nlisten = "127.0.0.1:0"\n'

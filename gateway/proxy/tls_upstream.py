@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -66,6 +66,9 @@ def client_creator(tls: BackendTLS, host: str, where: str) -> Any:
 _ssl: Any = ssl
 
 
+TLS13_GRACE = 0.25  # seconds a TLS 1.3 connection waits for a refusal of our certificate
+
+
 def check_tls_files(config: GatewayConfig) -> None:
     """Read every certificate and key file ``config`` names, as ``gateway serve`` would at
     startup (backends first, then the client port): ConfigError for the first unusable one."""
@@ -100,7 +103,7 @@ class TLSClientEndpoint:
         # Cancelled (the pool stops) while the handshake runs: drop that connection too.
         done: Deferred[Any] = Deferred(lambda _: gate.abort())
         gate: Any = _GateFactory(factory, done, self)
-        tls = TLSMemoryBIOFactory(self._creator, True, gate, self._reactor)
+        tls = _BackendTLSFactory(self._creator, True, gate, self._reactor)
         connecting = self._tcp.connect(tls)
         # A refused or timed-out TCP connect fails here as for plain backends; otherwise the
         # result is the handshake's.
@@ -110,6 +113,24 @@ class TLSClientEndpoint:
     def handshake_failed(self, why: str) -> BackendTLSFailed:
         address = self._address
         return BackendTLSFailed(f"gateway: TLS handshake with backend {address} failed: {why}")
+
+
+class _BackendTLS(BufferingTLSTransport):
+    """Twisted's TLS client layer, telling the gate when the server sends anything after
+    the handshake (see :meth:`_Handshake.handshakeCompleted`)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        after_handshake = self._handshakeDone
+        super().dataReceived(data)  # type: ignore[no-untyped-call]  # untyped in Twisted
+        gate: Any = self.wrappedProtocol
+        # An alert ends the TLS connection here, though connectionLost comes only later.
+        refused = self._lostTLSConnection or self._reason is not None
+        if after_handshake and not refused and isinstance(gate, _Handshake):
+            gate.server_spoke()
+
+
+class _BackendTLSFactory(TLSMemoryBIOFactory):
+    protocol = _BackendTLS
 
 
 class _GateFactory(Factory):
@@ -159,6 +180,28 @@ class _Handshake(Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._done.called:
+            return
+        tls: Any = self.transport
+        if tls.getHandle().get_protocol_version_name() == "TLSv1.3":
+            # In TLS 1.3 the client's handshake is done before the server has checked the
+            # client's certificate: a server refusing it says so in an alert a round trip
+            # later. Wait for the server's next record (an alert, or the session tickets
+            # servers send at once), at most TLS13_GRACE, before sending calls on it.
+            grace = min(TLS13_GRACE, self._endpoint._timeout)
+            self._timer = self._endpoint._reactor.callLater(grace, self._accept)
+            return
+        self._accept()
+
+    def server_spoke(self) -> None:
+        """The server sent a record after the handshake, and it was no alert."""
+        if self._timer is not None and not self._open:
+            self._timer.cancel()
+            self._timer = None
+            self._accept()
+
+    def _accept(self) -> None:
+        self._timer = None
         if self._done.called:
             return
         self._open = True
