@@ -449,3 +449,42 @@ def test_garbage_on_the_tls_port_harms_no_call_in_flight(
         gw.process.wait_for_line(r"TLS handshake failed", stream="stderr")
         refusals = [line for line in gw.process.stderr_lines if "TLS handshake failed" in line]
         assert len(refusals) == 1, refusals
+
+
+@pytest.mark.parametrize(("second", "backend_calls"), [("bob", 2), ("alice", 1)])
+def test_key_peer_identity_is_the_same_on_every_node_of_a_cluster(
+    pki: Pki, tmp_path: Path, second: str, backend_calls: int
+) -> None:
+    """Two nodes sharing Redis: the same certificate subject on both coalesces into one
+    backend call, two subjects make two - every node derives the same identity."""
+    from gateway.localredis import RedisServer
+
+    pki.server()
+    alice = pki.client("alice")
+    other = pki.client(second) if second != "alice" else alice
+    methods = "[methods.alertSupervisor]\nkey_peer = true\n"
+    redis = RedisServer().start()
+    try:
+        with start_example_backend(delay=1.0) as slow:
+            toml = gateway_toml(pki, slow.address, client_ca=True, methods=methods)
+            config = write_config(tmp_path / "gw.toml", toml)
+            nodes = []
+            try:
+                for name in ("a", "b"):
+                    gw = start_gateway(config=config, redis=redis.url, node_id=name)
+                    nodes.append((gw, int(gw.process.wait_for_line(TLS_PORT).group(1))))
+                clients = [
+                    TLSClient(nodes[0][1], pki.ca_pem, alice),
+                    TLSClient(nodes[1][1], pki.ca_pem, other),
+                ]
+                try:
+                    assert _same_time_calls(clients, "cluster") == ["ack:cluster"] * 2
+                finally:
+                    for client in clients:
+                        client.close()
+                assert backend_count(slow) == backend_calls
+            finally:
+                for gw, _ in nodes:
+                    gw.stop()
+    finally:
+        redis.close()
