@@ -4,6 +4,7 @@ TSSLSocket, the example backend (plain, or behind Twisted TLS: tests/tools/tls_b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ from gateway.testing import (
     start_example_backend,
     start_gateway,
     start_process,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -488,3 +490,57 @@ def test_key_peer_identity_is_the_same_on_every_node_of_a_cluster(
                     gw.stop()
     finally:
         redis.close()
+
+
+def test_a_tls_client_that_never_reads_its_replies_stops_being_read(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """Backpressure works under TLS: a TLS client pipelining calls without reading replies is
+    paused once over max_unsent_bytes of (encrypted) replies wait for it."""
+    from thrift.Thrift import TType
+    from thrift_messages import message
+
+    from gateway.thrift import ProtocolKind, frame
+
+    pki.server()
+    with start_example_backend() as fast:
+        extra = "max_unsent_bytes = 65536\nmax_pipelined = 16\n"
+        toml = gateway_toml(pki, fast.address).replace("[backends.", extra + "[backends.", 1)
+        config = write_config(tmp_path / "gw.toml", toml)
+        gw = start_gateway(config=config, admin=True)
+        with gw:
+            tls_port = int(gw.process.wait_for_line(TLS_PORT).group(1))
+            context = ssl.create_default_context(cafile=str(pki.ca_pem))
+            raw = socket.create_connection(("127.0.0.1", tls_port), timeout=30)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            stop = threading.Event()
+
+            def flood() -> None:
+                body = b"y" * 8192
+                seqid = 0
+                with contextlib.suppress(OSError):
+                    while not stop.is_set():
+                        seqid += 1
+                        call = message(
+                            ProtocolKind.BINARY, "alertSupervisor",
+                            [(1, TType.STRING, body)], seqid=seqid,
+                        )  # fmt: skip
+                        sock.sendall(frame(call))
+
+            writer = threading.Thread(target=flood, daemon=True)
+            writer.start()
+            try:
+                wait_for(
+                    lambda: metric(gw.admin_url, "gateway_reads_paused_total", reason="unsent"),
+                    lambda paused: (paused or 0) >= 1,
+                    "the gateway paused reading the TLS client",
+                    timeout=30,
+                )
+            finally:
+                stop.set()
+                # The socket itself, not its TLS layer, which the writer thread is using:
+                # that wakes its blocked sendall with an error.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                writer.join(timeout=10)
+                sock.close()
