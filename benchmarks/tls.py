@@ -33,7 +33,7 @@ from benchmarks.compare import SHAPES, closed_loads, interleaved
 from benchmarks.targets import Fleet, Responder, Target
 from benchmarks.thirdparty import find_nginx
 from gateway.localredis import free_port
-from gateway.testing import GatewayProcess, gateway_argv, start_process, wait_for_port
+from gateway.processes import GatewayProcess, gateway_argv, start_process, wait_for_port
 
 TARGETS = ("plain", "tls", "nginx_tls", "nginx")
 

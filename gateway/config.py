@@ -37,6 +37,7 @@ KEYS: dict[str, tuple[str, ...]] = {
         *("default_backend", "max_frame_size", "max_depth", "max_collection_size"),
         *("cache_max_entries", "max_pipelined", "max_unsent_bytes", "idle_timeout"),
         *("max_connections", "workers"),
+        *("tls_listen", "tls_cert", "tls_key", "tls_client_ca", "tls_min_version"),
     ),
     "redis": (
         *("url", "prefix", "hmac_secret", "max_shared_bytes", "lease_ttl", "handoff_ttl"),
@@ -45,10 +46,11 @@ KEYS: dict[str, tuple[str, ...]] = {
     "backends.<name>": (
         *("address", "replicas", "transport", "protocol", "multiplexed", "service"),
         *("connections", "max_concurrency", "queue_size", "connect_timeout", "hedge_after"),
+        *("tls", "tls_ca", "tls_server_name", "tls_cert", "tls_key"),
     ),
     "methods.<name>": (
         *("mode", "ttl", "stale_ttl", "cache_exceptions", "idempotent", "timeout"),
-        *("exclude_fields", "key_headers", "backend", "preview"),
+        *("exclude_fields", "key_headers", "backend", "preview", "key_peer"),
     ),
 }
 
@@ -100,11 +102,23 @@ class BackendConfig:
     queue_size: int = 1024
     connect_timeout: float = 5.0
     hedge_after: float | None = None  # seconds before hedging an idempotent call to a replica
-    tls: BackendTLS | None = None  # None: plain TCP
+    # TLS to this backend (see gateway.proxy.tls_upstream); the tls_* keys need tls = true.
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_server_name: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @property
     def addresses(self) -> tuple[Address, ...]:
         return (self.address, *self.replicas)
+
+    @property
+    def tls_options(self) -> BackendTLS | None:
+        """The backend's TLS settings together; None for plain TCP."""
+        if not self.tls:
+            return None
+        return BackendTLS(self.tls_ca, self.tls_server_name, self.tls_cert, self.tls_key)
 
 
 @dataclass(frozen=True)
@@ -151,9 +165,20 @@ class GatewayConfig:
     max_connections: int = 10_000  # open client connections; more are closed at once
     # Processes serving the client port (gateway.workers): 1 = this process, no supervisor.
     workers: int = 1
-    # A second client listener speaking TLS (see gateway.proxy.tls); set together with tls.
+    # A second client listener speaking TLS (see gateway.proxy.tls); tls_cert and tls_key
+    # are set exactly when tls_listen is.
     tls_listen: Address | None = None
-    tls: ServerTLS | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_min_version: str = "1.2"
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        """The client port's TLS settings together; None without a TLS listener."""
+        if self.tls_listen is None or self.tls_cert is None or self.tls_key is None:
+            return None
+        return ServerTLS(self.tls_cert, self.tls_key, self.tls_client_ca, self.tls_min_version)
 
 
 def parse_address(text: str, key: str, allow_zero: bool = False) -> Address:
@@ -327,9 +352,7 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
         if name_ in table:
             kwargs[name_] = float(_take(table, name_, (int, float), where))
             _positive(kwargs[name_], f"{where}.{name_}")
-    tls = parse_backend_tls(table, where)
-    if tls is not None:
-        kwargs["tls"] = tls
+    kwargs.update(parse_backend_tls(table, where))
     _reject_unknown(table, where)
     if kwargs.get("transport") == "header" and kwargs.get("protocol") == "binary-nonstrict":
         # A THeader frame names its protocol: binary (strict) or compact, nothing else.
@@ -337,8 +360,8 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
     return BackendConfig(name=name, **kwargs)
 
 
-def parse_backend_tls(table: dict[str, Any], where: str) -> BackendTLS | None:
-    """Take ``tls`` and the ``tls_*`` keys of a backend table; None when TLS is off."""
+def parse_backend_tls(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """Take ``tls`` and the ``tls_*`` keys of a backend table (BackendConfig fields)."""
     enabled = _take(table, "tls", bool, where) if "tls" in table else False
     paths = {
         name: _take(table, f"tls_{name}", str, where)
@@ -349,37 +372,36 @@ def parse_backend_tls(table: dict[str, Any], where: str) -> BackendTLS | None:
         if paths:
             # Refused rather than ignored: a CA set without tls = true would look secure.
             raise ConfigError(f"{where}: tls_{next(iter(paths))} is set but tls is not true")
-        return None
+        return {"tls": False}
     if ("cert" in paths) != ("key" in paths):
         raise ConfigError(f"{where}: tls_cert and tls_key go together (a client certificate)")
     if paths.get("server_name") == "":
         raise ConfigError(f"{where}.tls_server_name: must not be empty")
-    return BackendTLS(**paths)
+    return {"tls": True, **{f"tls_{name}": value for name, value in paths.items()}}
 
 
-def parse_server_tls(gw: dict[str, Any]) -> tuple[Address | None, ServerTLS | None]:
-    """Take ``tls_listen`` and the ``tls_*`` keys of the [gateway] table."""
+def parse_server_tls(gw: dict[str, Any]) -> dict[str, Any]:
+    """Take ``tls_listen`` and the ``tls_*`` keys of the [gateway] table (GatewayConfig
+    fields)."""
     names = ("tls_cert", "tls_key", "tls_client_ca", "tls_min_version")
-    values = {name: _take(gw, name, str, "gateway") for name in names if name in gw}
-    if "tls_listen" not in gw:
-        if values:
-            raise ConfigError(f"gateway.{next(iter(values))}: set gateway.tls_listen too")
-        return None, None
-    address = parse_address(_take(gw, "tls_listen", str, "gateway"), "tls_listen", True)
-    for name in ("tls_cert", "tls_key"):
-        if name not in values:
-            raise ConfigError(f"gateway.{name}: required with gateway.tls_listen")
-    version = values.get("tls_min_version", ServerTLS.min_version)
+    values: dict[str, Any] = {name: _take(gw, name, str, "gateway") for name in names if name in gw}
+    version = values.get("tls_min_version", GatewayConfig.tls_min_version)
     if version not in TLS_VERSIONS:
         raise ConfigError(
             f"gateway.tls_min_version: expected one of {', '.join(TLS_VERSIONS)}, got {version!r}"
         )
-    return address, ServerTLS(
-        cert=values["tls_cert"],
-        key=values["tls_key"],
-        client_ca=values.get("tls_client_ca"),
-        min_version=version,
+    if "tls_listen" not in gw:
+        files = [name for name in names[:3] if name in values]
+        if files:  # a certificate with no listener to serve it on is a mistake, not a no-op
+            raise ConfigError(f"gateway.{files[0]}: set gateway.tls_listen too")
+        return values
+    values["tls_listen"] = parse_address(
+        _take(gw, "tls_listen", str, "gateway"), "tls_listen", True
     )
+    for name in ("tls_cert", "tls_key"):
+        if name not in values:
+            raise ConfigError(f"gateway.{name}: required with gateway.tls_listen")
+    return values
 
 
 def parse_redis(raw: dict[str, Any]) -> RedisConfig:
@@ -533,10 +555,10 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
             )
     if "workers" in gw:
         kwargs["workers"] = parse_workers(gw.pop("workers"))
-    kwargs["tls_listen"], kwargs["tls"] = parse_server_tls(gw)
+    kwargs.update(parse_server_tls(gw))
     default_backend = gw.pop("default_backend", None)
     _reject_unknown(gw, "gateway")
-    if kwargs["tls_listen"] is not None and kwargs.get("workers", 1) > 1:
+    if kwargs.get("tls_listen") is not None and kwargs.get("workers", 1) > 1:
         # The supervisor binds and hands out only the plain port (gateway.workers).
         raise ConfigError("gateway.tls_listen: not supported with workers > 1 yet")
 
@@ -562,9 +584,8 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
     for name, method in methods.items():
         if method.backend is not None and method.backend not in backends:
             raise ConfigError(f"methods.{name}.backend: no backend named {method.backend!r}")
-    tls = kwargs["tls"]
     for name, policy in [("*", default_policy)] + [(n, m.policy) for n, m in methods.items()]:
-        if policy.key_peer and (tls is None or tls.client_ca is None):
+        if policy.key_peer and kwargs.get("tls_client_ca") is None:
             # Without client certificates every caller is anonymous: nothing to key on.
             raise ConfigError(f"methods.{name}.key_peer: needs gateway.tls_client_ca (mTLS)")
 

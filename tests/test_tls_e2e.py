@@ -22,7 +22,7 @@ from thrift.Thrift import TApplicationException
 from thrift.transport import TSSLSocket, TTransport
 
 from clients.calls import ALERT, read_result, write_call
-from gateway.testing import (
+from gateway.processes import (
     ExampleBackend,
     GatewayProcess,
     backend_count,

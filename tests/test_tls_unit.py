@@ -10,9 +10,9 @@ import pytest
 import trustme
 
 from gateway.config import BackendTLS, ConfigError, ServerTLS, build_config
+from gateway.processes import gateway_cli
 from gateway.proxy.tls import load_certificates, peer_identity, server_context
 from gateway.proxy.tls_upstream import client_creator
-from gateway.testing import gateway_cli
 from gateway.thrift.callkey import CallIdentity
 
 BACKEND = {"backends": {"default": {"address": "127.0.0.1:9091"}}}
@@ -29,7 +29,7 @@ def test_tls_is_off_by_default() -> None:
     """Without tls_* keys there is no TLS listener, no backend TLS and key_peer is off."""
     cfg = config({})
     assert cfg.tls_listen is None and cfg.tls is None
-    assert cfg.backends["default"].tls is None
+    assert cfg.backends["default"].tls_options is None
     assert cfg.default_policy.key_peer is False
 
 
@@ -70,8 +70,9 @@ def test_backend_tls_keys_parse() -> None:
     """tls = true with its options becomes a BackendTLS; verification needs no key."""
     opts = {"tls": True, "tls_ca": "ca.pem", "tls_server_name": "b.example"}
     cfg = config({}, {**opts, "tls_cert": "c.pem", "tls_key": "k.pem"})
-    assert cfg.backends["default"].tls == BackendTLS("ca.pem", "b.example", "c.pem", "k.pem")
-    assert config({}, {"tls": True}).backends["default"].tls == BackendTLS()
+    backend = cfg.backends["default"]
+    assert backend.tls_options == BackendTLS("ca.pem", "b.example", "c.pem", "k.pem")
+    assert config({}, {"tls": True}).backends["default"].tls_options == BackendTLS()
 
 
 @pytest.mark.parametrize(

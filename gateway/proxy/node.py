@@ -48,6 +48,7 @@ from gateway.thrift import Limits, ProtocolKind, TransportKind
 
 log = logging.getLogger("gateway.node")
 
+_TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca", "tls_min_version")
 _ANSWER_GRACE = 0.5  # seconds after the drain deadline to write the abandoned calls' replies
 
 
@@ -73,7 +74,7 @@ def build_backends(config: GatewayConfig, reactor: Any, limits: Limits) -> dict[
     """The backends of ``config`` (TLS files are read here: ConfigError if unusable)."""
     backends = {}
     for name, cfg in config.backends.items():
-        tls = cfg.tls
+        tls = cfg.tls_options
         pools = [
             UpstreamPool(
                 reactor,
@@ -241,7 +242,8 @@ class GatewayNode:
         running = self.config
         config = merged(running, loaded)
         if self.tls is None or config.tls is None:
-            config = replace(config, tls=running.tls)  # no listener, or one a restart removes
+            # No TLS listener, or one only a restart removes: the running settings stay.
+            config = replace(config, **{name: getattr(running, name) for name in _TLS_FILES})
         # The certificate files are read again even if their paths did not change: that is
         # how a rotated certificate is picked up (SIGHUP). Unusable ones: ConfigError here.
         tls_context = self.tls.prepare(config.tls) if self.tls and config.tls else None

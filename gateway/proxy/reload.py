@@ -39,7 +39,8 @@ log = logging.getLogger("gateway.reload")
 
 # GatewayConfig fields a reload applies; any other field that differs needs a restart.
 RELOADABLE = frozenset(
-    {"backends", "default_backend", "routes", "methods", "default_policy", "drain_timeout", "tls"}
+    {"backends", "default_backend", "routes", "methods", "default_policy", "drain_timeout"}
+    | {"tls_cert", "tls_key", "tls_client_ca", "tls_min_version"}  # files re-read too
 )
 
 _NO_ADDRESS = Address("", 0)

@@ -73,8 +73,9 @@ def check_tls_files(config: GatewayConfig) -> None:
     """Read every certificate and key file ``config`` names, as ``gateway serve`` would at
     startup (backends first, then the client port): ConfigError for the first unusable one."""
     for name, backend in config.backends.items():
-        if backend.tls is not None:
-            client_creator(backend.tls, backend.address.host, f"backends.{name}")
+        tls = backend.tls_options
+        if tls is not None:
+            client_creator(tls, backend.address.host, f"backends.{name}")
     if config.tls is not None:
         server_context(config.tls)
 
