@@ -27,6 +27,7 @@ from gateway.processes import (
     GatewayProcess,
     backend_count,
     call_once,
+    healthz,
     metric,
     start_example_backend,
     start_gateway,
@@ -138,8 +139,8 @@ def gateway_toml(pki: Pki, backend: str, *, client_ca: bool = False, methods: st
     )
 
 
-def start_tls_gateway(config: Path) -> tuple[GatewayProcess, int]:
-    gw = start_gateway(config=config)
+def start_tls_gateway(config: Path, admin: bool = False) -> tuple[GatewayProcess, int]:
+    gw = start_gateway(config=config, admin=admin)
     match = gw.process.wait_for_line(TLS_PORT)
     return gw, int(match.group(1))
 
@@ -196,12 +197,15 @@ def test_sighup_rotates_the_certificate_and_open_connections_keep_going(
     os.replace(pki.directory / "old.pem", pki.directory / "server.pem")
     os.replace(pki.directory / "old.key", pki.directory / "server.key")
     config = write_config(tmp_path / "gw.toml", gateway_toml(pki, backend.address))
-    gw, tls_port = start_tls_gateway(config)
+    gw, tls_port = start_tls_gateway(config, admin=True)
     with gw:
         before = TLSClient(tls_port, pki.ca_pem)
         try:
             assert before.alert("1") == "ack:1"
             assert before.server_subject() == "old"
+            health = healthz(gw.admin_url)
+            assert health is not None and health["tls"]["listening"] is True
+            assert health["tls"]["cert_subject"].startswith("CN=old")
             pki.server("new")
             os.replace(pki.directory / "new.pem", pki.directory / "server.pem")
             os.replace(pki.directory / "new.key", pki.directory / "server.key")
@@ -215,6 +219,8 @@ def test_sighup_rotates_the_certificate_and_open_connections_keep_going(
                 after.close()
             assert before.alert("3") == "ack:3"  # same connection, old certificate
             assert before.server_subject() == "old"
+            health = healthz(gw.admin_url)
+            assert health is not None and health["tls"]["cert_subject"].startswith("CN=new")
         finally:
             before.close()
 

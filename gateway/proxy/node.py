@@ -172,7 +172,12 @@ class GatewayNode:
             "redis": self._mode(),
             "in_flight": self.stats.in_flight,
             "config": self.config_status.health(),
+            **({"tls": self._tls_health()} if self.tls is not None else {}),
         }
+
+    def _tls_health(self) -> dict[str, object]:
+        assert self.tls is not None
+        return {"listening": self.tls_port is not None, **self.tls.health()}
 
     def start(self) -> None:
         """Listen (raises CannotListenError if a port is taken) and connect to backends."""

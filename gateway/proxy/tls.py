@@ -22,6 +22,7 @@ certificate's issuer and subject names, read once per connection.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -70,8 +71,25 @@ def load_key(path: str, what: str) -> crypto.PKey:
     return crypto.PKey.from_cryptography_key(key)  # type: ignore[arg-type]  # any usable key
 
 
+@dataclass(frozen=True)
+class ServerCertificate:
+    """A loaded client-port context and what /healthz shows of its certificate."""
+
+    context: SSL.Context
+    subject: str  # RFC 4514, e.g. "CN=gateway.example,O=Example"
+    not_after: str  # ISO 8601, UTC
+
+    def health(self) -> dict[str, object]:
+        return {"cert_subject": self.subject, "cert_not_after": self.not_after}
+
+
 def server_context(cfg: ServerTLS) -> SSL.Context:
     """An OpenSSL context for ``cfg``, its files read now; ConfigError if they are unusable."""
+    return load_server(cfg).context
+
+
+def load_server(cfg: ServerTLS) -> ServerCertificate:
+    """:func:`server_context`, with its certificate's subject and expiry."""
     chain = load_certificates(cfg.cert, "gateway.tls_cert")
     key = load_key(cfg.key, "gateway.tls_key")
     client_cas = load_certificates(cfg.client_ca, "gateway.tls_client_ca") if cfg.client_ca else []
@@ -90,7 +108,9 @@ def server_context(cfg: ServerTLS) -> SSL.Context:
         context.check_privatekey()
     except SSL.Error as exc:
         raise ConfigError(f"gateway.tls_key {cfg.key}: does not match tls_cert ({exc})") from None
-    return context
+    leaf = chain[0].to_cryptography()
+    not_after = leaf.not_valid_after_utc.isoformat(timespec="seconds")
+    return ServerCertificate(context, leaf.subject.rfc4514_string(), not_after)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -99,18 +119,21 @@ class ReloadableServerTLS:
 
     def __init__(self, cfg: ServerTLS) -> None:
         self.config = cfg
-        self._context = server_context(cfg)
+        self.current = load_server(cfg)
 
-    def prepare(self, cfg: ServerTLS) -> SSL.Context:
+    def prepare(self, cfg: ServerTLS) -> ServerCertificate:
         """Load ``cfg``'s files (ConfigError if unusable) without applying them."""
-        return server_context(cfg)
+        return load_server(cfg)
 
-    def apply(self, cfg: ServerTLS, context: SSL.Context) -> None:
-        """New connections use ``context`` from now on; open ones keep theirs."""
-        self.config, self._context = cfg, context
+    def apply(self, cfg: ServerTLS, loaded: ServerCertificate) -> None:
+        """New connections use ``loaded`` from now on; open ones keep their context."""
+        self.config, self.current = cfg, loaded
+
+    def health(self) -> dict[str, object]:
+        return {**self.current.health(), "client_certificates": self.config.client_ca is not None}
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self._context, None)
+        return SSL.Connection(self.current.context, None)
 
 
 class _ClientTLS(BufferingTLSTransport):
