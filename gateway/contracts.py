@@ -58,6 +58,8 @@ class MethodPolicy:
     exclude_fields: frozenset[int] = field(default_factory=frozenset)
     # THeader info headers that are part of the call key (names as sent, case-sensitive).
     key_headers: frozenset[str] = field(default_factory=frozenset)
+    # The caller's verified client certificate (issuer and subject) is part of the call key.
+    key_peer: bool = False
 
     def may_cache(self, reply: BackendReply) -> bool:
         """True when ``reply`` may be stored as a cache entry (its kind is read only then)."""

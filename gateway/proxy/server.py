@@ -41,6 +41,7 @@ from gateway.errors import PROTOCOL_ERROR
 from gateway.primitives import DeferredPool
 from gateway.proxy.connections import DEFAULT_CLIENT_LIMITS, ClientLimits, ConnectionTable
 from gateway.proxy.handler import CallHandler
+from gateway.proxy.tls import peer_identity
 from gateway.proxy.writes import send_now
 from gateway.reactors import as_transport
 from gateway.stats import NodeStats
@@ -86,6 +87,7 @@ class ClientConnection(Protocol):
         self._reader: MessageReader | None = None
         self._transport_kind: TransportKind | None = None
         self._protocol: ProtocolKind | None = None
+        self._peer_id = b""  # the verified client certificate (TLS listener), see _dispatch
         self._pending: set[Deferred[bytes | None]] = set()
         # Parsed beyond max_pipelined, dispatched in order as answers go out.
         self._held: deque[Call] = deque()
@@ -130,6 +132,8 @@ class ClientConnection(Protocol):
                     self._close("could not detect the Thrift transport/protocol")
                 return
             self._transport_kind, self._protocol = kinds
+            # Data arrives only after the TLS handshake: the peer's certificate is known.
+            self._peer_id = peer_identity(self.transport)
             self._reader = MessageReader(
                 self._transport_kind, self._protocol, self._limits, skip_oversized=True
             )
@@ -257,7 +261,7 @@ class ClientConnection(Protocol):
         self, message: bytes, header: MessageHeader | None = None, frame: HeaderInfo | None = None
     ) -> None:
         assert self._protocol is not None
-        d = self._handler.handle(message, self._protocol, header, frame)
+        d = self._handler.handle(message, self._protocol, header, frame, self._peer_id)
         self._pending.add(d)
 
         def reply(result: bytes | Failure | None) -> None:
