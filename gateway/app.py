@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from gateway.config import ConfigError, GatewayConfig, advertised_address, load_config_file
+from gateway.config import ConfigError, GatewayConfig, advertised_address
 from gateway.contracts import Coordinator
 from gateway.flights import FlightTable
 from gateway.logs import setup_logging
@@ -19,7 +19,9 @@ from gateway.observe import Observations
 from gateway.proxy.local import LocalCoordinator
 from gateway.proxy.node import DrainSummary, GatewayNode
 from gateway.proxy.reload import reload_from
+from gateway.proxy.tls_upstream import check_tls_files
 from gateway.reactors import as_reactor
+from gateway.runconfig import load_file_from_args, load_from_args
 from gateway.stats import NodeStats
 from gateway.workers.role import WorkerRole
 
@@ -96,27 +98,11 @@ def build_cluster(
     )
 
 
-def load_from_args(args: argparse.Namespace) -> GatewayConfig:
-    """The config of ``serve`` / ``check-config``: the file (may be None) plus the flags."""
-    return load_file_from_args(args)[0]
-
-
-def load_file_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, str | None]:
-    """:func:`load_from_args`, plus the SHA-256 of the config file (None without one).
-
-    A worker of a multi-worker node adjusts the config its way (see gateway.workers): a
-    reload then compares like with like and reports no spurious "restart needed"."""
-    names = ("listen", "backend", "node_id", "admin", "advertise", "redis", "log_format", "workers")
-    overrides = {name: getattr(args, name) for name in names}
-    config, sha256 = load_config_file(args.config, overrides)
-    worker = WorkerRole.from_args(args)
-    return (config if worker is None else worker.configure(config)), sha256
-
-
 def run_check_config(args: argparse.Namespace) -> int:
     """``gateway check-config FILE``: 0 and a one-line summary, or 2 and serve's error line."""
     try:
         config = load_from_args(args)
+        check_tls_files(config)  # what serve reads at startup: the same error line
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2
@@ -152,17 +138,21 @@ def run_serve(args: argparse.Namespace) -> int:
     # The node's one table of calls in flight; it reports finished flights as hot keys.
     flights = FlightTable(global_reactor, hot_keys=observations.hot_keys)
     cluster = build_cluster(config, reactor, stats, flights, observations, worker)
-    node = GatewayNode(
-        config,
-        reactor,
-        cluster.coordinator,
-        stats,
-        mode=worker.node_mode(cluster.mode) if worker else cluster.mode,
-        flights=flights,
-        observations=observations,
-        config_sha256=config_sha256,
-        listen_fd=worker.listen_fd if worker else None,
-    )
+    try:
+        node = GatewayNode(
+            config,
+            reactor,
+            cluster.coordinator,
+            stats,
+            mode=worker.node_mode(cluster.mode) if worker else cluster.mode,
+            flights=flights,
+            observations=observations,
+            config_sha256=config_sha256,
+            listen_fd=worker.listen_fd if worker else None,
+        )
+    except ConfigError as exc:  # a TLS certificate or key file that cannot be used
+        print(f"gateway: config error: {exc}", file=sys.stderr)
+        return 2
     try:
         node.start()
     except CannotListenError as exc:
@@ -234,8 +224,10 @@ def run_serve(args: argparse.Namespace) -> int:
     # The one stdout line: tests, the demo and scripts read the real ports from it (a
     # worker's goes to its supervisor: it means the worker serves).
     admin = f" admin {config.admin.host}:{node.admin_listen_port}" if config.admin else ""
+    tls = f" tls {config.tls_listen.host}:{node.tls_listen_port}" if config.tls_listen else ""
     print(
-        f"gateway {config.node_id} listening on {config.listen.host}:{node.listen_port}{admin}",
+        f"gateway {config.node_id} listening on "
+        f"{config.listen.host}:{node.listen_port}{admin}{tls}",
         flush=True,
     )
 

@@ -1,7 +1,7 @@
 """Gateway configuration: a TOML file plus command-line overrides, parsed into frozen dataclasses.
 
 Parsing lives here, apart from the runtime, so a bad config fails before any socket opens and
-every error names the offending key. README "Configuration reference" documents each key.
+every error names the offending key. docs/configuration.md documents each key (see KEYS).
 """
 
 from __future__ import annotations
@@ -15,15 +15,45 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# url.py is standard-library only (like keys.py for the CLI): validating a URL here loads
-# no Twisted or Redis client.
-from gateway.cluster.url import InvalidRedisURL, parse_redis_target
 from gateway.contracts import MethodPolicy
 from gateway.observe import PREVIEW_LIMIT
+
+# url.py is standard-library only (like keys.py for the CLI): validating a URL here loads
+# no Twisted or Redis client.
+from gateway.redis.url import InvalidRedisURL, parse_redis_target
 
 MODES = ("coalesce", "cache", "passthrough")
 TRANSPORTS = ("framed", "buffered", "header")
 PROTOCOLS = ("binary", "binary-nonstrict", "compact")
+TLS_VERSIONS = ("1.2", "1.3")  # older ones are broken; OpenSSL 3 refuses them by default
+
+# Every key each table accepts; any other is a ConfigError naming it. The one list the
+# configuration reference (docs/configuration.md) is checked against, both ways, by
+# tests/test_docs.py. [routes] is left out: its keys are service names.
+KEYS: dict[str, tuple[str, ...]] = {
+    "config": ("gateway", "redis", "backends", "routes", "methods"),
+    "gateway": (
+        *("listen", "node_id", "admin", "advertise", "log_format", "drain_timeout"),
+        *("default_backend", "max_frame_size", "max_depth", "max_collection_size"),
+        *("cache_max_entries", "max_pipelined", "max_unsent_bytes", "idle_timeout"),
+        *("max_connections", "workers"),
+        *("tls_listen", "tls_cert", "tls_key", "tls_client_ca", "tls_min_version"),
+        "header_zlib_replies",
+    ),
+    "redis": (
+        *("url", "prefix", "hmac_secret", "max_shared_bytes", "lease_ttl", "handoff_ttl"),
+        *("session_ttl", "reply_timeout"),
+    ),
+    "backends.<name>": (
+        *("address", "replicas", "transport", "protocol", "multiplexed", "service"),
+        *("connections", "max_concurrency", "queue_size", "connect_timeout", "hedge_after"),
+        *("tls", "tls_ca", "tls_server_name", "tls_cert", "tls_key"),
+    ),
+    "methods.<name>": (
+        *("mode", "ttl", "stale_ttl", "cache_exceptions", "idempotent", "timeout"),
+        *("exclude_fields", "key_headers", "backend", "preview", "key_peer"),
+    ),
+}
 
 
 class ConfigError(ValueError):
@@ -40,6 +70,26 @@ class Address:
 
 
 @dataclass(frozen=True)
+class BackendTLS:
+    """TLS to a backend (``[backends.X] tls = true``): the server is always verified."""
+
+    ca: str | None = None  # PEM file of the CAs to trust; None: the system's trust store
+    server_name: str | None = None  # name checked in its certificate (and SNI); None: the host
+    cert: str | None = None  # PEM client certificate (chain) presented to the backend
+    key: str | None = None  # its PEM private key
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """TLS on the client port's ``tls_listen`` listener (``[gateway] tls_*``)."""
+
+    cert: str  # PEM certificate chain, the server's own first
+    key: str  # its PEM private key
+    client_ca: str | None = None  # PEM CAs; set: every client must present a cert they signed
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     name: str
     address: Address
@@ -53,10 +103,23 @@ class BackendConfig:
     queue_size: int = 1024
     connect_timeout: float = 5.0
     hedge_after: float | None = None  # seconds before hedging an idempotent call to a replica
+    # TLS to this backend (see gateway.proxy.tls_upstream); the tls_* keys need tls = true.
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_server_name: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @property
     def addresses(self) -> tuple[Address, ...]:
         return (self.address, *self.replicas)
+
+    @property
+    def tls_options(self) -> BackendTLS | None:
+        """The backend's TLS settings together; None for plain TCP."""
+        if not self.tls:
+            return None
+        return BackendTLS(self.tls_ca, self.tls_server_name, self.tls_cert, self.tls_key)
 
 
 @dataclass(frozen=True)
@@ -103,6 +166,21 @@ class GatewayConfig:
     max_connections: int = 10_000  # open client connections; more are closed at once
     # Processes serving the client port (gateway.workers): 1 = this process, no supervisor.
     workers: int = 1
+    # A second client listener speaking TLS (see gateway.proxy.tls); tls_cert and tls_key
+    # are set exactly when tls_listen is.
+    tls_listen: Address | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_min_version: str = "1.2"
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        """The client port's TLS settings together; None without a TLS listener."""
+        if self.tls_listen is None or self.tls_cert is None or self.tls_key is None:
+            return None
+        return ServerTLS(self.tls_cert, self.tls_key, self.tls_client_ca, self.tls_min_version)
+
     # THeader replies zlib-compressed when their call was (docs/dialects-notes.md: off by
     # default because Apache Thrift C++ 0.17 overruns its heap inflating large ones).
     header_zlib_replies: bool = False
@@ -184,6 +262,11 @@ def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where:
     return value
 
 
+def _check_keys(table: dict[str, Any], where: str, section: str) -> None:
+    """Refuse keys that KEYS does not list for ``section``, before any value is read."""
+    _reject_unknown({k: v for k, v in table.items() if k not in KEYS[section]}, where)
+
+
 def _reject_unknown(table: dict[str, Any], where: str) -> None:
     if table:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(table))}")
@@ -196,6 +279,7 @@ def _positive(value: float, where: str) -> None:
 
 def parse_policy(raw: dict[str, Any], where: str, base: MethodPolicy) -> MethodConfig:
     table = dict(raw)
+    _check_keys(table, where, "methods.<name>")
     kwargs: dict[str, Any] = {}
     if "mode" in table:
         mode = _take(table, "mode", str, where)
@@ -207,7 +291,7 @@ def parse_policy(raw: dict[str, Any], where: str, base: MethodPolicy) -> MethodC
             kwargs[name] = float(_take(table, name, (int, float), where))
             if kwargs[name] < 0 or (name == "timeout" and kwargs[name] == 0):
                 raise ConfigError(f"{where}.{name}: must be positive, got {kwargs[name]!r}")
-    for name in ("cache_exceptions", "idempotent"):
+    for name in ("cache_exceptions", "idempotent", "key_peer"):
         if name in table:
             kwargs[name] = _take(table, name, bool, where)
     if "exclude_fields" in table:
@@ -246,6 +330,7 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
         # metric labels: keep them plain.
         raise ConfigError(f"{where}: backend names may only use letters, digits, '_' and '-'")
     table = dict(raw)
+    _check_keys(table, where, "backends.<name>")
     if "address" not in table:
         raise ConfigError(f"{where}.address: required")
     kwargs: dict[str, Any] = {
@@ -272,6 +357,7 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
         if name_ in table:
             kwargs[name_] = float(_take(table, name_, (int, float), where))
             _positive(kwargs[name_], f"{where}.{name_}")
+    kwargs.update(parse_backend_tls(table, where))
     _reject_unknown(table, where)
     if kwargs.get("transport") == "header" and kwargs.get("protocol") == "binary-nonstrict":
         # A THeader frame names its protocol: binary (strict) or compact, nothing else.
@@ -279,8 +365,53 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
     return BackendConfig(name=name, **kwargs)
 
 
+def parse_backend_tls(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """Take ``tls`` and the ``tls_*`` keys of a backend table (BackendConfig fields)."""
+    enabled = _take(table, "tls", bool, where) if "tls" in table else False
+    paths = {
+        name: _take(table, f"tls_{name}", str, where)
+        for name in ("ca", "server_name", "cert", "key")
+        if f"tls_{name}" in table
+    }
+    if not enabled:
+        if paths:
+            # Refused rather than ignored: a CA set without tls = true would look secure.
+            raise ConfigError(f"{where}: tls_{next(iter(paths))} is set but tls is not true")
+        return {"tls": False}
+    if ("cert" in paths) != ("key" in paths):
+        raise ConfigError(f"{where}: tls_cert and tls_key go together (a client certificate)")
+    if paths.get("server_name") == "":
+        raise ConfigError(f"{where}.tls_server_name: must not be empty")
+    return {"tls": True, **{f"tls_{name}": value for name, value in paths.items()}}
+
+
+def parse_server_tls(gw: dict[str, Any]) -> dict[str, Any]:
+    """Take ``tls_listen`` and the ``tls_*`` keys of the [gateway] table (GatewayConfig
+    fields)."""
+    names = ("tls_cert", "tls_key", "tls_client_ca", "tls_min_version")
+    values: dict[str, Any] = {name: _take(gw, name, str, "gateway") for name in names if name in gw}
+    version = values.get("tls_min_version", GatewayConfig.tls_min_version)
+    if version not in TLS_VERSIONS:
+        raise ConfigError(
+            f"gateway.tls_min_version: expected one of {', '.join(TLS_VERSIONS)}, got {version!r}"
+        )
+    if "tls_listen" not in gw:
+        files = [name for name in names[:3] if name in values]
+        if files:  # a certificate with no listener to serve it on is a mistake, not a no-op
+            raise ConfigError(f"gateway.{files[0]}: set gateway.tls_listen too")
+        return values
+    values["tls_listen"] = parse_address(
+        _take(gw, "tls_listen", str, "gateway"), "tls_listen", True
+    )
+    for name in ("tls_cert", "tls_key"):
+        if name not in values:
+            raise ConfigError(f"gateway.{name}: required with gateway.tls_listen")
+    return values
+
+
 def parse_redis(raw: dict[str, Any]) -> RedisConfig:
     table = dict(raw)
+    _check_keys(table, "redis", "redis")
     if "url" not in table:
         raise ConfigError("redis.url: required")
     url = _take(table, "url", str, "redis")
@@ -371,7 +502,9 @@ def load_config_file(
 
 def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> GatewayConfig:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    _check_keys(raw, "config", "config")
     gw: dict[str, Any] = dict(raw.pop("gateway", {}))
+    _check_keys(gw, "gateway", "gateway")
     backends_raw: dict[str, Any] = dict(raw.pop("backends", {}))
     if overrides.get("backend"):
         existing = dict(backends_raw.get("default", {}))
@@ -429,8 +562,12 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
             )
     if "workers" in gw:
         kwargs["workers"] = parse_workers(gw.pop("workers"))
+    kwargs.update(parse_server_tls(gw))
     default_backend = gw.pop("default_backend", None)
     _reject_unknown(gw, "gateway")
+    if kwargs.get("tls_listen") is not None and kwargs.get("workers", 1) > 1:
+        # The supervisor binds and hands out only the plain port (gateway.workers).
+        raise ConfigError("gateway.tls_listen: not supported with workers > 1 yet")
 
     backends = {name: parse_backend(name, dict(b)) for name, b in backends_raw.items()}
     if default_backend is None and "default" in backends:
@@ -454,6 +591,10 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
     for name, method in methods.items():
         if method.backend is not None and method.backend not in backends:
             raise ConfigError(f"methods.{name}.backend: no backend named {method.backend!r}")
+    for name, policy in [("*", default_policy)] + [(n, m.policy) for n, m in methods.items()]:
+        if policy.key_peer and kwargs.get("tls_client_ca") is None:
+            # Without client certificates every caller is anonymous: nothing to key on.
+            raise ConfigError(f"methods.{name}.key_peer: needs gateway.tls_client_ca (mTLS)")
 
     return GatewayConfig(
         backends=backends,

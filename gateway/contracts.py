@@ -47,7 +47,7 @@ class BackendReply:
 
 @dataclass(frozen=True)
 class MethodPolicy:
-    """How the gateway treats calls to one method (see README, "Per-method policy")."""
+    """How the gateway treats calls to one method (docs/configuration.md, [methods.<name>])."""
 
     mode: Mode = "coalesce"
     ttl: float = 0.0  # seconds a successful reply is served from cache (mode="cache")
@@ -58,6 +58,8 @@ class MethodPolicy:
     exclude_fields: frozenset[int] = field(default_factory=frozenset)
     # THeader info headers that are part of the call key (names as sent, case-sensitive).
     key_headers: frozenset[str] = field(default_factory=frozenset)
+    # The caller's verified client certificate (issuer and subject) is part of the call key.
+    key_peer: bool = False
 
     def may_cache(self, reply: BackendReply) -> bool:
         """True when ``reply`` may be stored as a cache entry (its kind is read only then)."""

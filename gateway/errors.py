@@ -49,6 +49,11 @@ class BackendUnreachable(BackendUnavailable):
     """No connection to the backend: the call was never sent."""
 
 
+class BackendTLSFailed(BackendUnreachable):
+    """The TLS handshake with the backend failed (its certificate did not verify against
+    ``tls_ca`` or ``tls_server_name``, it refused ours, no common version): never sent."""
+
+
 class ConnectionLost(BackendUnavailable):
     """The connection dropped after the call was sent: the backend may have done the work."""
 

@@ -127,6 +127,7 @@ def split_call_key(key: str) -> tuple[str, str]:
 
 _KINDS: tuple[tuple[type[errors.GatewayError], str], ...] = (
     # Subclasses before their bases: the first match wins.
+    (errors.BackendTLSFailed, "backend_tls"),
     (errors.BackendUnreachable, "backend_unreachable"),
     (errors.ConnectionLost, "connection_lost"),
     (errors.BackendUnavailable, "backend_unavailable"),

@@ -33,7 +33,7 @@ from thrift.transport.TSocket import TSocket
 from thrift.transport.TTransport import TBufferedTransport, TFramedTransport
 from thrift.transport.TZlibTransport import TZlibTransport
 
-from gateway.testing import GatewayProcess
+from gateway.processes import GatewayProcess
 
 pytestmark = pytest.mark.integration
 

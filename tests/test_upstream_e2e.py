@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clients.sync_client import ExampleClient
-from gateway.testing import start_example_backend, start_gateway
+from gateway.processes import start_example_backend, start_gateway
 
 pytestmark = pytest.mark.integration
 

@@ -133,6 +133,7 @@ class CallHandler:
         protocol: ProtocolKind,
         header: MessageHeader | None = None,
         info: HeaderInfo | None = None,
+        peer: bytes = b"",
     ) -> Deferred[bytes | None]:
         """Fire with the reply message for the client (None for oneway); never fails.
 
@@ -142,7 +143,9 @@ class CallHandler:
         wire functions below) so that a call's header is decoded once, not once per step.
         ``info``: the THeader frame the call came in (None for framed/buffered callers): its
         ``key_headers`` join the call key, its info headers go upstream if this call leads.
-        The reply is the bare message; the server frames it.
+        ``peer``: the caller's verified client certificate (``proxy.tls.peer_identity``),
+        part of the key of ``key_peer`` methods. The reply is the bare message; the server
+        frames it.
         """
         if header is None:
             try:
@@ -161,7 +164,9 @@ class CallHandler:
             same_protocol = protocol is backend.protocol
             if header.type is _CALL and route.policy.mode != "passthrough":
                 # Walks the body: malformed arguments stop here.
-                key: str | None = route.identify(message, protocol, header, self._limits, info).key
+                key: str | None = route.identify(
+                    message, protocol, header, self._limits, info, peer
+                ).key
                 eager: tuple[bytes, MessageHeader | None] | None = None
             else:
                 key = None

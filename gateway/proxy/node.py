@@ -39,6 +39,8 @@ from gateway.proxy.reload import (
 )
 from gateway.proxy.router import Router
 from gateway.proxy.server import GatewayFactory
+from gateway.proxy.tls import ReloadableServerTLS, TLSServerFactory
+from gateway.proxy.tls_upstream import client_creator
 from gateway.proxy.upstream import UpstreamPool
 from gateway.reactors import ListeningPort, as_reactor
 from gateway.stats import NodeStats
@@ -46,6 +48,7 @@ from gateway.thrift import Limits, ProtocolKind, TransportKind
 
 log = logging.getLogger("gateway.node")
 
+_TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca", "tls_min_version")
 _ANSWER_GRACE = 0.5  # seconds after the drain deadline to write the abandoned calls' replies
 
 
@@ -68,8 +71,10 @@ class DrainSummary:
 
 
 def build_backends(config: GatewayConfig, reactor: Any, limits: Limits) -> dict[str, Backend]:
+    """The backends of ``config`` (TLS files are read here: ConfigError if unusable)."""
     backends = {}
     for name, cfg in config.backends.items():
+        tls = cfg.tls_options
         pools = [
             UpstreamPool(
                 reactor,
@@ -82,6 +87,7 @@ def build_backends(config: GatewayConfig, reactor: Any, limits: Limits) -> dict[
                 connect_timeout=cfg.connect_timeout,
                 max_concurrency=cfg.max_concurrency,
                 queue_size=cfg.queue_size,
+                tls=client_creator(tls, addr.host, f"backends.{name}") if tls else None,
             )
             for addr in cfg.addresses
         ]
@@ -154,7 +160,10 @@ class GatewayNode:
                 header_zlib_replies=config.header_zlib_replies,
             ),
         )
+        # TLS on the client port: its own listener, certificates reloaded live (proxy.tls).
+        self.tls = ReloadableServerTLS(config.tls) if config.tls is not None else None
         self.port: ListeningPort | None = None
+        self.tls_port: ListeningPort | None = None
         self.admin_port: ListeningPort | None = None
 
     def health(self) -> dict[str, object]:
@@ -164,7 +173,12 @@ class GatewayNode:
             "redis": self._mode(),
             "in_flight": self.stats.in_flight,
             "config": self.config_status.health(),
+            **({"tls": self._tls_health()} if self.tls is not None else {}),
         }
+
+    def _tls_health(self) -> dict[str, object]:
+        assert self.tls is not None
+        return {"listening": self.tls_port is not None, **self.tls.health()}
 
     def start(self) -> None:
         """Listen (raises CannotListenError if a port is taken) and connect to backends."""
@@ -176,15 +190,23 @@ class GatewayNode:
             self.port = self._reactor.listenTCP(
                 listen.port, self.factory, backlog=1024, interface=listen.host
             )
-        if self.config.admin is not None:
-            site = admin_site(self.metrics, self.health)
-            admin = self.config.admin
-            try:
+        try:
+            if self.tls is not None and self.config.tls_listen is not None:
+                tls_listen = self.config.tls_listen
+                wrapped = TLSServerFactory(self.tls, self.factory, self._reactor)
+                self.tls_port = self._reactor.listenTCP(
+                    tls_listen.port, wrapped, backlog=1024, interface=tls_listen.host
+                )
+            if self.config.admin is not None:
+                site = admin_site(self.metrics, self.health)
+                admin = self.config.admin
                 self.admin_port = self._reactor.listenTCP(admin.port, site, interface=admin.host)
-            except Exception:
-                self.port.stopListening()
-                self.port = None
-                raise
+        except Exception:
+            for port in (self.port, self.tls_port):
+                if port is not None:
+                    port.stopListening()
+            self.port = self.tls_port = None
+            raise
         for backend in self.backends.values():
             backend.start()
 
@@ -200,6 +222,12 @@ class GatewayNode:
     def listen_port(self) -> int:
         assert self.port is not None
         port: int = self.port.getHost().port
+        return port
+
+    @property
+    def tls_listen_port(self) -> int:
+        assert self.tls_port is not None
+        port: int = self.tls_port.getHost().port
         return port
 
     @property
@@ -219,6 +247,12 @@ class GatewayNode:
         """
         running = self.config
         config = merged(running, loaded)
+        if self.tls is None or config.tls is None:
+            # No TLS listener, or one only a restart removes: the running settings stay.
+            config = replace(config, **{name: getattr(running, name) for name in _TLS_FILES})
+        # The certificate files are read again even if their paths did not change: that is
+        # how a rotated certificate is picked up (SIGHUP). Unusable ones: ConfigError here.
+        tls_context = self.tls.prepare(config.tls) if self.tls and config.tls else None
         plan = plan_backends(
             running.backends,
             self.backends,
@@ -233,6 +267,8 @@ class GatewayNode:
         for pool in plan.fresh_pools:
             pool.start()
         self.handler.reroute(router, plan.backends)
+        if self.tls is not None and config.tls is not None and tls_context is not None:
+            self.tls.apply(config.tls, tls_context)
         self.backends = plan.backends
         self.config = config
         bound = longest_timeout(running)  # every call the old config started ends by then
@@ -283,9 +319,10 @@ class GatewayNode:
         return Deferred.fromCoroutine(self._stop(drain_timeout))
 
     async def _stop(self, drain_timeout: float) -> DrainSummary:
-        if self.port is not None:
-            self.port.stopListening()
-            self.port = None
+        for port in (self.port, self.tls_port):
+            if port is not None:
+                port.stopListening()
+        self.port = self.tls_port = None
         flights = self.flights.drain(drain_timeout)
         # Client calls that waited on an abandoned flight are answered right after it; the
         # grace lets those replies (and passthrough calls) be written before we close.

@@ -40,6 +40,7 @@ log = logging.getLogger("gateway.reload")
 # GatewayConfig fields a reload applies; any other field that differs needs a restart.
 RELOADABLE = frozenset(
     {"backends", "default_backend", "routes", "methods", "default_policy", "drain_timeout"}
+    | {"tls_cert", "tls_key", "tls_client_ca", "tls_min_version"}  # files re-read too
 )
 
 _NO_ADDRESS = Address("", 0)
@@ -305,6 +306,10 @@ def reload_from(
         return None
     try:
         report = node.reload(loaded, sha256)
+    except ConfigError as exc:  # a certificate or key file that cannot be used (node.reload)
+        node.config_status.failed()
+        log.error("gateway: reload failed, keeping the running config: %s", exc)
+        return None
     except Exception:
         # A bug, not a bad file: the node applied nothing (see GatewayNode.reload).
         node.config_status.failed()

@@ -4,7 +4,8 @@ The route is also where a call's identity comes from (:meth:`Route.identify`): t
 the name the message is sent upstream under, and the arguments the method's policy keys on.
 The upstream message is built from the same route, so the key always describes exactly what
 the backend receives. A method's ``key_headers`` (THeader info headers that identify a call,
-such as a tenant) join the identity too; other info headers never do.
+such as a tenant) join the identity too; other info headers never do. So does the caller's
+verified client certificate, for a method with ``key_peer``.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ class Route:
         header: MessageHeader,
         limits: Limits,
         info: HeaderInfo | None = None,
+        peer: bytes = b"",
     ) -> CallIdentity:
         """The identity of ``message`` on this route (walks and validates its arguments);
-        ``info`` is its THeader frame, whose ``key_headers`` are part of it."""
+        ``info`` is its THeader frame, whose ``key_headers`` are part of it; ``peer`` its
+        caller's verified certificate, part of it for ``key_peer`` methods."""
         return call_identity(
             message,
             protocol,
@@ -52,6 +55,7 @@ class Route:
             limits=limits,
             header=header,
             headers=key_headers(info, self.key_headers) if self.key_headers else b"",
+            peer=peer if self.policy.key_peer else b"",
         )
 
 

@@ -43,6 +43,7 @@ from gateway.proxy.connections import DEFAULT_CLIENT_LIMITS, ClientLimits, Conne
 from gateway.proxy.dialects import BadFirstCall, Layer, detect_stack, max_prefix, unwrap, wrap
 from gateway.proxy.handler import CallHandler
 from gateway.proxy.http import Http, HttpError, refusal
+from gateway.proxy.tls import peer_identity
 from gateway.proxy.writes import send_now
 from gateway.reactors import as_transport
 from gateway.stats import NodeStats
@@ -89,6 +90,7 @@ class ClientConnection(Protocol):
         self._protocol: ProtocolKind | None = None
         # Layers around the Thrift stream (HTTP, framing, zlib, JSON), outermost first.
         self._layers: list[Layer] = []
+        self._peer_id = b""  # the verified client certificate (TLS listener), see _dispatch
         self._pending: set[Deferred[bytes | None]] = set()
         # Parsed beyond max_pipelined, dispatched in order as answers go out.
         self._held: deque[Call] = deque()
@@ -142,6 +144,8 @@ class ClientConnection(Protocol):
                     self._close("could not detect the Thrift transport/protocol")
                 return
             self._layers, self._transport_kind, self._protocol, data = stack
+            # Data arrives only after the TLS handshake: the peer's certificate is known.
+            self._peer_id = peer_identity(self.transport)
             self._reader = MessageReader(
                 self._transport_kind, self._protocol, self._limits, skip_oversized=True
             )
@@ -298,7 +302,7 @@ class ClientConnection(Protocol):
         self, message: bytes, header: MessageHeader | None = None, frame: HeaderInfo | None = None
     ) -> None:
         assert self._protocol is not None
-        d = self._handler.handle(message, self._protocol, header, frame)
+        d = self._handler.handle(message, self._protocol, header, frame, self._peer_id)
         self._pending.add(d)
 
         def reply(result: bytes | Failure | None) -> None:

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -59,6 +59,7 @@ from gateway.errors import (
 from gateway.primitives import Deadline, Deadlines, RetryingCall, exponential_backoff
 from gateway.proxy.connections import RateLimitedLog
 from gateway.proxy.silence import drop_when_silent
+from gateway.proxy.tls_upstream import backend_endpoint
 from gateway.proxy.writes import send_now
 from gateway.reactors import as_clock, as_transport
 from gateway.thrift import (
@@ -296,12 +297,19 @@ class UpstreamPool:
         max_concurrency: int = 64,
         queue_size: int = 1024,
         backoff: Callable[[], Any] | None = None,
+        tls: Any = None,
     ) -> None:
+        """``tls``: a pyOpenSSL client connection creator (gateway.proxy.tls_upstream), or
+        None for plain TCP."""
         self.address = f"{host}:{port}"
         self.protocol = protocol
         self._reactor = reactor
         self._clock = as_clock(reactor)
-        self._endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        self._endpoint = backend_endpoint(reactor, host, port, connect_timeout, tls)
+        # Why the last connection attempt failed, when it says more than "unreachable" (a
+        # TLS handshake that failed): calls failing fast meanwhile get it.
+        self._down: GatewayError | None = None
+        self._warned = False
         self._connect_timeout = connect_timeout
         self._transport_kind = transport
         self._limits = limits
@@ -357,9 +365,13 @@ class UpstreamPool:
             # Each failed attempt marks the backend as down so callers fail fast instead of
             # waiting out the backoff; the retry loop keeps trying in the background.
             attempts_seen[0] += 1
+            self._down = reason.value if isinstance(reason.value, GatewayError) else None
             if attempts_seen[0] == 1:
                 self._connecting -= 1
-                if first:
+                # One line per pool (not per connection slot) until it connects again; a
+                # reconnect is worth one too when it fails for a reason (a TLS handshake).
+                if not self._warned and (first or self._down is not None):
+                    self._warned = True
                     log.warning(
                         "backend %s unreachable: %s", self.address, reason.getErrorMessage()
                     )
@@ -370,6 +382,7 @@ class UpstreamPool:
 
         def connected(conn: UpstreamConnection) -> None:
             self._retries.remove(retrying)
+            self._down, self._warned = None, False
             if attempts_seen[0] == 0:
                 self._connecting -= 1
             else:
@@ -485,7 +498,7 @@ class UpstreamPool:
             if self._connecting:  # start-up, or right after a loss: wait for that attempt
                 self._parked.append(call)
                 return
-            self._finish(call, BackendUnreachable(f"gateway: backend {self.address} unreachable"))
+            self._finish(call, self._unreachable())
             return
         self._transmit(conn, call)
 
@@ -587,10 +600,12 @@ class UpstreamPool:
                     continue
                 conn = self._pick_live()
                 if conn is None:
-                    unreachable = f"gateway: backend {self.address} unreachable"
-                    self._finish(call, BackendUnreachable(unreachable))
+                    self._finish(call, self._unreachable())
                 else:
                     self._transmit(conn, call)
+
+    def _unreachable(self) -> GatewayError:
+        return self._down or BackendUnreachable(f"gateway: backend {self.address} unreachable")
 
     def stop(self) -> None:
         """Stop reconnecting and close every connection; calls underway fail as their

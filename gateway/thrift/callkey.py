@@ -57,6 +57,7 @@ _FIELD = struct.Struct(">Bh")
 _COLLECTION = struct.Struct(">BI")
 _MAP = struct.Struct(">BBI")
 _COMPACT = ProtocolKind.COMPACT
+_PEER_MARK = _U32.pack(0xFFFFFFFF)
 
 
 def _entry_key(entry: tuple[bytes, bytes]) -> bytes:
@@ -243,8 +244,11 @@ class CallIdentity:
     otherwise), ``args`` the canonical form of the arguments with the method's excluded
     fields left out, ``headers`` the canonical bytes of the THeader info headers the method
     keys on (:func:`gateway.thrift.theader.key_headers`; empty for methods without
-    ``key_headers`` and for calls carrying none of them). Two calls share a key only if all
-    are equal: the backend could not tell them apart. The seqid, the client's protocol and
+    ``key_headers`` and for calls carrying none of them), ``peer`` the caller's verified
+    client certificate (``gateway.proxy.tls.peer_identity``) for methods with ``key_peer``,
+    empty otherwise and for callers without one. Two calls share a key only if all
+    are equal: the backend could not tell them apart (or, for ``peer``, the callers are
+    the same party). The seqid, the client's protocol and
     transport (THeader included), other info headers, and field order never matter.
     """
 
@@ -252,6 +256,7 @@ class CallIdentity:
     upstream_name: str
     args: bytes
     headers: bytes = b""
+    peer: bytes = b""
 
     @property
     def key(self) -> str:
@@ -266,6 +271,11 @@ class CallIdentity:
             # After the args, which are self-delimiting (a struct ends at its STOP byte), and
             # only when present: a call without key headers keeps the key it always had.
             digest.update(self.headers)
+        if self.peer:
+            # After a length no header name can have (see key_headers), so it cannot be
+            # read as one more key header; absent, the key is the one it always was.
+            digest.update(_PEER_MARK)
+            digest.update(self.peer)
         return f"{self.backend}.{self.upstream_name}:{digest.hexdigest()[:32]}"
 
 
@@ -292,15 +302,17 @@ def call_identity(
     limits: Limits = DEFAULT_LIMITS,
     header: MessageHeader | None = None,
     headers: bytes = b"",
+    peer: bytes = b"",
 ) -> CallIdentity:
     """The identity of ``message`` sent to ``backend`` as ``upstream_name``.
 
     Walks (and so validates) the body: :class:`MalformedMessage` carrying the header if the
     arguments are bad. ``header``, if given, must be ``read_header(message, protocol)``: the
     proxy parsed it already and passes it so a call's header is decoded once. ``headers``:
-    the call's key headers (see :attr:`CallIdentity.headers`).
+    the call's key headers (see :attr:`CallIdentity.headers`); ``peer``: its caller's
+    identity (see :attr:`CallIdentity.peer`).
     """
     args = canonical_args(
         message, protocol, exclude_fields=exclude_fields, limits=limits, header=header
     )
-    return CallIdentity(backend, upstream_name, args, headers)
+    return CallIdentity(backend, upstream_name, args, headers, peer)
