@@ -229,6 +229,39 @@ def test_oversized_header_call_in_framing_is_answered_and_the_connection_goes_on
     assert backend.count("Supervisor", "echo", "x" * 10_000) == 0
 
 
+def test_many_pipelined_http_requests_answered_at_once(
+    tmp_path: Path, backend: CountingBackend, nodes: list[GatewayProcess], stock_supervisor: Any
+) -> None:
+    """3000 HTTP requests pipelined in one write, all answered from the cache as they are
+    read, each get their response, in order (no recursion per request)."""
+    methods = '[methods.echo]\nmode = "cache"\nttl = 60\n'
+    address = gateway(nodes, write_config(tmp_path, backend, methods=methods), "pipelined").address
+    with stock_client(stock_supervisor, address, "http-json") as stub:
+        assert stub.echo("cached", {}, 0.0).arg == "cached"  # fills the cache
+    call = _json_echo_call(stock_supervisor, "cached")
+    request = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(call), call)
+    count = 3000
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            request * count + b"POST / HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(call) + call
+        )
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == count + 1
+    assert backend.count("Supervisor", "echo", "cached") == 1
+
+
+def _json_echo_call(supervisor: Any, arg: str) -> bytes:
+    """A stock TJSONProtocol ``echo`` call as bytes."""
+    from thrift.transport.TTransport import TMemoryBuffer
+
+    sink = TMemoryBuffer()
+    supervisor.Client(TJSONProtocol(sink)).send_echo(arg, {}, 0.0)
+    return sink.getvalue()
+
+
 def _header_zlib_call(supervisor: Any, arg: str) -> bytes:
     """A stock THeader call (binary, zlib transform) as the bytes it puts on the socket."""
     from thrift.transport.THeaderTransport import THeaderTransformID

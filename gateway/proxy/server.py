@@ -90,6 +90,7 @@ class ClientConnection(Protocol):
         self._protocol: ProtocolKind | None = None
         # Layers around the Thrift stream (HTTP, framing, zlib, JSON), outermost first.
         self._layers: list[Layer] = []
+        self._in_idle = False  # _layers_idle is running
         self._peer_id = b""  # the verified client certificate (TLS listener), see _dispatch
         self._pending: set[Deferred[bytes | None]] = set()
         # Parsed beyond max_pipelined, dispatched in order as answers go out.
@@ -190,14 +191,20 @@ class ClientConnection(Protocol):
         """An HTTP request whose calls are all answered gets its response (then the next
         request waiting behind it is read)."""
         http = self._layers[0]
-        if not isinstance(http, Http) or self._pending or self._held:
-            return
-        if http.awaiting_response:
-            self._write_raw(http.respond())
-            if http.closing:
-                self._close("HTTP request asked to close the connection", quiet=True)
-            elif http.has_next():
-                self.dataReceived(b"")
+        if not isinstance(http, Http) or self._in_idle:
+            return  # reading the next request below answers it in this loop, not nested
+        self._in_idle = True
+        try:
+            while not self._pending and not self._held and http.awaiting_response:
+                self._write_raw(http.respond())
+                if http.closing:
+                    self._close("HTTP request asked to close the connection", quiet=True)
+                    return
+                if not http.has_next():
+                    return
+                self.dataReceived(b"")  # may answer it at once (a cache hit): loop
+        finally:
+            self._in_idle = False
 
     def _refuse(self, exc: HttpError) -> None:
         """An HTTP request refused with an error status; the connection closes."""
