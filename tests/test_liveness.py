@@ -1,0 +1,139 @@
+"""Liveness errs toward "alive", black-box (issue 16, defect 5): a leader paused for less
+than ``session_ttl`` is never deposed, with or without its pub/sub connection reconnecting.
+
+Real processes: a redis-server, two ``gateway serve`` nodes with the default timings
+(``session_ttl`` 1 s), the thriftpy2 counting backend and thriftpy2 clients. The leader is
+paused with SIGSTOP at the worst moment of its renewal cycle (just before a renewal is
+due), so the test does not depend on luck. That a killed leader is still replaced within
+its session is tests/test_failover.py; the figures are benchmarks/failover.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from counting import CountingBackend, client, cluster, wait_for, write_config
+
+from benchmarks.redisstats import local_ports_to
+from gateway.localredis import RedisServer
+from gateway.testing import GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+PAUSE = 0.8  # seconds: shorter than the default session_ttl (1 s)
+
+
+@pytest.fixture
+def backend() -> Iterator[CountingBackend]:
+    slow = CountingBackend(multiplexed=False, page_delay=3.0)
+    yield slow
+    slow.stop()
+
+
+def session_key(r: redis.Redis, node_id: str) -> str:
+    """The session key of ``node_id``'s process (its heartbeat names the session)."""
+    wait_for(lambda: r.hget(f"gw:node:{{{node_id}}}", "session") is not None)
+    session = r.hget(f"gw:node:{{{node_id}}}", "session")
+    assert isinstance(session, bytes)
+    return f"gw:session:{session.decode()}"
+
+
+def stop_just_before_a_renewal(r: redis.Redis, key: str, pid: int) -> None:
+    """SIGSTOP ``pid`` when its session key is at its lowest remaining time of a renewal
+    cycle (the worst moment for a pause): the low point is learnt over a few cycles first."""
+    lowest = min(_pttl(r, key) for _ in _samples(1.2))
+    deadline = time.monotonic() + 5.0
+    while _pttl(r, key) > lowest + 25:
+        assert time.monotonic() < deadline, "never saw the session key near its low point"
+    os.kill(pid, signal.SIGSTOP)
+
+
+def _samples(seconds: float) -> range:
+    return range(int(seconds / 0.005))
+
+
+def _pttl(r: redis.Redis, key: str) -> int:
+    time.sleep(0.005)
+    left = r.pttl(key)
+    assert isinstance(left, int) and left > 0, f"session key {key} gone (PTTL {left})"
+    return left
+
+
+def kill_subscriber(r: redis.Redis, redis_port: int, pid: int) -> None:
+    """CLIENT KILL the pub/sub connection of process ``pid`` (its notices and alive channel)."""
+    ports = local_ports_to(pid, redis_port)
+    clients: list[dict[str, Any]] = r.client_list()
+    subscribers = [
+        c for c in clients if int(c["addr"].rpartition(":")[2]) in ports and int(c["sub"]) > 0
+    ]
+    assert len(subscribers) == 1, subscribers
+    r.client_kill_filter(_id=subscribers[0]["id"])
+
+
+def paused_leader_calls(
+    tmp_path: Path,
+    backend: CountingBackend,
+    nodes: list[GatewayProcess],
+    redis_server: RedisServer,
+    *,
+    kill_pubsub: bool,
+) -> int:
+    """Node a leads a slow call that node b follows; a is paused for PAUSE seconds mid-call
+    (its subscriber killed meanwhile if ``kill_pubsub``): the backend calls for the key."""
+    config = write_config(tmp_path, backend, redis=redis_server.url)
+    a, b = cluster(nodes, config, "a", "b")
+    r = redis.Redis(port=redis_server.port)
+    key = session_key(r, "a")
+    answers: list[Any] = []
+
+    def call(node: GatewayProcess) -> None:
+        with client(node.address, multiplexed=False) as c:
+            answers.append(c.page("pause"))
+
+    threads = [threading.Thread(target=call, args=(a,))]
+    threads[0].start()
+    wait_for(lambda: backend.count("Supervisor", "page", "pause") == 1)
+    threads.append(threading.Thread(target=call, args=(b,)))
+    threads[1].start()
+    time.sleep(0.2)  # b follows a's lease by now
+    stop_just_before_a_renewal(r, key, a.pid)
+    try:
+        if kill_pubsub:
+            kill_subscriber(r, redis_server.port, a.pid)
+        time.sleep(PAUSE)
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    for thread in threads:
+        thread.join(timeout=15)
+    assert len(answers) == 2
+    return backend.count("Supervisor", "page", "pause")
+
+
+def test_a_leader_paused_for_less_than_its_session_is_not_deposed(
+    tmp_path: Path,
+    backend: CountingBackend,
+    nodes: list[GatewayProcess],
+    redis_server: RedisServer,
+) -> None:
+    """A leader SIGSTOPped for 0.8 s (< session_ttl 1 s) just before a session renewal was
+    due keeps its call: its follower is answered from that one backend call."""
+    assert paused_leader_calls(tmp_path, backend, nodes, redis_server, kill_pubsub=False) == 1
+
+
+def test_a_paused_leader_whose_pubsub_reconnects_is_not_deposed(
+    tmp_path: Path,
+    backend: CountingBackend,
+    nodes: list[GatewayProcess],
+    redis_server: RedisServer,
+) -> None:
+    """A leader SIGSTOPped for 0.8 s whose pub/sub connection Redis closes meanwhile (so
+    nobody is subscribed to its alive channel) keeps its call: one backend call."""
+    assert paused_leader_calls(tmp_path, backend, nodes, redis_server, kill_pubsub=True) == 1
