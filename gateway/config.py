@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.configschema import ConfigError as ConfigError  # re-exported: its home for users
+from gateway.configschema import check
 from gateway.contracts import MethodPolicy
 from gateway.observe import PREVIEW_LIMIT
 
@@ -50,10 +52,6 @@ KEYS: dict[str, tuple[str, ...]] = {
         *("exclude_fields", "key_headers", "backend", "preview"),
     ),
 }
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and the problem."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,9 @@ def parse_address(text: str, key: str, allow_zero: bool = False) -> Address:
     host, sep, port_text = str(text).rpartition(":")
     host = host.strip("[]")
     lowest = 0 if allow_zero else 1
-    if not sep or not host or not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+    # isascii: "²" and other Unicode digits pass isdigit() but not int().
+    digits = port_text.isascii() and port_text.isdigit()
+    if not sep or not host or not digits or not lowest <= int(port_text) < 65536:
         raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
     return Address(host, int(port_text))
 
@@ -188,7 +188,7 @@ def parse_workers(value: object) -> int:
     """``workers``: a whole number 1..MAX_WORKERS, or ``"auto"`` (one per usable core)."""
     if value == "auto":
         return usable_cores()
-    if isinstance(value, str) and value.isdigit():  # --workers N arrives as text
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # --workers N: text
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:
         raise ConfigError(
@@ -401,6 +401,23 @@ def load_config_file(
 
 
 def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> GatewayConfig:
+    """The config of a parsed TOML document plus ``overrides``; only ever raises ConfigError.
+
+    Every value's type is checked first, against the one schema (gateway.configschema), so
+    the parsers below only meet the types they expect. Should a value still trip one of
+    them, it is a ConfigError all the same: a config file is input, and a bad one must
+    fail ``check-config`` with exit 2 and count as a failed reload, never crash.
+    """
+    check(raw)
+    try:
+        return _build_config(raw, overrides)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise ConfigError(f"config: unusable value ({type(exc).__name__}: {exc})") from None
+
+
+def _build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> GatewayConfig:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     _check_keys(raw, "config", "config")
     gw: dict[str, Any] = dict(raw.pop("gateway", {}))
