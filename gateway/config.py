@@ -243,6 +243,8 @@ def parse_policy(raw: dict[str, Any], where: str, base: MethodPolicy) -> MethodC
         ids = _take(table, "exclude_fields", list, where)
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise ConfigError(f"{where}.exclude_fields: expected a list of field ids")
+        if not all(-(1 << 15) <= i < 1 << 15 for i in ids):  # Thrift field ids are i16
+            raise ConfigError(f"{where}.exclude_fields: field ids are -32768..32767")
         kwargs["exclude_fields"] = frozenset(ids)
     if "key_headers" in table:
         names = _take(table, "key_headers", list, where)

@@ -56,6 +56,7 @@ _U32 = struct.Struct(">I")
 _FIELD = struct.Struct(">Bh")
 _COLLECTION = struct.Struct(">BI")
 _MAP = struct.Struct(">BBI")
+_EXCLUDED = struct.Struct(">BI")
 _COMPACT = ProtocolKind.COMPACT
 
 
@@ -246,12 +247,17 @@ class CallIdentity:
     ``key_headers`` and for calls carrying none of them). Two calls share a key only if all
     are equal: the backend could not tell them apart. The seqid, the client's protocol and
     transport (THeader included), other info headers, and field order never matter.
+    ``excluded`` is the sorted ``exclude_fields`` of the policy ``args`` was made under:
+    part of the identity because two policies can reach one upstream name (``methods.
+    "Svc:m"`` and ``methods.m``), and args without field 2 *because it was excluded* are
+    not the args of a call that had no field 2.
     """
 
     backend: str
     upstream_name: str
     args: bytes
     headers: bytes = b""
+    excluded: tuple[int, ...] = ()
 
     @property
     def key(self) -> str:
@@ -262,6 +268,12 @@ class CallIdentity:
             digest.update(_U32.pack(len(part)))
             digest.update(part)
         digest.update(self.args)
+        if self.excluded:
+            # 0xFF cannot start the key headers (a u32 name length: 0x00 first) nor follow
+            # the self-delimiting args otherwise; only present with exclusions, so a call
+            # without them keeps the key it always had.
+            digest.update(_EXCLUDED.pack(0xFF, len(self.excluded)))
+            digest.update(b"".join(_H.pack(i) for i in self.excluded))
         if self.headers:
             # After the args, which are self-delimiting (a struct ends at its STOP byte), and
             # only when present: a call without key headers keeps the key it always had.
@@ -303,4 +315,4 @@ def call_identity(
     args = canonical_args(
         message, protocol, exclude_fields=exclude_fields, limits=limits, header=header
     )
-    return CallIdentity(backend, upstream_name, args, headers)
+    return CallIdentity(backend, upstream_name, args, headers, tuple(sorted(exclude_fields)))
