@@ -5,11 +5,13 @@ Real processes: a redis-server, two ``gateway serve`` nodes with the default tim
 (``session_ttl`` 1 s), the thriftpy2 counting backend and thriftpy2 clients. The leader is
 paused with SIGSTOP at the worst moment of its renewal cycle (just before a renewal is
 due), so the test does not depend on luck. That a killed leader is still replaced within
-its session is tests/test_failover.py; the figures are benchmarks/failover.py.
+its session is tests/test_failover.py (and here: by its closed connections, before its key
+lapses); the figures are benchmarks/failover.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -34,6 +36,14 @@ PAUSE = 0.8  # seconds: shorter than the default session_ttl (1 s)
 @pytest.fixture
 def backend() -> Iterator[CountingBackend]:
     slow = CountingBackend(multiplexed=False, page_delay=3.0)
+    yield slow
+    slow.stop()
+
+
+@pytest.fixture
+def slow_backend() -> Iterator[CountingBackend]:
+    """Pages take 6 s: still underway however long finding the right moment to kill takes."""
+    slow = CountingBackend(multiplexed=False, page_delay=6.0)
     yield slow
     slow.stop()
 
@@ -137,3 +147,48 @@ def test_a_paused_leader_whose_pubsub_reconnects_is_not_deposed(
     """A leader SIGSTOPped for 0.8 s whose pub/sub connection Redis closes meanwhile (so
     nobody is subscribed to its alive channel) keeps its call: one backend call."""
     assert paused_leader_calls(tmp_path, backend, nodes, redis_server, kill_pubsub=True) == 1
+
+
+def test_a_killed_leader_is_taken_over_by_its_closed_connections_before_its_key_lapses(
+    tmp_path: Path,
+    slow_backend: CountingBackend,
+    nodes: list[GatewayProcess],
+    redis_server: RedisServer,
+) -> None:
+    """kill -9 of a leader: its follower takes the call over while the session key still
+    lives (a whole session_ttl after the last renewal): death was seen from both of its
+    connections being closed, not from the key's lapse."""
+    backend = slow_backend
+    config = write_config(tmp_path, backend, redis=redis_server.url)
+    a, b = cluster(nodes, config, "a", "b")
+    r = redis.Redis(port=redis_server.port)
+    key = session_key(r, "a")
+    answers: list[Any] = []
+
+    def follow() -> None:
+        with client(b.address, multiplexed=False) as c:
+            answers.append(c.page("killed"))
+
+    hang_up = threading.Thread(target=lambda: _call_and_hang_up(a))
+    hang_up.start()
+    wait_for(lambda: backend.count("Supervisor", "page", "killed") == 1)
+    follower = threading.Thread(target=follow)
+    follower.start()
+    time.sleep(0.2)  # b follows a's lease by now
+    lowest = min(_pttl(r, key) for _ in _samples(1.2))
+    while _pttl(r, key) > lowest + 25:  # just before a renewal: the key's shortest life
+        pass
+    a.kill()
+    wait_for(lambda: backend.count("Supervisor", "page", "killed") == 2)
+    assert r.exists(key) == 1, "taken over only once the session key had lapsed"
+    follower.join(timeout=15)
+    hang_up.join(timeout=15)
+    assert len(answers) == 1
+
+
+def _call_and_hang_up(node: GatewayProcess) -> None:
+    with (
+        contextlib.suppress(Exception),  # the connection dies with the node
+        client(node.address, multiplexed=False, timeout_ms=10_000) as c,
+    ):
+        c.page("killed")
