@@ -192,3 +192,49 @@ def _call_and_hang_up(node: GatewayProcess) -> None:
         client(node.address, multiplexed=False, timeout_ms=10_000) as c,
     ):
         c.page("killed")
+
+
+@pytest.fixture
+def redis_without_client_commands() -> Iterator[RedisServer]:
+    """A redis-server where CLIENT is disabled (as some ACLs and managed services do)."""
+    server = RedisServer(extra_args=["--rename-command", "CLIENT", ""]).start()
+    yield server
+    server.stop()
+
+
+def test_without_client_commands_a_killed_leader_is_taken_over_at_its_key_lapse(
+    tmp_path: Path,
+    slow_backend: CountingBackend,
+    nodes: list[GatewayProcess],
+    redis_without_client_commands: RedisServer,
+) -> None:
+    """Where CLIENT ID / CLIENT LIST cannot run, the rule still errs toward alive: a killed
+    leader is taken over only once its session key lapsed (one more backend call), and the
+    node that could not name its connection logged one warning saying so."""
+    backend, server = slow_backend, redis_without_client_commands
+    config = write_config(tmp_path, backend, redis=server.url)
+    a, b = cluster(nodes, config, "a", "b")
+    r = redis.Redis(port=server.port)
+    key = session_key(r, "a")
+    assert r.get(key) == b"-"  # no client id to name
+    answers: list[Any] = []
+
+    def follow() -> None:
+        with client(b.address, multiplexed=False) as c:
+            answers.append(c.page("killed"))
+
+    hang_up = threading.Thread(target=lambda: _call_and_hang_up(a))
+    hang_up.start()
+    wait_for(lambda: backend.count("Supervisor", "page", "killed") == 1)
+    follower = threading.Thread(target=follow)
+    follower.start()
+    time.sleep(0.3)  # b follows a's lease by now
+    a.kill()
+    wait_for(lambda: backend.count("Supervisor", "page", "killed") == 2)
+    assert r.exists(key) == 0
+    follower.join(timeout=15)
+    hang_up.join(timeout=15)
+    assert len(answers) == 1
+    assert any(
+        "session ended" in line or "its key lapsed" in line for line in b.process.stderr_lines
+    )

@@ -132,6 +132,7 @@ class SessionKeeper:
         self._key_ms = key_ttl_ms(session_ttl)
         self._ask_id = client_id
         self._value = "-"  # the renewing connection's client id once known
+        self._warned = False
         # Each tick sends a renewal without waiting for the previous one's reply: a slow
         # answer must not delay the next renewal (LoopingCall would wait for a Deferred).
         self._loop = LoopingCall(self._tick)
@@ -171,13 +172,22 @@ class SessionKeeper:
         if self._loop.running:
             self.renew()  # at once: it may have lapsed while Redis was away
         if self._ask_id:
-            self._redis.execute("CLIENT", "ID").addCallbacks(self._named, self._failed)
+            self._redis.execute("CLIENT", "ID").addCallbacks(self._named, self._unnamed)
 
     def _named(self, reply: Reply) -> None:
         if isinstance(reply, int) and self._redis.is_up:
             self._value = str(reply)
             if self._loop.running:
                 self.renew()
+
+    def _unnamed(self, reason: Failure) -> None:
+        if not self._warned:  # once: every reconnect asks again
+            self._warned = True
+            log.warn(
+                "CLIENT ID failed ({r}): if this node is killed, others see it only once its "
+                "session key lapses",
+                r=reason.getErrorMessage(),
+            )
 
     def _failed(self, reason: Failure) -> None:
         log.debug("session not renewed: {r}", r=reason.getErrorMessage())
