@@ -327,6 +327,10 @@ def parse_redis(raw: dict[str, Any]) -> RedisConfig:
             kwargs[name] = _take(table, name, str, "redis")
     if "max_shared_bytes" in table:
         kwargs["max_shared_bytes"] = _take(table, "max_shared_bytes", int, "redis")
+        if kwargs["max_shared_bytes"] < 0:  # 0: never share a reply (followers call)
+            raise ConfigError(
+                f"redis.max_shared_bytes: must be >= 0, got {kwargs['max_shared_bytes']}"
+            )
     for name in ("lease_ttl", "handoff_ttl", "reply_timeout", "session_ttl"):
         if name in table:
             kwargs[name] = float(_take(table, name, (int, float), "redis"))
@@ -463,6 +467,10 @@ def _build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gate
             raise ConfigError("gateway.log_format: expected text or json")
     if "drain_timeout" in gw:
         kwargs["drain_timeout"] = float(_take(gw, "drain_timeout", (int, float), "gateway"))
+        if kwargs["drain_timeout"] < 0:
+            raise ConfigError(
+                f"gateway.drain_timeout: must be >= 0, got {kwargs['drain_timeout']!r}"
+            )
     for name in ("max_frame_size", "max_depth", "max_collection_size", "cache_max_entries"):
         if name in gw:
             kwargs[name] = _take(gw, name, int, "gateway")

@@ -218,3 +218,20 @@ def test_sighup_with_a_wrongly_typed_value_fails_in_every_worker(
         assert metric(node.admin_url, "gateway_config_last_reload_successful") == 0
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        (["redis", "max_shared_bytes"], "redis.max_shared_bytes"),
+        (["gateway", "drain_timeout"], "gateway.drain_timeout"),
+    ],
+)
+def test_negative_sizes_and_timeouts_are_config_errors(path: list[str], key: str) -> None:
+    """A negative max_shared_bytes crashed ``gateway serve`` at start (ClusterOptions raised
+    ValueError), a negative drain_timeout was taken as is: both are ConfigErrors now."""
+    doc = document_with(path, -1)
+    if path[0] == "redis":
+        doc["redis"]["url"] = "redis://127.0.0.1:6379/0"
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must be >= 0"):
+        build_config(doc, {})
