@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 
 from gateway.cluster.keys import KeySchema
 from gateway.primitives import DeferredDict
-from gateway.redis.connection import RedisCommands, Reply
+from gateway.redis.connection import RedisCommandError, RedisCommands, Reply
 
 log = Logger(namespace="gateway.cluster")
 
@@ -181,6 +181,8 @@ class SessionKeeper:
                 self.renew()
 
     def _unnamed(self, reason: Failure) -> None:
+        if not isinstance(reason.value, RedisCommandError):
+            return  # the connection went away: the next one asks again
         if not self._warned:  # once: every reconnect asks again
             self._warned = True
             log.warn(
