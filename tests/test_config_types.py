@@ -20,9 +20,20 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, build_config
-from gateway.configschema import SCHEMA, ListOf, MapOf, Scalar, Spec, Table
-from gateway.testing import (
+from gateway.config import KEYS, ConfigError, build_config
+from gateway.configschema import (
+    BACKEND,
+    GATEWAY,
+    POLICY,
+    REDIS,
+    SCHEMA,
+    ListOf,
+    MapOf,
+    Scalar,
+    Spec,
+    Table,
+)
+from gateway.processes import (
     ExampleBackend,
     GatewayProcess,
     gateway_cli,
@@ -79,6 +90,21 @@ def document_with(path: list[str], value: object) -> dict[str, Any]:
         table = table.setdefault(key, {})
     table[path[-1]] = value
     return doc
+
+
+def test_the_schema_types_exactly_the_keys_the_loader_accepts() -> None:
+    """Every table of config.KEYS (the accepted keys, which the docs are checked against)
+    has a type for each of its keys in the schema, and the schema types no other key."""
+    tables = {
+        "config": SCHEMA,
+        "gateway": GATEWAY,
+        "redis": REDIS,
+        "backends.<name>": BACKEND,
+        "methods.<name>": POLICY,
+    }
+    assert set(tables) == set(KEYS)
+    for name, table in tables.items():
+        assert set(table.fields) == set(KEYS[name]), name
 
 
 CASES = [

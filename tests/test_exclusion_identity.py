@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from counting import CountingBackend, client, gateway, write_config
 
-from gateway.testing import GatewayProcess
+from gateway.processes import GatewayProcess
 from gateway.thrift import CallIdentity
 
 

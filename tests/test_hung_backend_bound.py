@@ -20,7 +20,7 @@ from counting import CountingBackend, client, cluster, wait_for, write_config
 from thriftpy2.thrift import TApplicationException
 
 from gateway.localredis import RedisServer
-from gateway.testing import GatewayProcess
+from gateway.processes import GatewayProcess
 
 pytestmark = pytest.mark.integration
 

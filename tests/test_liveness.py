@@ -26,7 +26,7 @@ from counting import CountingBackend, client, cluster, wait_for, write_config
 
 from benchmarks.redisstats import local_ports_to
 from gateway.localredis import RedisServer
-from gateway.testing import GatewayProcess
+from gateway.processes import GatewayProcess
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import pytest
 from counting import CountingBackend, client, cluster, gateway, write_config
 
 from gateway.localredis import RedisServer
-from gateway.testing import GatewayProcess
+from gateway.processes import GatewayProcess
 
 pytestmark = pytest.mark.integration
 
