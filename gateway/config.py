@@ -53,6 +53,10 @@ class BackendConfig:
     queue_size: int = 1024
     connect_timeout: float = 5.0
     hedge_after: float | None = None  # seconds before hedging an idempotent call to a replica
+    pipelining: bool = False  # many calls per connection (default: one; see proxy.upstream)
+    idle_timeout: float = 60.0  # seconds an idle pooled connection beyond `connections` lives
+    max_connecting: int = 8  # backend connects in flight at once
+    client_share: float = 0.5  # fraction of max_concurrency one client connection may hold
 
     @property
     def addresses(self) -> tuple[Address, ...]:
@@ -257,18 +261,21 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
             if value not in choices:
                 raise ConfigError(f"{where}.{name_}: expected one of {', '.join(choices)}")
             kwargs[name_] = value
-    if "multiplexed" in table:
-        kwargs["multiplexed"] = _take(table, "multiplexed", bool, where)
+    for name_ in ("multiplexed", "pipelining"):
+        if name_ in table:
+            kwargs[name_] = _take(table, name_, bool, where)
     if "service" in table:
         kwargs["service"] = _take(table, "service", str, where)
-    for name_ in ("connections", "max_concurrency", "queue_size"):
+    for name_ in ("connections", "max_concurrency", "queue_size", "max_connecting"):
         if name_ in table:
             kwargs[name_] = _take(table, name_, int, where)
             _positive(kwargs[name_], f"{where}.{name_}")
-    for name_ in ("connect_timeout", "hedge_after"):
+    for name_ in ("connect_timeout", "hedge_after", "idle_timeout", "client_share"):
         if name_ in table:
             kwargs[name_] = float(_take(table, name_, (int, float), where))
             _positive(kwargs[name_], f"{where}.{name_}")
+    if kwargs.get("client_share", 0.5) > 1:
+        raise ConfigError(f"{where}.client_share: a fraction of max_concurrency, at most 1")
     _reject_unknown(table, where)
     if kwargs.get("transport") == "header" and kwargs.get("protocol") == "binary-nonstrict":
         # A THeader frame names its protocol: binary (strict) or compact, nothing else.

@@ -67,7 +67,9 @@ class DrainSummary:
         )
 
 
-def build_backends(config: GatewayConfig, reactor: Any, limits: Limits) -> dict[str, Backend]:
+def build_backends(
+    config: GatewayConfig, reactor: Any, limits: Limits, stats: NodeStats | None = None
+) -> dict[str, Backend]:
     backends = {}
     for name, cfg in config.backends.items():
         pools = [
@@ -82,6 +84,11 @@ def build_backends(config: GatewayConfig, reactor: Any, limits: Limits) -> dict[
                 connect_timeout=cfg.connect_timeout,
                 max_concurrency=cfg.max_concurrency,
                 queue_size=cfg.queue_size,
+                pipelining=cfg.pipelining,
+                idle_timeout=cfg.idle_timeout,
+                max_connecting=cfg.max_connecting,
+                client_share=cfg.client_share,
+                stats=stats,
             )
             for addr in cfg.addresses
         ]
@@ -117,7 +124,7 @@ class GatewayNode:
             max_depth=config.max_depth,
             max_collection_size=config.max_collection_size,
         )
-        self.backends = build_backends(config, reactor, self.limits)
+        self.backends = build_backends(config, reactor, self.limits, self.stats)
         self.metrics = Metrics(
             self.stats, config.node_id, mode, self.observations, now=self._reactor.seconds
         )
@@ -223,7 +230,7 @@ class GatewayNode:
             self.backends,
             config.backends,
             lambda changed: build_backends(
-                replace(config, backends=changed), self._reactor, self.limits
+                replace(config, backends=changed), self._reactor, self.limits, self.stats
             ),
         )
         router = Router(config)
