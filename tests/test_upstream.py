@@ -278,7 +278,7 @@ def test_header_pool_passes_info_headers_to_the_connection() -> None:
 
 
 def pool(reactor: MemoryReactorClock, **kw: Any) -> UpstreamPool:
-    options: dict[str, Any] = {"connections": 1, "max_concurrency": 1, "queue_size": 1, "spare": 0}
+    options: dict[str, Any] = {"connections": 1, "max_concurrency": 1, "queue_size": 1}
     options.update(kw)
     return UpstreamPool(
         reactor, "127.0.0.1", 9, transport=FRAMED, protocol=BINARY, limits=DEFAULT_LIMITS, **options

@@ -20,13 +20,7 @@ pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
 
 
 def pool(reactor: MemoryReactorClock, **kw: Any) -> UpstreamPool:
-    # spare 0: connections are opened only for calls, so each test can count them.
-    options: dict[str, Any] = {
-        "connections": 1,
-        "max_concurrency": 8,
-        "queue_size": 16,
-        "spare": 0,
-    }
+    options: dict[str, Any] = {"connections": 1, "max_concurrency": 8, "queue_size": 16}
     options.update(kw)
     return UpstreamPool(
         reactor,
@@ -230,18 +224,4 @@ def test_pipelined_connection_of_a_backend_that_does_not_read_gets_no_more_calls
     assert len(sent_seqids(transport)) == 1
     conn.resumeProducing()
     assert len(sent_seqids(transport)) == 2
-    p.stop()
-
-
-def test_spare_connections_are_opened_while_calls_are_underway() -> None:
-    """Pooled, while calls are underway ``spare`` more connections are kept open, so a
-    call arriving meanwhile does not wait for a connect."""
-    reactor = MemoryReactorClock()
-    stats = NodeStats()
-    p = pool(reactor, spare=2, stats=stats)
-    p.start()
-    connect_all(reactor)
-    p.call(call(b"a"), timeout=30).addErrback(lambda f: None)
-    connect_all(reactor)
-    assert stats.backend_connections == 3 and stats.backend_connections_idle == 2
     p.stop()

@@ -68,7 +68,6 @@ __all__ = ["MAX_UNSENT", "Call", "OnReply", "UpstreamConnection", "UpstreamPool"
 log = logging.getLogger("gateway.upstream")
 
 _WAITING, _UNDERWAY, _DONE = "waiting", "underway", "done"
-SPARE = 2  # pooled: free connections kept beyond those in use, within max_concurrency
 
 
 class Call:
@@ -155,7 +154,6 @@ class UpstreamPool:
         max_connecting: int = 8,
         client_share: float = 0.5,
         stats: NodeStats | None = None,
-        spare: int = SPARE,
     ) -> None:
         self.address = f"{host}:{port}"
         self.protocol = protocol
@@ -170,7 +168,6 @@ class UpstreamPool:
         # Pooled: kept open while idle; pipelined: the connections there are.
         self._warm = connections if pipelining else min(connections, max_concurrency)
         self._idle_timeout = idle_timeout
-        self._spare = spare
         self._max_connecting = max_connecting
         self._backoff = backoff or (lambda: exponential_backoff(0.05, 2.0, 2.0))
         self._delays: Iterator[float] | None = None  # the backoff under way after failures
@@ -207,22 +204,15 @@ class UpstreamPool:
         self._started = True
         self._replenish()
 
-    def _target(self) -> int:
-        """How many connections to have: the warm ones; pooled, also one per call underway
-        and ``spare`` free ones more (while any is), so that a call arriving rarely waits for a
-        connect (a burst from one client would otherwise take every free one)."""
-        if self.pipelining:
-            return self._warm
-        busy = len(self._live) - len(self._idle) + len(self._parked)
-        return min(self._width, max(self._warm, busy + self._spare if busy else 0))
-
     def _replenish(self) -> None:
-        """Open connections while fewer than :meth:`_target` are up or opening, within
-        ``max_connecting``; not during a backoff after a failed connect."""
+        """Open connections while fewer than the warm ones (or, pooled, than the calls
+        parked for one) are up or opening, within ``max_connecting``; not during a backoff."""
         if self._stopped or not self._started or self._retry is not None:
             return
         live, opening = len(self._live), len(self._attempts)
-        want = self._target()
+        want = self._warm
+        if not self.pipelining:
+            want = min(self._width, max(want, live + len(self._parked)))
         while live + opening < want and opening < self._max_connecting:
             self._open()
             opening += 1
@@ -326,7 +316,7 @@ class UpstreamPool:
         conn.idle_since = self._clock.seconds()
         self._idle.append(conn)
         self._stats.backend_connections_idle += 1
-        if self._sweep is None and len(self._live) > self._target():
+        if self._sweep is None and len(self._live) > self._warm:
             self._sweep = self._clock.callLater(self._idle_timeout, self._close_idle)
 
     def _resumed(self, conn: UpstreamConnection) -> None:
@@ -347,7 +337,7 @@ class UpstreamPool:
         first; come back for those that will be."""
         self._sweep = None
         now = self._clock.seconds()
-        excess = len(self._live) - self._target()
+        excess = len(self._live) - self._warm
         for conn in list(self._idle):  # oldest idle first
             if excess <= 0:
                 return
@@ -480,8 +470,6 @@ class UpstreamPool:
         conn = self._acquire()
         if conn is not None:
             self._transmit(conn, call)
-            if len(self._idle) < self._spare and not self.pipelining:
-                self._replenish()
             return
         if self._down and not self._live:
             self._finish(call, self._unreachable())
