@@ -66,6 +66,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(if $(BASELINE),--baseline-rev $(BASELINE))
 
+# The manual (mkdocs.yml, docs/) as a static site in site/; tests/test_docs.py builds it the
+# same way, so a broken link or anchor fails the suite too.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # Regenerates the committed example code; needs Debian's thrift-compiler (0.17).
 # Each IDL file becomes a package named after it (gateway.examples.gen.supervisor, ...) whose
 # modules import each other relatively, so no namespace line is needed. The *-remote scripts

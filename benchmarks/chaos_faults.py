@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.localredis import RedisServer, SentinelGroup, replica_synced
-from gateway.testing import (
+from gateway.processes import (
     GatewayProcess,
     ManagedProcess,
     gateway_cli,

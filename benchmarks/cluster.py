@@ -47,7 +47,7 @@ from benchmarks.loadgen import CallRecord, Herd
 from benchmarks.redisstats import CommandLog, background, by_owner, call_path, local_ports_to
 from clients.herd import latency_summary
 from gateway.localredis import RedisServer
-from gateway.testing import GatewayProcess, start_example_backend, start_gateway
+from gateway.processes import GatewayProcess, start_example_backend, start_gateway
 
 
 def wait_for_cluster_mode(nodes: Sequence[GatewayProcess], timeout: float = 20.0) -> None:

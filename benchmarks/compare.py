@@ -50,7 +50,7 @@ from benchmarks.common import (
 )
 from benchmarks.rawload import LoadSpec, percentiles, run_load
 from benchmarks.targets import Fleet, Target
-from gateway.testing import REPO_ROOT
+from gateway.processes import REPO_ROOT
 
 JOIN_DELAY = 0.002  # seconds: long enough for a round of 64 calls to pile onto one
 ALL_TARGETS = (

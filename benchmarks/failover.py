@@ -42,7 +42,7 @@ from benchmarks.responder import Responder
 from benchmarks.wire import expected_result
 from clients.sync_client import ExampleClient
 from gateway.localredis import RedisServer
-from gateway.testing import GatewayProcess, start_gateway, wait_for_redis_mode
+from gateway.processes import GatewayProcess, start_gateway, wait_for_redis_mode
 
 KILL_AFTER = 0.3  # seconds between the followers' calls and the kill
 

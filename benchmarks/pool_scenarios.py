@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients.calls import ALERT, decode_reply, encode_call, protocol_factory
-from gateway.testing import (
+from gateway.processes import (
     ExampleBackend,
+    GatewayProcess,
     example_backend_argv,
     start_gateway,
     start_process,
@@ -229,11 +230,20 @@ def backend(kind: str, fast: float, slow: float, gen_dir: Path | None = None) ->
 
 
 @contextmanager
-def gateway(target: Target, config_dir: Path, extra: str = "") -> Iterator[Target]:
+def gateway_process(
+    target: Target, config_dir: Path, extra: str = "", admin: bool = False
+) -> Iterator[GatewayProcess]:
     """``gateway serve`` with default settings in front of ``target``, alertSupervisor in
-    passthrough (plus ``extra`` config lines for the default backend)."""
+    passthrough (plus ``extra`` config lines for the default backend); stopped on exit."""
     config = config_dir / "gw.toml"
     config.write_text(f"[backends.default]\n{extra}\n{PASSTHROUGH}")
     address = f"{target.host}:{target.port}"
-    with start_gateway(backend=address, config=config, node_id="pool") as gw:
+    with start_gateway(backend=address, config=config, node_id="pool", admin=admin) as gw:
+        yield gw
+
+
+@contextmanager
+def gateway(target: Target, config_dir: Path, extra: str = "") -> Iterator[Target]:
+    """:func:`gateway_process`, as the target its clients call."""
+    with gateway_process(target, config_dir, extra) as gw:
         yield Target(gw.host, gw.port)

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from gateway.cluster.heartbeat import BEAT
+from gateway.ops.heartbeat import BEAT
 
 # What a node sends whatever the traffic: the heartbeat (the BEAT script, a node-index ZADD
 # every 10 beats, an hourly trim; hot-key ZINCRBYs when there are some), the session

@@ -27,7 +27,7 @@ from typing import Any
 from benchmarks.common import cpu_seconds
 from benchmarks.thirdparty import find_haproxy, find_nginx, haproxy_config, nginx_config
 from gateway.localredis import free_port
-from gateway.testing import (
+from gateway.processes import (
     REPO_ROOT,
     ExampleBackend,
     GatewayProcess,

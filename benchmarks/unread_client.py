@@ -27,7 +27,7 @@ from thrift.Thrift import TMessageType
 from thrift.transport.TTransport import TMemoryBuffer
 
 from gateway.examples.gen.supervisor.Supervisor import alertSupervisor_args
-from gateway.testing import metric, start_example_backend, start_gateway
+from gateway.processes import metric, start_example_backend, start_gateway
 
 
 def framed_call(seqid: int) -> bytes:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from gateway.config import ConfigError, GatewayConfig, advertised_address, load_config_file
+from gateway.config import ConfigError, GatewayConfig, advertised_address
 from gateway.contracts import Coordinator
 from gateway.flights import FlightTable
 from gateway.logs import setup_logging
@@ -20,6 +20,7 @@ from gateway.proxy.local import LocalCoordinator
 from gateway.proxy.node import DrainSummary, GatewayNode
 from gateway.proxy.reload import reload_from
 from gateway.reactors import as_reactor
+from gateway.runconfig import load_file_from_args, load_from_args
 from gateway.stats import NodeStats
 from gateway.workers.role import WorkerRole
 
@@ -94,23 +95,6 @@ def build_cluster(
         observations=None if private else observations,
         publish_node=worker is None,
     )
-
-
-def load_from_args(args: argparse.Namespace) -> GatewayConfig:
-    """The config of ``serve`` / ``check-config``: the file (may be None) plus the flags."""
-    return load_file_from_args(args)[0]
-
-
-def load_file_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, str | None]:
-    """:func:`load_from_args`, plus the SHA-256 of the config file (None without one).
-
-    A worker of a multi-worker node adjusts the config its way (see gateway.workers): a
-    reload then compares like with like and reports no spurious "restart needed"."""
-    names = ("listen", "backend", "node_id", "admin", "advertise", "redis", "log_format", "workers")
-    overrides = {name: getattr(args, name) for name in names}
-    config, sha256 = load_config_file(args.config, overrides)
-    worker = WorkerRole.from_args(args)
-    return (config if worker is None else worker.configure(config)), sha256
 
 
 def run_check_config(args: argparse.Namespace) -> int:

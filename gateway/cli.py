@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_check_config(args)
     if args.command == "status":
-        from gateway.cluster.status import run_status
+        from gateway.ops.status import run_status
 
         return run_status(args)
     if args.command == "dashboard":

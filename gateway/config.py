@@ -1,7 +1,7 @@
 """Gateway configuration: a TOML file plus command-line overrides, parsed into frozen dataclasses.
 
 Parsing lives here, apart from the runtime, so a bad config fails before any socket opens and
-every error names the offending key. README "Configuration reference" documents each key.
+every error names the offending key. docs/configuration.md documents each key (see KEYS).
 """
 
 from __future__ import annotations
@@ -15,15 +15,42 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# url.py is standard-library only (like keys.py for the CLI): validating a URL here loads
-# no Twisted or Redis client.
-from gateway.cluster.url import InvalidRedisURL, parse_redis_target
 from gateway.contracts import MethodPolicy
 from gateway.observe import PREVIEW_LIMIT
+
+# url.py is standard-library only (like keys.py for the CLI): validating a URL here loads
+# no Twisted or Redis client.
+from gateway.redis.url import InvalidRedisURL, parse_redis_target
 
 MODES = ("coalesce", "cache", "passthrough")
 TRANSPORTS = ("framed", "buffered", "header")
 PROTOCOLS = ("binary", "binary-nonstrict", "compact")
+
+# Every key each table accepts; any other is a ConfigError naming it. The one list the
+# configuration reference (docs/configuration.md) is checked against, both ways, by
+# tests/test_docs.py. [routes] is left out: its keys are service names.
+KEYS: dict[str, tuple[str, ...]] = {
+    "config": ("gateway", "redis", "backends", "routes", "methods"),
+    "gateway": (
+        *("listen", "node_id", "admin", "advertise", "log_format", "drain_timeout"),
+        *("default_backend", "max_frame_size", "max_depth", "max_collection_size"),
+        *("cache_max_entries", "max_pipelined", "max_unsent_bytes", "idle_timeout"),
+        *("max_connections", "workers"),
+    ),
+    "redis": (
+        *("url", "prefix", "hmac_secret", "max_shared_bytes", "lease_ttl", "handoff_ttl"),
+        *("session_ttl", "reply_timeout"),
+    ),
+    "backends.<name>": (
+        *("address", "replicas", "transport", "protocol", "multiplexed", "service"),
+        *("connections", "max_concurrency", "queue_size", "connect_timeout", "hedge_after"),
+        *("pipelining", "idle_timeout", "max_connecting", "client_share"),
+    ),
+    "methods.<name>": (
+        *("mode", "ttl", "stale_ttl", "cache_exceptions", "idempotent", "timeout"),
+        *("exclude_fields", "key_headers", "backend", "preview"),
+    ),
+}
 
 
 class ConfigError(ValueError):
@@ -185,6 +212,11 @@ def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where:
     return value
 
 
+def _check_keys(table: dict[str, Any], where: str, section: str) -> None:
+    """Refuse keys that KEYS does not list for ``section``, before any value is read."""
+    _reject_unknown({k: v for k, v in table.items() if k not in KEYS[section]}, where)
+
+
 def _reject_unknown(table: dict[str, Any], where: str) -> None:
     if table:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(table))}")
@@ -197,6 +229,7 @@ def _positive(value: float, where: str) -> None:
 
 def parse_policy(raw: dict[str, Any], where: str, base: MethodPolicy) -> MethodConfig:
     table = dict(raw)
+    _check_keys(table, where, "methods.<name>")
     kwargs: dict[str, Any] = {}
     if "mode" in table:
         mode = _take(table, "mode", str, where)
@@ -247,6 +280,7 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
         # metric labels: keep them plain.
         raise ConfigError(f"{where}: backend names may only use letters, digits, '_' and '-'")
     table = dict(raw)
+    _check_keys(table, where, "backends.<name>")
     if "address" not in table:
         raise ConfigError(f"{where}.address: required")
     kwargs: dict[str, Any] = {
@@ -285,6 +319,7 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
 
 def parse_redis(raw: dict[str, Any]) -> RedisConfig:
     table = dict(raw)
+    _check_keys(table, "redis", "redis")
     if "url" not in table:
         raise ConfigError("redis.url: required")
     url = _take(table, "url", str, "redis")
@@ -375,7 +410,9 @@ def load_config_file(
 
 def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> GatewayConfig:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    _check_keys(raw, "config", "config")
     gw: dict[str, Any] = dict(raw.pop("gateway", {}))
+    _check_keys(gw, "gateway", "gateway")
     backends_raw: dict[str, Any] = dict(raw.pop("backends", {}))
     if overrides.get("backend"):
         existing = dict(backends_raw.get("default", {}))

@@ -47,7 +47,7 @@ class BackendReply:
 
 @dataclass(frozen=True)
 class MethodPolicy:
-    """How the gateway treats calls to one method (see README, "Per-method policy")."""
+    """How the gateway treats calls to one method (docs/configuration.md, [methods.<name>])."""
 
     mode: Mode = "coalesce"
     ttl: float = 0.0  # seconds a successful reply is served from cache (mode="cache")

@@ -12,7 +12,7 @@ import pytest
 from twisted.logger import globalLogPublisher
 
 from gateway.localredis import RedisServer
-from gateway.testing import GatewayProcess
+from gateway.processes import GatewayProcess
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from thriftpy2.protocol.multiplex import TMultiplexedProtocolFactory
 from thriftpy2.rpc import make_client
 from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
 
-from gateway.testing import (
+from gateway.processes import (
     GatewayProcess,
     ManagedProcess,
     start_gateway,

@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
-from gateway.testing import (
+from gateway.processes import (
     ExampleBackend,
     GatewayProcess,
     ManagedProcess,

@@ -43,7 +43,7 @@ from typing import TypeVar
 
 from netlinks import Links, Shaper, delay_method_in, in_ns, run
 
-from gateway.testing import GatewayProcess, ManagedProcess, gateway_argv, start_process
+from gateway.processes import GatewayProcess, ManagedProcess, gateway_argv, start_process
 
 PREFIX = "gwn"
 SUBNET = "10.77.0"

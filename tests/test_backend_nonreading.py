@@ -14,7 +14,7 @@ from thrift.Thrift import TApplicationException
 
 from benchmarks.common import rss_kib
 from benchmarks.pool_scenarios import Caller, Target
-from gateway.testing import start_gateway
+from gateway.processes import start_gateway
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from benchmarks.chaos import LATE, OUTAGE, UNEXPLAINED, cause
 from benchmarks.chaos_faults import Fault
 from benchmarks.chaos_load import Herd, error_kind
 from benchmarks.chaos_wire import CallSpec, decode_reply, guarantees, split_reply
-from gateway.testing import REPO_ROOT
+from gateway.processes import REPO_ROOT
 
 SPEC = CallSpec("Poetry", "echo", "k1~7", (("v", "1"),), 0.1)
 

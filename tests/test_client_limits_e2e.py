@@ -17,7 +17,7 @@ from thrift_messages import decode, message
 
 from clients.sync_client import ExampleClient
 from gateway.errors import INTERNAL_ERROR, PROTOCOL_ERROR
-from gateway.testing import GatewayProcess, metric, start_example_backend, start_gateway
+from gateway.processes import GatewayProcess, metric, start_example_backend, start_gateway
 from gateway.thrift import ProtocolKind, frame
 
 pytestmark = pytest.mark.integration

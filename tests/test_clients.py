@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.testing import ExampleBackend, start_example_backend
+from gateway.processes import ExampleBackend, start_example_backend
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -30,7 +30,7 @@ from clients.sync_client import ExampleClient
 from gateway.cluster.keys import KeySchema
 from gateway.examples.handlers import _poem_reply as poem
 from gateway.localredis import RedisServer
-from gateway.testing import (
+from gateway.processes import (
     ExampleBackend,
     GatewayProcess,
     backend_count,

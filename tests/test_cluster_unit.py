@@ -12,7 +12,6 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from gateway.cluster.completions import parse_notice
-from gateway.cluster.connection import RedisUnavailable
 from gateway.cluster.decision import Decision, UnexpectedReply, parse_decision
 from gateway.cluster.envelope import (
     Envelope,
@@ -26,8 +25,9 @@ from gateway.cluster.keys import BUCKETS, KeySchema, all_buckets, bucket_of
 from gateway.cluster.lease import NoticeListener
 from gateway.cluster.options import ClusterOptions
 from gateway.cluster.session import is_dead, new_session, node_of, session_of
-from gateway.cluster.url import InvalidRedisURL, RedisURL, parse_redis_url
 from gateway.contracts import BackendReply, MethodPolicy, ReplyKind
+from gateway.redis.connection import RedisUnavailable
+from gateway.redis.url import InvalidRedisURL, RedisURL, parse_redis_url
 from gateway.thrift import ProtocolKind
 
 KEY = "Svc.get:0123456789abcdef0123456789abcdef"
@@ -85,9 +85,11 @@ def test_rediss_endpoint_wraps_tcp_in_tls() -> None:
     from twisted.internet import reactor
     from twisted.internet.endpoints import HostnameEndpoint
 
+    from gateway.redis.endpoints import client_endpoint
+
     # Nothing connects: building an endpoint only needs the reactor's name resolver.
-    assert isinstance(parse_redis_url("redis://h").endpoint(reactor), HostnameEndpoint)
-    tls = parse_redis_url("rediss://h?ssl_cert_reqs=none").endpoint(reactor)
+    assert isinstance(client_endpoint(parse_redis_url("redis://h"), reactor), HostnameEndpoint)
+    tls = client_endpoint(parse_redis_url("rediss://h?ssl_cert_reqs=none"), reactor)
     assert not isinstance(tls, HostnameEndpoint)
     assert isinstance(tls._wrappedEndpoint, HostnameEndpoint)
 

@@ -9,7 +9,7 @@ import yaml
 
 from gateway.cli import build_parser
 from gateway.config import load_config
-from gateway.testing import REPO_ROOT
+from gateway.processes import REPO_ROOT
 
 IMAGE_ROOT = "/app/"  # where the Dockerfile copies the repository
 

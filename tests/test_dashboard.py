@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from gateway.cli import main
 from gateway.dashboard.site import ASSETS, ReportCache, asset
 from gateway.localredis import free_port
-from gateway.testing import gateway_cli, start_process
+from gateway.processes import gateway_cli, start_process
 
 
 class Reads:

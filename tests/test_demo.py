@@ -18,7 +18,7 @@ import pytest
 from gateway.demo.processes import spread
 from gateway.demo.progress import Progress
 from gateway.demo.summary import backend_calls
-from gateway.testing import REPO_ROOT, gateway_cli, start_process
+from gateway.processes import REPO_ROOT, gateway_cli, start_process
 
 NODES, CLIENTS, KEYS, ROUNDS, POEMS = 3, 60, 3, 2, 3
 SMALL = ["--nodes", str(NODES), "--clients", str(CLIENTS), "--keys", str(KEYS),

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import yaml
 
-from gateway.testing import REPO_ROOT
+from gateway.processes import REPO_ROOT
 
 PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
 GRAFANA = REPO_ROOT / "deploy" / "grafana" / "gateway-dashboard.json"

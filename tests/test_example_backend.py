@@ -19,7 +19,7 @@ from clients.sync_client import ExampleClient
 from gateway.examples.gen.poetry.ttypes import PoemNotFound
 from gateway.examples.gen.supervisor.ttypes import SupervisorBusy
 from gateway.localredis import free_port
-from gateway.testing import (
+from gateway.processes import (
     ExampleBackend,
     example_backend_argv,
     gateway_cli,

@@ -21,7 +21,7 @@ from counting import CountingBackend, client, cluster, hang_up_after_sending, wa
 
 from benchmarks.redisstats import CommandLog, local_ports_to
 from gateway.localredis import RedisServer
-from gateway.testing import GatewayProcess
+from gateway.processes import GatewayProcess
 
 pytestmark = pytest.mark.integration
 

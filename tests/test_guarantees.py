@@ -38,7 +38,7 @@ from thriftpy2.protocol import TBinaryProtocol
 from thriftpy2.transport import TMemoryBuffer
 
 from gateway.localredis import RedisServer, free_port
-from gateway.testing import GatewayProcess
+from gateway.processes import GatewayProcess
 from gateway.thrift import ProtocolKind
 
 pytestmark = pytest.mark.integration

@@ -46,7 +46,7 @@ from interop_support import (
     thriftpy2_module,
 )
 
-from gateway.testing import GatewayProcess, ManagedProcess, start_gateway, start_process
+from gateway.processes import GatewayProcess, ManagedProcess, start_gateway, start_process
 
 pytestmark = pytest.mark.integration
 

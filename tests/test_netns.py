@@ -31,7 +31,7 @@ from netns import Host, Network, unavailable, wait_until
 from thriftpy2.thrift import TApplicationException
 
 from gateway.localredis import RedisServer
-from gateway.testing import GatewayProcess, healthz
+from gateway.processes import GatewayProcess, healthz
 
 pytestmark = [
     pytest.mark.integration,

@@ -17,7 +17,7 @@ from gateway.cli import build_parser, main
 from gateway.config import ConfigError, advertised_address, build_config
 from gateway.health import probe
 from gateway.localredis import free_port
-from gateway.testing import REPO_ROOT, gateway_cli
+from gateway.processes import REPO_ROOT, gateway_cli
 
 FLAGS: dict[str, str | None] = {"listen": "0.0.0.0:9090", "backend": "127.0.0.1:1"}
 

@@ -26,7 +26,7 @@ from browser import Browser, find_chromium
 
 from gateway.demo.processes import DemoCluster, Settings
 from gateway.localredis import free_port
-from gateway.testing import REPO_ROOT, ManagedProcess, gateway_cli, start_process
+from gateway.processes import REPO_ROOT, ManagedProcess, gateway_cli, start_process
 
 pytestmark = pytest.mark.integration
 

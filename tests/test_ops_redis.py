@@ -14,12 +14,13 @@ import redis as redis_py
 from twisted.internet import reactor
 
 from gateway.cluster.node import ClusterNode
-from gateway.cluster.opskeys import OpsKeys, hot_member, minute_of
-from gateway.cluster.status import collect, render_report
 from gateway.localredis import RedisServer
 from gateway.observe import Observations
+from gateway.ops.opskeys import OpsKeys, hot_member, minute_of
+from gateway.ops.status import collect, render_report
+from gateway.processes import gateway_cli
 from gateway.stats import NodeStats
-from gateway.testing import DirectCoordinator, gateway_cli
+from gateway.testing import DirectCoordinator
 
 pytestmark = pytest.mark.integration
 

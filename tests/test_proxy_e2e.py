@@ -17,7 +17,7 @@ from thrift.Thrift import TApplicationException, TMessageType, TType
 from thrift_messages import decode, message
 
 from gateway.examples.gen.supervisor.ttypes import SupervisorBusy
-from gateway.testing import (
+from gateway.processes import (
     ExampleBackend,
     GatewayProcess,
     backend_count,

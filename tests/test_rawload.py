@@ -22,7 +22,7 @@ from benchmarks.targets import Responder
 from benchmarks.wire import CODECS, build_callset, expected_result
 from clients.calls import ALERT, encode_call, protocol_factory
 from clients.sync_client import ExampleClient
-from gateway.testing import ExampleBackend, example_backend_argv, start_process
+from gateway.processes import ExampleBackend, example_backend_argv, start_process
 
 SHORT = {"seconds": 0.25, "warmup": 0.05, "drain_timeout": 5.0}
 

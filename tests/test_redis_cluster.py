@@ -29,16 +29,17 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
-from gateway.cluster.connection import RedisCommandError
 from gateway.cluster.node import ClusterNode
 from gateway.cluster.options import ClusterOptions
-from gateway.cluster.shards import ClusterRedis
-from gateway.cluster.slots import key_slot
-from gateway.cluster.url import ClusterURL, parse_redis_target
 from gateway.contracts import BackendReply, MethodPolicy, ReplyKind
 from gateway.localredis import LocalCluster, RedisServer, run
+from gateway.processes import backend_count, wait_for_redis_mode
+from gateway.redis.connection import RedisCommandError
+from gateway.redis.shards import ClusterRedis
+from gateway.redis.slots import key_slot
+from gateway.redis.url import ClusterURL, parse_redis_target
 from gateway.stats import NodeStats
-from gateway.testing import DirectCoordinator, backend_count, wait_for_redis_mode
+from gateway.testing import DirectCoordinator
 
 pytestmark = pytest.mark.integration
 
@@ -301,7 +302,7 @@ def test_gateway_nodes_on_a_cluster_survive_a_primary_failover() -> None:
 
 def test_sync_client_reads_heartbeat_keys_across_shards(shards: LocalCluster) -> None:
     """gateway status's client routes by slot: keys on every shard read back through it."""
-    from gateway.cluster.redispy import sync_client
+    from gateway.redis.redispy import sync_client
 
     client = sync_client(shards.url, decode_responses=True)
     try:

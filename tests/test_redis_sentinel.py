@@ -29,14 +29,15 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from gateway.cluster.connection import RedisUnavailable
 from gateway.cluster.node import ClusterNode
-from gateway.cluster.sentinel import SentinelLocator
-from gateway.cluster.txredis import connect
-from gateway.cluster.url import SentinelURL, parse_redis_target
 from gateway.localredis import RedisServer, SentinelGroup, free_port, run
+from gateway.processes import backend_count, wait_for_redis_mode
+from gateway.redis.connection import RedisUnavailable
+from gateway.redis.sentinel import SentinelLocator
+from gateway.redis.txredis import connect
+from gateway.redis.url import SentinelURL, parse_redis_target
 from gateway.stats import NodeStats
-from gateway.testing import DirectCoordinator, backend_count, wait_for_redis_mode
+from gateway.testing import DirectCoordinator
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.localredis import RedisServer
-from gateway.testing import (
+from gateway.processes import (
     redis_mode,
     start_example_backend,
     start_gateway,

@@ -7,9 +7,10 @@ import pytest
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
-from gateway.cluster.connection import RedisConnector, RedisUnavailable
-from gateway.cluster.sentinel import parse_master_address, parse_switch_master
-from gateway.cluster.slots import (
+from gateway.config import ConfigError, build_config
+from gateway.redis.connection import RedisConnector, RedisUnavailable
+from gateway.redis.sentinel import parse_master_address, parse_switch_master
+from gateway.redis.slots import (
     SLOTS,
     SlotMap,
     command_key,
@@ -19,7 +20,7 @@ from gateway.cluster.slots import (
     key_slot,
     parse_redirect,
 )
-from gateway.cluster.url import (
+from gateway.redis.url import (
     ClusterURL,
     InvalidRedisURL,
     RedisURL,
@@ -27,7 +28,6 @@ from gateway.cluster.url import (
     parse_redis_target,
     parse_redis_url,
 )
-from gateway.config import ConfigError, build_config
 
 # -- URLs -----------------------------------------------------------------------------------
 

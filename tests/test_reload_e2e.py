@@ -16,7 +16,7 @@ import pytest
 from thrift.Thrift import TApplicationException, TMessageType, TType
 from thrift_messages import decode, message
 
-from gateway.testing import (
+from gateway.processes import (
     ExampleBackend,
     GatewayProcess,
     backend_count,

@@ -22,7 +22,7 @@ import pytest
 from counting import TESTS, CountingBackend, client, gateway, write_config
 from interop_support import thrift_compiler
 
-from gateway.testing import GatewayProcess
+from gateway.processes import GatewayProcess
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clients.sync_client import ExampleClient
-from gateway.testing import (
+from gateway.processes import (
     ExampleBackend,
     example_backend_argv,
     start_example_backend,

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.localredis import RedisServer
-from gateway.testing import (
+from gateway.processes import (
     ExampleBackend,
     GatewayProcess,
     backend_count,

@@ -23,9 +23,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cluster.connection import RedisConnector, RedisUnavailable, Reply, StateCallback
 from gateway.cluster.keys import KeySchema
 from gateway.primitives import DeferredDict
+from gateway.redis.connection import RedisConnector, RedisUnavailable, Reply, StateCallback
 
 log = Logger(namespace="gateway.cluster")
 

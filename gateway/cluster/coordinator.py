@@ -36,7 +36,6 @@ from twisted.logger import Logger
 
 from gateway.cluster import envelope as env
 from gateway.cluster.completions import Completions
-from gateway.cluster.connection import RedisCommandError, RedisCommands, RedisUnavailable
 from gateway.cluster.decision import Decision, UnexpectedReply
 from gateway.cluster.follower import Follower, GiveUp
 from gateway.cluster.keys import KeySchema
@@ -57,6 +56,7 @@ from gateway.contracts import (
 from gateway.errors import INTERNAL_ERROR, GatewayError
 from gateway.primitives import DeferredPool
 from gateway.reactors import as_clock
+from gateway.redis.connection import RedisCommandError, RedisCommands, RedisUnavailable
 
 log = Logger(namespace="gateway.cluster")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.cluster.connection import Reply
+from gateway.redis.connection import Reply
 
 Kind = Literal["cache", "stale", "stale_lead", "follow", "lead", "result", "again"]
 _ENTRY_KINDS: dict[str, Kind] = {"cache": "cache", "stale": "stale", "result": "result"}

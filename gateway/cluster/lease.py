@@ -9,9 +9,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.cluster.completions import Notice
-from gateway.cluster.connection import Arg, Reply
 from gateway.cluster.scripts import RENEW, ScriptRunner
 from gateway.reactors import DelayedCall, as_clock
+from gateway.redis.connection import Arg, Reply
 
 
 class LeaseRenewer:

@@ -17,16 +17,16 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.cluster.completions import Completions
-from gateway.cluster.connection import default_backoff
 from gateway.cluster.coordinator import ClusterCoordinator
-from gateway.cluster.heartbeat import Heartbeat
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.options import ClusterOptions
 from gateway.cluster.session import SessionKeeper, new_session
-from gateway.cluster.topology import open_links
-from gateway.cluster.url import ClusterURL, RedisTarget, parse_redis_target
 from gateway.contracts import Coordinator, Spawner
 from gateway.observe import Observations
+from gateway.ops.heartbeat import Heartbeat
+from gateway.redis.connection import default_backoff
+from gateway.redis.topology import open_links
+from gateway.redis.url import ClusterURL, RedisTarget, parse_redis_target
 from gateway.stats import NodeStats
 
 

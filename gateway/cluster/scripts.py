@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 
-from gateway.cluster.connection import Arg, RedisCommandError, RedisCommands, Reply
+from gateway.redis.connection import Arg, RedisCommandError, RedisCommands, Reply
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cluster.connection import RedisCommands, Reply
 from gateway.cluster.keys import KeySchema
 from gateway.primitives import DeferredDict
+from gateway.redis.connection import RedisCommands, Reply
 
 log = Logger(namespace="gateway.cluster")
 

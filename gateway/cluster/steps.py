@@ -16,7 +16,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cluster import envelope as env
-from gateway.cluster.connection import Arg, RedisCommands
 from gateway.cluster.decision import Decision, parse_decision
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.lease import LeaseRenewer
@@ -24,6 +23,7 @@ from gateway.cluster.options import ClusterOptions
 from gateway.cluster.scripts import COMPLETE, DECIDE, DROP, POLL, ScriptRunner
 from gateway.contracts import MethodPolicy
 from gateway.reactors import as_clock
+from gateway.redis.connection import Arg, RedisCommands
 
 log = Logger(namespace="gateway.cluster")
 

@@ -4,6 +4,9 @@
 ``static/``) and ``/api/status``, the report of ``gateway status --json``. It needs no gateway
 node: any machine that reaches the Redis can run it. Prints one line once listening:
 ``gateway dashboard listening on http://HOST:PORT/ (redis redis://host:6379/0)``.
+
+May import: gateway.ops, gateway.redis, gateway.config, gateway.primitives,
+gateway.reactors.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import redis
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from gateway.cluster.status import collect, open_client
-    from gateway.cluster.url import InvalidRedisURL
     from gateway.config import ConfigError, parse_address
+    from gateway.ops.status import collect, open_client
+    from gateway.redis.url import InvalidRedisURL
 
     try:
         listen = parse_address(args.listen, "--listen", allow_zero=True)

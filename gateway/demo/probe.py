@@ -2,13 +2,13 @@
 
 The Redis heartbeats refresh once a second, too coarse for a progress line on a herd that
 lasts a few seconds, so the demo asks the nodes' ``/metrics`` directly while it runs (with
-:mod:`gateway.testing`'s readers). Every probe is best effort: a node that does not answer in
+:mod:`gateway.processes`' readers). Every probe is best effort: a node that does not answer in
 time reads as "no data", never as an error.
 """
 
 from __future__ import annotations
 
-from gateway.testing import GatewayProcess, metric_samples, metric_total
+from gateway.processes import GatewayProcess, metric_samples, metric_total
 
 
 def progress_counts(node: GatewayProcess) -> tuple[int, int]:

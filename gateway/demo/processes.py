@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.localredis import RedisServer
-from gateway.testing import (
+from gateway.processes import (
     ExampleBackend,
     GatewayProcess,
     ManagedProcess,

@@ -23,12 +23,12 @@ from typing import Any, TextIO
 import redis
 
 from clients.sync_client import ExampleClient
-from gateway.cluster.status import collect
 from gateway.demo.probe import progress_counts
 from gateway.demo.processes import DemoCluster, DemoError, Settings
 from gateway.demo.progress import Progress
 from gateway.demo.summary import build_summary, render_summary
-from gateway.testing import ManagedProcess
+from gateway.ops.status import collect
+from gateway.processes import ManagedProcess
 
 PREFIX = "gw:"
 

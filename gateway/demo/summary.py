@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.cluster.status import render_table
 from gateway.demo.processes import Settings
+from gateway.ops.status import render_table
 
 DRIVEN = ("alertSupervisor", "getPoem")  # the methods the herd calls
 
@@ -34,7 +34,7 @@ def build_summary(
     pids: dict[str, int],
     redis_url: str,
 ) -> dict[str, Any]:
-    """``herd``: clients.herd's summary; ``report``: gateway.cluster.status.collect()."""
+    """``herd``: clients.herd's summary; ``report``: gateway.ops.status.collect()."""
     backend = backend_calls(backend_stats)
     totals = report["totals"]
     client_calls = int(herd["client_calls"])

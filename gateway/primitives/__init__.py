@@ -1,4 +1,7 @@
-"""Pure Deferred building blocks; nothing here imports the global reactor."""
+"""Pure Deferred building blocks; nothing here imports the global reactor.
+
+May import: gateway.reactors.
+"""
 
 from gateway.primitives.asyncdict import DeferredDict
 from gateway.primitives.coalescer import Coalescer, UnhashableKey, coalesced

@@ -2,7 +2,8 @@
 
 Modules, one concept each:
 
-* ``kinds``: protocol/transport kinds, message types, :class:`Limits` and the errors;
+* ``kinds``: protocol/transport kinds, message types, message and frame headers,
+  :class:`Limits` and the errors;
 * ``protocols``: thrift's pure-Python protocol classes over lean in-memory transports;
 * ``message``: message headers (read, re-encode, replace);
 * ``walk``: the generic, limited value walker behind skipping, call keys and transcoding;
@@ -13,6 +14,8 @@ Modules, one concept each:
 * ``transcode``: re-encoding messages between protocols;
 * ``appexc``: TApplicationException messages and :func:`reply_kind`;
 * ``answers``: the answer to bad input, in the client's own dialect.
+
+May import: nothing else of the gateway.
 """
 
 from gateway.thrift.answers import error_answer

@@ -1,14 +1,12 @@
-"""Vocabulary of the wire layer: protocol/transport kinds, message types, limits and errors."""
+"""Vocabulary of the wire layer: protocol/transport kinds, message types, message and THeader
+frame headers, limits and errors."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.thrift.message import MessageHeader
-    from gateway.thrift.theader import HeaderInfo
+_MULTIPLEX_SEPARATOR = ":"  # TMultiplexedProtocol.SEPARATOR
 
 
 class ProtocolKind(enum.StrEnum):
@@ -80,6 +78,79 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+# The headers travel in the errors below, hence defined here (message.py and theader.py
+# parse them and re-export these names).
+class MessageHeader:
+    """A decoded message header; ``body_offset`` is where the args/result struct starts.
+
+    Treat it as immutable. A plain slotted class rather than a frozen dataclass: two are
+    built per proxied call (the call's and the reply's), and a frozen dataclass's
+    ``__init__`` costs several times as much.
+    """
+
+    __slots__ = ("body_offset", "name", "seqid", "type")
+
+    def __init__(self, name: str, type: MessageType, seqid: int, body_offset: int) -> None:
+        self.name = name
+        self.type = type
+        self.seqid = seqid
+        self.body_offset = body_offset
+
+    def _fields(self) -> tuple[str, MessageType, int, int]:
+        return (self.name, self.type, self.seqid, self.body_offset)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MessageHeader):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"MessageHeader(name={self.name!r}, type={self.type!r}, seqid={self.seqid!r}, "
+            f"body_offset={self.body_offset!r})"
+        )
+
+    @property
+    def service(self) -> str | None:
+        """The service of a multiplexed "Svc:method" name ("Svc"), else None."""
+        service, sep, _ = self.name.partition(_MULTIPLEX_SEPARATOR)
+        return service if sep else None
+
+    @property
+    def method(self) -> str:
+        """The bare method name (TMultiplexedProcessor splits at the first separator too)."""
+        _, sep, method = self.name.partition(_MULTIPLEX_SEPARATOR)
+        return method if sep else self.name
+
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderInfo:
+    """The fields of one THeader frame besides its payload.
+
+    ``transforms`` are in frame order (the sender applied them in that order);
+    ``headers`` are the INFO_KEYVALUE pairs in frame order, bytes exactly as sent.
+    """
+
+    seqid: int
+    flags: int
+    protocol: ProtocolKind
+    transforms: tuple[int, ...] = ()
+    headers: Headers = ()
+
+    def get(self, name: bytes) -> bytes | None:
+        """The value of info header ``name`` (the last one if repeated, as a dict would keep)."""
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return None
 
 
 class WireError(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 from gateway.thrift.kinds import MalformedMessage, MessageType, ProtocolKind
+from gateway.thrift.kinds import MessageHeader as MessageHeader  # re-exported: defined there
 from gateway.thrift.protocols import Buffer, Truncated
 
 _U32 = struct.Struct(">I")
@@ -20,59 +21,12 @@ COMPACT_PROTOCOL_ID = 0x82
 _COMPACT_VERSION = 1
 _COMPACT_VERSION_MASK = 0x1F
 _COMPACT_TYPE_SHIFT = 5
-_MULTIPLEX_SEPARATOR = ":"  # TMultiplexedProtocol.SEPARATOR
 
 # Enum members as module globals for the per-message code below: on Python 3.11 every
 # `SomeEnum.MEMBER` lookup goes through a descriptor (~0.1 µs), a global costs ~10x less.
 _BINARY = ProtocolKind.BINARY
 _BINARY_NONSTRICT = ProtocolKind.BINARY_NONSTRICT
 _COMPACT = ProtocolKind.COMPACT
-
-
-class MessageHeader:
-    """A decoded message header; ``body_offset`` is where the args/result struct starts.
-
-    Treat it as immutable. A plain slotted class rather than a frozen dataclass: two are
-    built per proxied call (the call's and the reply's), and a frozen dataclass's
-    ``__init__`` costs several times as much.
-    """
-
-    __slots__ = ("body_offset", "name", "seqid", "type")
-
-    def __init__(self, name: str, type: MessageType, seqid: int, body_offset: int) -> None:
-        self.name = name
-        self.type = type
-        self.seqid = seqid
-        self.body_offset = body_offset
-
-    def _fields(self) -> tuple[str, MessageType, int, int]:
-        return (self.name, self.type, self.seqid, self.body_offset)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, MessageHeader):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return (
-            f"MessageHeader(name={self.name!r}, type={self.type!r}, seqid={self.seqid!r}, "
-            f"body_offset={self.body_offset!r})"
-        )
-
-    @property
-    def service(self) -> str | None:
-        """The service of a multiplexed "Svc:method" name ("Svc"), else None."""
-        service, sep, _ = self.name.partition(_MULTIPLEX_SEPARATOR)
-        return service if sep else None
-
-    @property
-    def method(self) -> str:
-        """The bare method name (TMultiplexedProcessor splits at the first separator too)."""
-        _, sep, method = self.name.partition(_MULTIPLEX_SEPARATOR)
-        return method if sep else self.name
 
 
 def _varint32(buf: Buffer, pos: int) -> tuple[int, int]:

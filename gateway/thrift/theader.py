@@ -36,11 +36,12 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 
 from thrift.Thrift import TApplicationException
 
 from gateway.thrift.kinds import DEFAULT_LIMITS, Limits, MalformedMessage, ProtocolKind
+from gateway.thrift.kinds import HeaderInfo as HeaderInfo  # re-exported: defined there
+from gateway.thrift.kinds import Headers as Headers  # re-exported: defined there
 from gateway.thrift.message import encode_varint
 from gateway.thrift.protocols import Buffer
 
@@ -60,30 +61,6 @@ FIXED_SIZE = _FIXED.size  # 10: the bytes between LENGTH and the variable header
 _PROTOCOLS: dict[int, ProtocolKind] = {0: ProtocolKind.BINARY, 2: ProtocolKind.COMPACT}
 _PROTOCOL_IDS: dict[ProtocolKind, int] = {kind: pid for pid, kind in _PROTOCOLS.items()}
 _KNOWN_TRANSFORMS = frozenset((TRANSFORM_ZLIB,))
-
-Headers = tuple[tuple[bytes, bytes], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderInfo:
-    """The fields of one THeader frame besides its payload.
-
-    ``transforms`` are in frame order (the sender applied them in that order);
-    ``headers`` are the INFO_KEYVALUE pairs in frame order, bytes exactly as sent.
-    """
-
-    seqid: int
-    flags: int
-    protocol: ProtocolKind
-    transforms: tuple[int, ...] = ()
-    headers: Headers = ()
-
-    def get(self, name: bytes) -> bytes | None:
-        """The value of info header ``name`` (the last one if repeated, as a dict would keep)."""
-        for key, value in reversed(self.headers):
-            if key == name:
-                return value
-        return None
 
 
 class HeaderError(MalformedMessage):

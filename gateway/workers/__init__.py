@@ -8,4 +8,8 @@
 * :mod:`.aggregate` - the node's counters, metrics and health from its workers' readings;
 * :mod:`.fetch` - a reading of one worker, over its private admin socket;
 * :mod:`.role` - the worker side: ``gateway serve`` started by a supervisor.
+
+May import: gateway.proxy, gateway.cluster, gateway.ops, gateway.redis,
+gateway.runconfig, gateway.config, gateway.localredis, gateway.logs, gateway.observe,
+gateway.stats.
 """

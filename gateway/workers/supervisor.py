@@ -45,6 +45,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from gateway.config import ConfigError, GatewayConfig, advertised_address
 from gateway.logs import setup_logging
 from gateway.proxy.node import DrainSummary
+from gateway.runconfig import load_from_args
 from gateway.stats import NodeStats
 from gateway.workers import sockets
 from gateway.workers.aggregate import DrainLine, NodeView, Reading, parse_drain_line, worst_mode
@@ -354,11 +355,11 @@ class Supervisor:
         redis = self.config.redis
         if redis is None:
             return
-        from gateway.cluster.heartbeat import Heartbeat
         from gateway.cluster.keys import KeySchema
-        from gateway.cluster.topology import open_links
-        from gateway.cluster.url import parse_redis_target
         from gateway.observe import Observations
+        from gateway.ops.heartbeat import Heartbeat
+        from gateway.redis.topology import open_links
+        from gateway.redis.url import parse_redis_target
 
         # Only the command link: the supervisor coordinates nothing, it publishes.
         self._links = open_links(
@@ -430,8 +431,6 @@ class Supervisor:
         log.info("signal %d: forwarded to %d worker(s)", signum, sent)
         # The workers may reload drain_timeout: keep our deadline for their drain in step.
         # Anything else the supervisor runs by (port, admin, workers) needs a restart.
-        from gateway.app import load_from_args
-
         with contextlib.suppress(ConfigError):  # a bad file: the workers keep theirs too
             self.drain_timeout = load_from_args(self._args).drain_timeout
 

@@ -18,7 +18,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from gateway.cluster.url import RedisURL
+from gateway.redis.endpoints import client_endpoint
+from gateway.redis.url import RedisURL
 
 
 class RedisUnavailable(Exception):
@@ -54,7 +55,7 @@ def connect(
     # Probe with a bare TCP (or TLS) connect first. Each failed txredisapi attempt makes its
     # ClientService log "Scheduling retry ..." before it can be stopped; a silent probe keeps
     # a long outage down to the one "unreachable" line connection.py logs.
-    endpoint: Any = url.endpoint(reactor, timeout=connect_timeout)
+    endpoint: Any = client_endpoint(url, reactor, timeout=connect_timeout)
     attempt: Deferred[Any] = endpoint.connect(_PROBE)
     attempt.addCallback(_start_factory, url, endpoint, subscriber, reply_timeout)
     attempt.addCallback(_verify, reactor, reply_timeout)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.cluster.url import HostPort
+from gateway.redis.url import HostPort
 
 SLOTS = 16384
 

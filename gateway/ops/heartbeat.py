@@ -24,12 +24,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gateway.cluster.connection import Arg, RedisCommands
 from gateway.cluster.keys import KeySchema
-from gateway.cluster.opskeys import OpsKeys, hot_member, minute_of
 from gateway.cluster.scripts import Script, ScriptRunner
 from gateway.observe import Observations
+from gateway.ops.opskeys import OpsKeys, hot_member, minute_of
 from gateway.reactors import as_clock
+from gateway.redis.connection import Arg, RedisCommands
 from gateway.stats import TRAFFIC_COUNTERS, NodeStats
 
 log = Logger(namespace="gateway.cluster")

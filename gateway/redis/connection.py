@@ -27,12 +27,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cluster.txredis import RedisCommandError as RedisCommandError  # re-exported
-from gateway.cluster.txredis import RedisUnavailable as RedisUnavailable  # re-exported
-from gateway.cluster.txredis import connect, translate
-from gateway.cluster.url import RedisURL, parse_redis_url
 from gateway.primitives import Deadline, Deadlines, RetryingCall, exponential_backoff
 from gateway.reactors import DelayedCall, as_clock
+from gateway.redis.txredis import RedisCommandError as RedisCommandError  # re-exported
+from gateway.redis.txredis import RedisUnavailable as RedisUnavailable  # re-exported
+from gateway.redis.txredis import connect, translate
+from gateway.redis.url import RedisURL, parse_redis_url
 
 Arg: TypeAlias = str | bytes | int | float
 Reply: TypeAlias = bytes | str | int | list["Reply"] | None

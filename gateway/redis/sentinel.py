@@ -1,6 +1,6 @@
 """Redis Sentinel: find the current master, and hear about failovers as they happen.
 
-:class:`SentinelLocator` is the :class:`~gateway.cluster.connection.Locator` of a
+:class:`SentinelLocator` is the :class:`~gateway.redis.connection.Locator` of a
 ``redis+sentinel://`` URL. Before every connection attempt it asks the sentinels in turn
 (``SENTINEL get-master-addr-by-name``, the one that answered last first, as the Sentinel
 client guidelines say) and the connector then checks with ROLE that the server really is
@@ -22,9 +22,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cluster.connection import RedisConnector, RedisUnavailable, Reply, default_backoff
-from gateway.cluster.txredis import query_once
-from gateway.cluster.url import HostPort, RedisURL, SentinelURL
+from gateway.redis.connection import RedisConnector, RedisUnavailable, Reply, default_backoff
+from gateway.redis.txredis import query_once
+from gateway.redis.url import HostPort, RedisURL, SentinelURL
 
 log = Logger(namespace="gateway.cluster")
 

@@ -14,15 +14,15 @@ from typing import Any
 
 import redis
 
-from gateway.cluster.opskeys import (
+from gateway.observe import split_call_key
+from gateway.ops.opskeys import (
     BUCKETS,
     HOT_BUCKET_SECONDS,
     OpsKeys,
     minute_of,
     parse_hot_member,
 )
-from gateway.cluster.redispy import SyncRedis
-from gateway.observe import split_call_key
+from gateway.redis.redispy import SyncRedis
 from gateway.stats import TRAFFIC_COUNTERS
 
 HISTORY_NUMBERS = (*TRAFFIC_COUNTERS, "in_flight")

@@ -24,11 +24,8 @@ parse URLs); endpoints.py turns a :class:`RedisURL` into a Twisted endpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit
-
-if TYPE_CHECKING:
-    from twisted.internet.interfaces import IStreamClientEndpoint
 
 DEFAULT_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
@@ -73,13 +70,6 @@ class RedisURL:
     @property
     def address(self) -> HostPort:
         return (self.host, self.port)
-
-    def endpoint(self, reactor: Any, timeout: float = 5.0) -> IStreamClientEndpoint:
-        """A Twisted client endpoint for this server (see endpoints.client_endpoint)."""
-        # Imported here: this module stays importable without Twisted's TLS stack.
-        from gateway.cluster.endpoints import client_endpoint
-
-        return client_endpoint(self, reactor, timeout)
 
 
 @dataclass(frozen=True)

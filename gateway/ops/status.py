@@ -9,7 +9,7 @@ the first backend call).
 
 The report also holds the calls in flight (the per-bucket index the call scripts keep,
 oldest first), the hot keys of the last minutes and each node's recent history
-(:mod:`gateway.cluster.insight`), in three pipelined round trips. ``gateway dashboard``
+(:mod:`gateway.ops.insight`), in three pipelined round trips. ``gateway dashboard``
 serves this same report as JSON.
 """
 
@@ -23,17 +23,17 @@ from typing import Any, cast
 
 import redis
 
-from gateway.cluster.insight import (
+from gateway.cluster.keys import KeySchema
+from gateway.ops.insight import (
     queue_history,
     queue_hot_keys,
     queue_in_flight_index,
     read_in_flight,
 )
-from gateway.cluster.keys import KeySchema
-from gateway.cluster.opskeys import OpsKeys
-from gateway.cluster.redispy import SyncRedis, sync_client
-from gateway.cluster.sections import render_history, render_hot_keys, render_in_flight
-from gateway.cluster.url import InvalidRedisURL, parse_redis_target
+from gateway.ops.opskeys import OpsKeys
+from gateway.ops.sections import render_history, render_hot_keys, render_in_flight
+from gateway.redis.redispy import SyncRedis, sync_client
+from gateway.redis.url import InvalidRedisURL, parse_redis_target
 from gateway.stats import TRAFFIC_COUNTERS
 
 ALIVE_WITHIN = 3.0

@@ -1,4 +1,4 @@
-"""Twisted client endpoints for a :class:`~gateway.cluster.url.RedisURL` (TCP, TLS, UNIX).
+"""Twisted client endpoints for a :class:`~gateway.redis.url.RedisURL` (TCP, TLS, UNIX).
 
 Apart from url.py so that parsing a URL (config validation, ``gateway status``) does not
 import Twisted's TLS stack.
@@ -15,7 +15,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
 from zope.interface import implementer
 
-from gateway.cluster.url import RedisURL
+from gateway.redis.url import RedisURL
 
 
 def client_endpoint(url: RedisURL, reactor: Any, timeout: float = 5.0) -> IStreamClientEndpoint:

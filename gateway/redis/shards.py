@@ -1,7 +1,7 @@
 """RedisCommands over a Redis Cluster: one self-healing connection per primary, routed by slot.
 
 txredisapi's Sharded* classes are consistent-hashing clients (and broken on Python 3), so
-the routing lives here, over plain :class:`~gateway.cluster.connection.RedisConnector`
+the routing lives here, over plain :class:`~gateway.redis.connection.RedisConnector`
 connections - the same reconnect, keepalive and error mapping as a single Redis.
 
 * **Routing**: every command goes to the primary of its key's slot (slots.py); a script
@@ -30,7 +30,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cluster.connection import (
+from gateway.primitives import exponential_backoff
+from gateway.reactors import DelayedCall, as_clock
+from gateway.redis.connection import (
     Arg,
     RedisCommandError,
     RedisConnector,
@@ -39,11 +41,9 @@ from gateway.cluster.connection import (
     StateCallback,
     default_backoff,
 )
-from gateway.cluster.slots import BROADCAST, SlotMap, command_name, command_slot, parse_redirect
-from gateway.cluster.txredis import query_once
-from gateway.cluster.url import ClusterURL, HostPort, RedisURL
-from gateway.primitives import exponential_backoff
-from gateway.reactors import DelayedCall, as_clock
+from gateway.redis.slots import BROADCAST, SlotMap, command_name, command_slot, parse_redirect
+from gateway.redis.txredis import query_once
+from gateway.redis.url import ClusterURL, HostPort, RedisURL
 
 log = Logger(namespace="gateway.cluster")
 

@@ -14,7 +14,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
-from gateway.cluster.url import ClusterURL, SentinelURL, parse_redis_target
+from gateway.redis.url import ClusterURL, SentinelURL, parse_redis_target
 
 SyncRedis: TypeAlias = "redis.Redis | RedisCluster"
 

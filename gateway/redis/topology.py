@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.cluster.connection import Locator, ManagedRedis, RedisConnector, default_backoff
-from gateway.cluster.sentinel import SentinelLocator, SentinelWatcher
-from gateway.cluster.shards import ClusterNodes, ClusterRedis
-from gateway.cluster.url import ClusterURL, RedisTarget, RedisURL, SentinelURL
+from gateway.redis.connection import Locator, ManagedRedis, RedisConnector, default_backoff
+from gateway.redis.sentinel import SentinelLocator, SentinelWatcher
+from gateway.redis.shards import ClusterNodes, ClusterRedis
+from gateway.redis.url import ClusterURL, RedisTarget, RedisURL, SentinelURL
 
 
 @dataclass
