@@ -83,7 +83,7 @@ class BackendConfig:
     pipelining: bool = False  # many calls per connection (default: one; see proxy.upstream)
     idle_timeout: float = 60.0  # seconds an idle pooled connection beyond `connections` lives
     max_connecting: int = 8  # backend connects in flight at once
-    client_share: float = 0.5  # fraction of max_concurrency one client connection may hold
+    client_share: float = 0.25  # fraction of max_concurrency one client connection may hold
 
     @property
     def addresses(self) -> tuple[Address, ...]:
@@ -308,7 +308,7 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
         if name_ in table:
             kwargs[name_] = float(_take(table, name_, (int, float), where))
             _positive(kwargs[name_], f"{where}.{name_}")
-    if kwargs.get("client_share", 0.5) > 1:
+    if kwargs.get("client_share", 0.25) > 1:
         raise ConfigError(f"{where}.client_share: a fraction of max_concurrency, at most 1")
     _reject_unknown(table, where)
     if kwargs.get("transport") == "header" and kwargs.get("protocol") == "binary-nonstrict":

@@ -152,7 +152,7 @@ class UpstreamPool:
         pipelining: bool = False,
         idle_timeout: float = 60.0,
         max_connecting: int = 8,
-        client_share: float = 0.5,
+        client_share: float = 0.25,
         stats: NodeStats | None = None,
     ) -> None:
         self.address = f"{host}:{port}"
