@@ -20,7 +20,13 @@ pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
 
 
 def pool(reactor: MemoryReactorClock, **kw: Any) -> UpstreamPool:
-    options: dict[str, Any] = {"connections": 1, "max_concurrency": 8, "queue_size": 16}
+    # client_share 1: these calls come from no client connection; the share has its test.
+    options: dict[str, Any] = {
+        "connections": 1,
+        "max_concurrency": 8,
+        "queue_size": 16,
+        "client_share": 1.0,
+    }
     options.update(kw)
     return UpstreamPool(
         reactor,
