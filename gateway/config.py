@@ -91,6 +91,10 @@ class BackendConfig:
     tls_server_name: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    pipelining: bool = False  # many calls per connection (default: one; see proxy.upstream)
+    idle_timeout: float = 60.0  # seconds an idle pooled connection beyond `connections` lives
+    max_connecting: int = 8  # backend connects in flight at once
+    client_share: float = 0.25  # fraction of max_concurrency one client connection may hold
 
     @property
     def addresses(self) -> tuple[Address, ...]:
@@ -327,19 +331,22 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
             if value not in choices:
                 raise ConfigError(f"{where}.{name_}: expected one of {', '.join(choices)}")
             kwargs[name_] = value
-    if "multiplexed" in table:
-        kwargs["multiplexed"] = _take(table, "multiplexed", bool, where)
+    for name_ in ("multiplexed", "pipelining"):
+        if name_ in table:
+            kwargs[name_] = _take(table, name_, bool, where)
     if "service" in table:
         kwargs["service"] = _take(table, "service", str, where)
-    for name_ in ("connections", "max_concurrency", "queue_size"):
+    for name_ in ("connections", "max_concurrency", "queue_size", "max_connecting"):
         if name_ in table:
             kwargs[name_] = _take(table, name_, int, where)
             _positive(kwargs[name_], f"{where}.{name_}")
-    for name_ in ("connect_timeout", "hedge_after"):
+    for name_ in ("connect_timeout", "hedge_after", "idle_timeout", "client_share"):
         if name_ in table:
             kwargs[name_] = float(_take(table, name_, (int, float), where))
             _positive(kwargs[name_], f"{where}.{name_}")
     kwargs.update(parse_backend_tls(table, where))
+    if kwargs.get("client_share", 0.25) > 1:
+        raise ConfigError(f"{where}.client_share: a fraction of max_concurrency, at most 1")
     _reject_unknown(table, where)
     if kwargs.get("transport") == "header" and kwargs.get("protocol") == "binary-nonstrict":
         # A THeader frame names its protocol: binary (strict) or compact, nothing else.

@@ -104,6 +104,10 @@ BACKEND = Table(
         "tls_server_name": STR,
         "tls_cert": STR,
         "tls_key": STR,
+        "pipelining": BOOL,
+        "idle_timeout": NUMBER,
+        "max_connecting": INT,
+        "client_share": NUMBER,
     }
 )
 
