@@ -172,6 +172,7 @@ def gateway_config(port: int, backend: str, mode: str) -> str:
         f'protocol = "{protocol}"',
         # TSimpleServer serves one connection at a time: a second one would wait forever.
         "connections = 1",
+        "max_concurrency = 1",
     ]
     if multiplexed:
         lines += ["multiplexed = true", 'service = "ThriftTest"']

@@ -1,7 +1,7 @@
 """The whole benchmark suite (``make bench``): runs each benchmark in its own process and
 writes benchmarks/results.md and benchmarks/results.json.
 
-    python -m benchmarks.run [--only primitives,compare,cluster,failover] [--baseline-rev REV]
+    python -m benchmarks.run [--only primitives,compare,cluster,failover,pool] [--baseline-rev REV]
                              [--out DIR]
 
 Each benchmark is a separate ``python -m benchmarks.<name> --json`` child (the cluster one
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cluster, compare_report, failover, primitives
+from benchmarks import cluster, compare_report, failover, pool, primitives
 from benchmarks.common import machine_info, markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -58,6 +58,12 @@ SUITE: dict[str, tuple[str, list[str], Callable[[dict[str, Any]], str], float]] 
         ["benchmarks.failover", "--runs", "10"],
         failover.render,
         180.0,
+    ),
+    "pool": (
+        "Backend pool in front of in-order servers: isolation figures, pooled vs pipelined",
+        ["benchmarks.pool"],
+        pool.render,
+        600.0,  # ~3.5 min
     ),
 }
 

@@ -81,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--protocol", choices=["binary", "compact"], default="binary")
     backend.add_argument("--transport", choices=["framed", "buffered"], default="framed")
     backend.add_argument("--multiplexed", action="store_true")
+    backend.add_argument(
+        "--slow-delay",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="delay of calls whose message or title starts with 'slow' (default 2)",
+    )
+    backend.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="answer a connection's calls concurrently, in completion order (default: one at"
+        " a time, in order, as Apache Thrift's servers do)",
+    )
 
     demo = sub.add_parser("demo", help="start a local cluster and drive a thundering herd")
     demo.add_argument("--nodes", type=int, default=3, help="gateway nodes (default 3)")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.configschema import BACKEND, GATEWAY, POLICY, REDIS, SCHEMA, check
+from gateway.configschema import ConfigError as ConfigError  # re-exported: its home for users
 from gateway.contracts import MethodPolicy
 from gateway.observe import PREVIEW_LIMIT
 
@@ -27,37 +29,17 @@ TRANSPORTS = ("framed", "buffered", "header")
 PROTOCOLS = ("binary", "binary-nonstrict", "compact")
 TLS_VERSIONS = ("1.2", "1.3")  # older ones are broken; OpenSSL 3 refuses them by default
 
-# Every key each table accepts; any other is a ConfigError naming it. The one list the
-# configuration reference (docs/configuration.md) is checked against, both ways, by
-# tests/test_docs.py. [routes] is left out: its keys are service names.
+# Every key each table accepts; any other is a ConfigError naming it. Derived from the one
+# typed schema (gateway.configschema), and the one list the configuration reference
+# (docs/configuration.md) is checked against, both ways, by tests/test_docs.py. [routes] is
+# left out: its keys are service names.
 KEYS: dict[str, tuple[str, ...]] = {
-    "config": ("gateway", "redis", "backends", "routes", "methods"),
-    "gateway": (
-        *("listen", "node_id", "admin", "advertise", "log_format", "drain_timeout"),
-        *("default_backend", "max_frame_size", "max_depth", "max_collection_size"),
-        *("cache_max_entries", "max_pipelined", "max_unsent_bytes", "idle_timeout"),
-        *("max_connections", "workers"),
-        *("tls_listen", "tls_cert", "tls_key", "tls_client_ca", "tls_min_version"),
-        "header_zlib_replies",
-    ),
-    "redis": (
-        *("url", "prefix", "hmac_secret", "max_shared_bytes", "lease_ttl", "handoff_ttl"),
-        *("session_ttl", "reply_timeout"),
-    ),
-    "backends.<name>": (
-        *("address", "replicas", "transport", "protocol", "multiplexed", "service"),
-        *("connections", "max_concurrency", "queue_size", "connect_timeout", "hedge_after"),
-        *("tls", "tls_ca", "tls_server_name", "tls_cert", "tls_key"),
-    ),
-    "methods.<name>": (
-        *("mode", "ttl", "stale_ttl", "cache_exceptions", "idempotent", "timeout"),
-        *("exclude_fields", "key_headers", "backend", "preview", "key_peer"),
-    ),
+    "config": tuple(SCHEMA.fields),
+    "gateway": tuple(GATEWAY.fields),
+    "redis": tuple(REDIS.fields),
+    "backends.<name>": tuple(BACKEND.fields),
+    "methods.<name>": tuple(POLICY.fields),
 }
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and the problem."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +91,10 @@ class BackendConfig:
     tls_server_name: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    pipelining: bool = False  # many calls per connection (default: one; see proxy.upstream)
+    idle_timeout: float = 60.0  # seconds an idle pooled connection beyond `connections` lives
+    max_connecting: int = 8  # backend connects in flight at once
+    client_share: float = 0.25  # fraction of max_concurrency one client connection may hold
 
     @property
     def addresses(self) -> tuple[Address, ...]:
@@ -194,7 +180,9 @@ def parse_address(text: str, key: str, allow_zero: bool = False) -> Address:
     host, sep, port_text = str(text).rpartition(":")
     host = host.strip("[]")
     lowest = 0 if allow_zero else 1
-    if not sep or not host or not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+    # isascii: "²" and other Unicode digits pass isdigit() but not int().
+    digits = port_text.isascii() and port_text.isdigit()
+    if not sep or not host or not digits or not lowest <= int(port_text) < 65536:
         raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
     return Address(host, int(port_text))
 
@@ -243,7 +231,7 @@ def parse_workers(value: object) -> int:
     """``workers``: a whole number 1..MAX_WORKERS, or ``"auto"`` (one per usable core)."""
     if value == "auto":
         return usable_cores()
-    if isinstance(value, str) and value.isdigit():  # --workers N arrives as text
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # --workers N: text
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:
         raise ConfigError(
@@ -298,6 +286,8 @@ def parse_policy(raw: dict[str, Any], where: str, base: MethodPolicy) -> MethodC
         ids = _take(table, "exclude_fields", list, where)
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise ConfigError(f"{where}.exclude_fields: expected a list of field ids")
+        if not all(-(1 << 15) <= i < 1 << 15 for i in ids):  # Thrift field ids are i16
+            raise ConfigError(f"{where}.exclude_fields: field ids are -32768..32767")
         kwargs["exclude_fields"] = frozenset(ids)
     if "key_headers" in table:
         names = _take(table, "key_headers", list, where)
@@ -345,19 +335,22 @@ def parse_backend(name: str, raw: dict[str, Any]) -> BackendConfig:
             if value not in choices:
                 raise ConfigError(f"{where}.{name_}: expected one of {', '.join(choices)}")
             kwargs[name_] = value
-    if "multiplexed" in table:
-        kwargs["multiplexed"] = _take(table, "multiplexed", bool, where)
+    for name_ in ("multiplexed", "pipelining"):
+        if name_ in table:
+            kwargs[name_] = _take(table, name_, bool, where)
     if "service" in table:
         kwargs["service"] = _take(table, "service", str, where)
-    for name_ in ("connections", "max_concurrency", "queue_size"):
+    for name_ in ("connections", "max_concurrency", "queue_size", "max_connecting"):
         if name_ in table:
             kwargs[name_] = _take(table, name_, int, where)
             _positive(kwargs[name_], f"{where}.{name_}")
-    for name_ in ("connect_timeout", "hedge_after"):
+    for name_ in ("connect_timeout", "hedge_after", "idle_timeout", "client_share"):
         if name_ in table:
             kwargs[name_] = float(_take(table, name_, (int, float), where))
             _positive(kwargs[name_], f"{where}.{name_}")
     kwargs.update(parse_backend_tls(table, where))
+    if kwargs.get("client_share", 0.25) > 1:
+        raise ConfigError(f"{where}.client_share: a fraction of max_concurrency, at most 1")
     _reject_unknown(table, where)
     if kwargs.get("transport") == "header" and kwargs.get("protocol") == "binary-nonstrict":
         # A THeader frame names its protocol: binary (strict) or compact, nothing else.
@@ -425,6 +418,10 @@ def parse_redis(raw: dict[str, Any]) -> RedisConfig:
             kwargs[name] = _take(table, name, str, "redis")
     if "max_shared_bytes" in table:
         kwargs["max_shared_bytes"] = _take(table, "max_shared_bytes", int, "redis")
+        if kwargs["max_shared_bytes"] < 0:  # 0: never share a reply (followers call)
+            raise ConfigError(
+                f"redis.max_shared_bytes: must be >= 0, got {kwargs['max_shared_bytes']}"
+            )
     for name in ("lease_ttl", "handoff_ttl", "reply_timeout", "session_ttl"):
         if name in table:
             kwargs[name] = float(_take(table, name, (int, float), "redis"))
@@ -501,6 +498,23 @@ def load_config_file(
 
 
 def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> GatewayConfig:
+    """The config of a parsed TOML document plus ``overrides``; only ever raises ConfigError.
+
+    Every value's type is checked first, against the one schema (gateway.configschema), so
+    the parsers below only meet the types they expect. Should a value still trip one of
+    them, it is a ConfigError all the same: a config file is input, and a bad one must
+    fail ``check-config`` with exit 2 and count as a failed reload, never crash.
+    """
+    check(raw)
+    try:
+        return _build_config(raw, overrides)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise ConfigError(f"config: unusable value ({type(exc).__name__}: {exc})") from None
+
+
+def _build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> GatewayConfig:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     _check_keys(raw, "config", "config")
     gw: dict[str, Any] = dict(raw.pop("gateway", {}))
@@ -544,6 +558,10 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gatew
             raise ConfigError("gateway.log_format: expected text or json")
     if "drain_timeout" in gw:
         kwargs["drain_timeout"] = float(_take(gw, "drain_timeout", (int, float), "gateway"))
+        if kwargs["drain_timeout"] < 0:
+            raise ConfigError(
+                f"gateway.drain_timeout: must be >= 0, got {kwargs['drain_timeout']!r}"
+            )
     for name in ("max_frame_size", "max_depth", "max_collection_size", "cache_max_entries"):
         if name in gw:
             kwargs[name] = _take(gw, name, int, "gateway")

@@ -49,6 +49,7 @@ class FakePool:
         oneway: bool = False,
         header: MessageHeader | None = None,
         headers: Headers = (),
+        client: object = None,
     ) -> Deferred[bytes]:
         self.calls.append((message, timeout, oneway))
         if oneway:

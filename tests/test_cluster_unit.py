@@ -24,7 +24,15 @@ from gateway.cluster.envelope import (
 from gateway.cluster.keys import BUCKETS, KeySchema, all_buckets, bucket_of
 from gateway.cluster.lease import NoticeListener
 from gateway.cluster.options import ClusterOptions
-from gateway.cluster.session import is_dead, new_session, node_of, session_of
+from gateway.cluster.session import (
+    client_ids,
+    key_ttl_ms,
+    new_session,
+    node_of,
+    reading,
+    renewing_client,
+    session_of,
+)
 from gateway.contracts import BackendReply, MethodPolicy, ReplyKind
 from gateway.redis.connection import RedisUnavailable
 from gateway.redis.url import InvalidRedisURL, RedisURL, parse_redis_url
@@ -340,26 +348,45 @@ def test_listener_cancel_cancels_the_waiter() -> None:
     assert waiter.called
 
 
-# -- session.is_dead --------------------------------------------------------------------------
+# -- session readings --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("pttl", "subscribers", "dead"),
+    ("pttl", "subscribers", "seen"),
     [
-        (-2, 1, True),  # the key lapsed: no renewal for a whole session_ttl
-        (-2, None, True),
-        (900, 1, False),  # renewed 100 ms ago, connection open
-        (900, 0, False),  # connection closed, but renewed 100 ms ago: a pub/sub blip
-        (400, 0, True),  # connection closed and a renewal (every 400 ms) overdue: killed
-        (400, 1, False),  # overdue but still connected: slow, not dead (the TTL decides)
-        (400, None, False),  # no subscriber counts (Redis Cluster): only the TTL decides
-        (-1, 0, False),  # no expiry at all: not a session key we wrote; never "dead"
+        (-2, 1, "dead"),  # the key lapsed: no renewal for a whole session_ttl
+        (-2, None, "dead"),
+        (1300, 1, "alive"),  # renewed 100 ms ago, connection open
+        (1300, 0, "alive"),  # connection closed, but renewed 100 ms ago: a pub/sub blip
+        (900, 0, "suspect"),  # closed and a renewal (every 400 ms) overdue: killed, or
+        # paused while its pub/sub reconnects - the renewing connection tells which
+        (900, 1, "alive"),  # overdue but still subscribed: paused or slow, not dead
+        (10, 1, "alive"),  # nearly lapsed: only the lapse itself is death
+        (900, None, "alive"),  # no subscriber counts (Redis Cluster): only the TTL decides
+        (-1, 0, "alive"),  # no expiry at all: not a session key we wrote; never "dead"
     ],
 )
-def test_session_death_rules(pttl: int, subscribers: int | None, dead: bool) -> None:
-    """A session is dead when its key lapsed, or when its process's connection closed and
-    it missed a renewal; never for a pub/sub blip of a live node."""
-    assert is_dead(pttl, subscribers, ttl_ms=1000, renew_ms=400) is dead
+def test_session_readings(pttl: int, subscribers: int | None, seen: str) -> None:
+    """Only a lapsed session key is death on its own; nobody subscribed plus an overdue
+    renewal is only a suspect (confirmed by the renewing connection being gone)."""
+    assert reading(pttl, subscribers, key_ms=1400, renew_ms=400) == seen
+
+
+def test_the_session_key_always_has_a_whole_session_ttl_left() -> None:
+    """Each renewal sets session_ttl plus one renewal interval: just before the next
+    renewal the key still outlives any pause shorter than session_ttl."""
+    assert key_ttl_ms(1.0) == 1400
+    assert key_ttl_ms(2.5) == 3500
+
+
+def test_client_list_and_session_values_are_parsed() -> None:
+    """CLIENT LIST replies give their ids; a session key's value its client id or None."""
+    listing = b"id=7 addr=127.0.0.1:1 fd=8 name=\nid=12 addr=127.0.0.1:2 fd=9 name=\n"
+    assert client_ids(listing) == {7, 12}
+    assert client_ids(b"") == set() and client_ids(None) == set()
+    assert renewing_client(b"42") == 42
+    assert renewing_client(b"-") is None and renewing_client(b"1x") is None
+    assert renewing_client(None) is None
 
 
 def test_tokens_name_their_session_and_node() -> None:

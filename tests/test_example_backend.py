@@ -21,6 +21,7 @@ from gateway.examples.gen.supervisor.ttypes import SupervisorBusy
 from gateway.localredis import free_port
 from gateway.processes import (
     ExampleBackend,
+    example_backend_argv,
     gateway_cli,
     run_herd,
     start_example_backend,
@@ -321,3 +322,54 @@ def test_decode_reply_rejects_a_reply_to_another_method() -> None:
     with pytest.raises(TApplicationException) as caught:
         decode_reply(factory, buf.getvalue(), ALERT)
     assert caught.value.type == TApplicationException.WRONG_METHOD_NAME
+
+
+def pipeline_two(backend: ExampleBackend) -> list[str]:
+    """Send a slow call then a fast one on one connection; the replies' results in the
+    order they arrive."""
+    factory = TBinaryProtocolFactory()
+    calls = [encode_call(factory, ALERT, i + 1, message=m) for i, m in enumerate(["slow", "f"])]
+    with socket.create_connection((backend.host, backend.port), timeout=10) as sock:
+        sock.sendall(b"".join(len(c).to_bytes(4, "big") + c for c in calls))
+        results = []
+        buffered = b""
+        while len(results) < 2:
+            buffered += sock.recv(65536)
+            while len(buffered) >= 4 and len(buffered) >= 4 + int.from_bytes(buffered[:4]):
+                size = int.from_bytes(buffered[:4])
+                results.append(decode_reply(factory, buffered[4 : 4 + size], ALERT)[1])
+                buffered = buffered[4 + size :]
+    return results
+
+
+@pytest.mark.integration
+def test_calls_on_one_connection_are_answered_in_order() -> None:
+    """By default, as Apache Thrift's servers do, a fast call pipelined behind a slow one on
+    the same connection is answered after it."""
+    argv = [*example_backend_argv(), "--slow-delay", "0.5"]
+    with ExampleBackend.from_process(start_process(argv)) as backend:
+        assert pipeline_two(backend) == ["ack:slow", "ack:f"]
+
+
+@pytest.mark.integration
+def test_concurrent_flag_answers_in_completion_order() -> None:
+    """With --concurrent (TTwisted's own behaviour) the fast call overtakes the slow one."""
+    argv = [*example_backend_argv(), "--slow-delay", "0.5", "--concurrent"]
+    with ExampleBackend.from_process(start_process(argv)) as backend:
+        assert pipeline_two(backend) == ["ack:f", "ack:slow"]
+
+
+@pytest.mark.integration
+def test_buffered_backend_answers_in_order_too() -> None:
+    """The unframed server keeps a connection's calls in order by default as well."""
+    argv = [*example_backend_argv(transport="buffered"), "--slow-delay", "0.5"]
+    factory = TBinaryProtocolFactory()
+    with ExampleBackend.from_process(start_process(argv)) as backend:
+        calls = [encode_call(factory, ALERT, i + 1, message=m) for i, m in enumerate(["slow", "f"])]
+        with socket.create_connection((backend.host, backend.port), timeout=10) as sock:
+            sock.sendall(b"".join(calls))
+            reader = MessageReader(TransportKind.BUFFERED, ProtocolKind.BINARY)
+            replies: list[bytes] = []
+            while len(replies) < 2:
+                replies += reader.feed(sock.recv(65536))
+        assert [decode_reply(factory, r, ALERT)[1] for r in replies] == ["ack:slow", "ack:f"]

@@ -371,6 +371,27 @@ def test_bad_file_keeps_the_running_config_logs_one_line_and_counts_an_error(
     assert 'gateway_config_last_reload_successful{node="n1"} 0.0' in metrics
 
 
+def test_a_loader_crash_is_still_a_failed_reload(caplog: pytest.LogCaptureFixture) -> None:
+    """Should loading ever raise something other than ConfigError, the reload still counts
+    as failed (metric, /healthz) and logs one line: the alert must not depend on the bug."""
+    node, _, _ = started_node(config(backends=backends(default=9001)))
+    running = node.config
+
+    def crashing() -> tuple[GatewayConfig, str | None]:
+        raise TypeError("unhashable type: 'list'")
+
+    caplog.set_level(logging.INFO, logger="gateway")
+    assert reload_from(node, crashing, "gw.toml") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "gateway: reload failed, keeping the running config: "
+        "internal error (TypeError: unhashable type: 'list')"
+    ]
+    assert node.config is running
+    metrics = node.metrics.render().decode()
+    assert 'gateway_config_reloads_total{node="n1",result="error"} 1.0' in metrics
+    assert 'gateway_config_last_reload_successful{node="n1"} 0.0' in metrics
+
+
 def test_good_file_logs_what_changed_and_what_needs_a_restart(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

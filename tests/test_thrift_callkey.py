@@ -167,9 +167,13 @@ def test_exclude_fields_ignores_top_level_field() -> None:
 
 
 def test_exclude_fields_matches_absent_field() -> None:
-    """Excluding a field gives the same key as not sending it at all."""
+    """Under a policy excluding a field, sending it gives the key of not sending it; a policy
+    excluding nothing keys that call apart (issue 16: the exclusions are part of the
+    identity, as two policies can reach one upstream name)."""
     a = [(1, TType.STRING, b"hello"), (2, TType.I64, 1)]
-    assert _key(a, exclude_fields=frozenset({2})) == _key(HELLO)
+    excluded = frozenset({2})
+    assert _key(a, exclude_fields=excluded) == _key(HELLO, exclude_fields=excluded)
+    assert _key(a, exclude_fields=excluded) != _key(HELLO)
 
 
 def test_exclude_fields_only_applies_at_top_level() -> None:

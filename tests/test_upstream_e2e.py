@@ -9,17 +9,31 @@ from pathlib import Path
 import pytest
 
 from clients.sync_client import ExampleClient
-from gateway.processes import start_example_backend, start_gateway
+from gateway.processes import (
+    ExampleBackend,
+    example_backend_argv,
+    start_example_backend,
+    start_gateway,
+    start_process,
+)
 
 pytestmark = pytest.mark.integration
 
 
+def concurrent_backend() -> ExampleBackend:
+    """An example backend answering each connection's calls concurrently (``--concurrent``),
+    slow calls after 1 s; the caller stops it."""
+    argv = [*example_backend_argv(delay=1.0), "--concurrent", "--slow-delay", "1.0"]
+    return ExampleBackend.from_process(start_process(argv))
+
+
 def test_pipelined_replies_are_matched_by_seqid(tmp_path: Path) -> None:
-    """On one upstream connection a fast call overtakes a slow one and both get their reply."""
+    """With ``pipelining = true`` and one upstream connection, a fast call overtakes a slow
+    one on a backend that answers out of order, and both get their reply."""
     config = tmp_path / "gw.toml"
-    config.write_text("[backends.default]\nconnections = 1\n")
+    config.write_text("[backends.default]\nconnections = 1\npipelining = true\n")
     with (
-        start_example_backend(delay=1.0) as backend,
+        concurrent_backend() as backend,
         start_gateway(backend=backend.address, config=config, node_id="pipe") as gw,
     ):
         slow: list[str] = []

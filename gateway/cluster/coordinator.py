@@ -53,7 +53,7 @@ from gateway.contracts import (
     Spawner,
     shares_failure,
 )
-from gateway.errors import INTERNAL_ERROR, GatewayError
+from gateway.errors import INTERNAL_ERROR, GatewayError, Origin
 from gateway.primitives import DeferredPool
 from gateway.reactors import as_clock
 from gateway.redis.connection import RedisCommandError, RedisCommands, RedisUnavailable
@@ -170,6 +170,7 @@ class ClusterCoordinator:
 
     async def _execute(self, key: str, policy: MethodPolicy, call_backend: BackendCall) -> Outcome:
         dropped = False  # an unusable cache entry was dropped once already
+        handed_back = False  # a leader we followed gave the call back (see _lead)
         decision = Decision("again")
         while True:
             try:
@@ -202,7 +203,7 @@ class ClusterCoordinator:
                     self._spawner.spawn(key, refresh)
                     return outcome
                 if decision.kind == "lead":
-                    return await self._lead(key, policy, call_backend, decision)
+                    return await self._lead(key, policy, call_backend, decision, handed_back)
                 # follow, until an answer, a decision of our own, or giving up
                 step = await self._follower.follow(key, policy, decision)
             except _REDIS_TROUBLE:
@@ -213,11 +214,26 @@ class ClusterCoordinator:
                 return await self._give_up(step, key, policy, call_backend)
             if step.kind == "lead":
                 self.counters.takeovers += 1
+            if step.kind == "again":
+                handed_back = True
             decision = step
 
     async def _lead(
-        self, key: str, policy: MethodPolicy, call_backend: BackendCall, decision: Decision
+        self,
+        key: str,
+        policy: MethodPolicy,
+        call_backend: BackendCall,
+        decision: Decision,
+        second_try: bool = False,
     ) -> Outcome:
+        """Call the backend as the lease holder and share the outcome.
+
+        ``second_try``: this call was handed back to us by an earlier leader. An ambiguous
+        failure (timeout, connection lost mid-call) of an idempotent call is handed back
+        once, as the first leader's own network may be at fault; if ours fails that way
+        too, it is shared, so a hung backend costs two calls and two timeouts, not one of
+        each per node.
+        """
         self.counters.leads += 1
         token, fence = decision.token, decision.fence
         renewer = self._steps.renewer(key, token, on_deposed=lambda: self._deposed(key))
@@ -230,7 +246,8 @@ class ClusterCoordinator:
             self._complete(key, policy, env.Envelope.skip(token, "abandoned", fence), False)
             raise
         except Exception as exc:
-            if shares_failure(exc, policy):
+            ambiguous = isinstance(exc, GatewayError) and exc.origin is Origin.AMBIGUOUS
+            if shares_failure(exc, policy) or (second_try and ambiguous):
                 if isinstance(exc, GatewayError):
                     code, message = exc.code, exc.message
                 else:

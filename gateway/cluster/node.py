@@ -64,6 +64,7 @@ class ClusterNode:
         keys = KeySchema(self.options.prefix)
         self.session = new_session(node_id)
         self.completions = Completions(self.subscriber, keys, clock, session=self.session)
+        one_server = not isinstance(parsed, ClusterURL)
         self.coordinator = ClusterCoordinator(
             self.redis,
             self.completions,
@@ -76,10 +77,10 @@ class ClusterNode:
             session=self.session,
             # In a Redis Cluster, PUBSUB NUMSUB counts only one node's subscribers: there a
             # leader's death is seen by its session's expiry alone.
-            pubsub_counts=not isinstance(parsed, ClusterURL),
+            pubsub_counts=one_server,
         )
         self.session_keeper = SessionKeeper(
-            self.redis, keys, self.session, clock, self.options.session_ttl
+            self.redis, keys, self.session, clock, self.options.session_ttl, client_id=one_server
         )
         self.heartbeat = Heartbeat(
             self.redis,

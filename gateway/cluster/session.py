@@ -1,29 +1,41 @@
-"""Node sessions: a leader that died is seen in well under a second, not after its lease.
+"""Node sessions: a leader that died is seen in well under a second, a paused one never.
 
 Every node process has a *session* ``<node_id>.<boot nonce>`` (a restarted node is a new
 session), and every lease token it takes starts with it (``<session>/<random>``). The node
 keeps two liveness signals in Redis, both on connections it has anyway:
 
-* ``<prefix>session:<session>`` - a string with a ``session_ttl`` expiry (default 1 s),
-  renewed every ``session_ttl / 2.5`` (each renewal sent on time, whether or not the
-  previous one was answered yet). It lapses when the node stops renewing it: process
-  gone, host gone, partitioned away, or paused (GC, SIGSTOP) for longer than that.
+* ``<prefix>session:<session>`` - a string renewed every ``session_ttl / 2.5`` (each renewal
+  sent on time, whether or not the previous one was answered yet) with an expiry of
+  ``session_ttl`` *plus* that interval, so it has at least ``session_ttl`` left at every
+  moment while the node runs. Its value is the Redis client id of the connection that
+  renews it (``CLIENT ID``). It lapses when the node stops renewing it for longer than
+  ``session_ttl``: process gone, host gone, partitioned away, or paused (GC, SIGSTOP)
+  for longer than that.
 * a subscription to the channel ``<prefix>alive:<session>`` on the node's pub/sub
   connection. Redis drops it the moment that connection closes - a killed process's kernel
   closes its sockets at once - so ``PUBSUB NUMSUB`` reads 0 right away.
 
 A follower's node watches the sessions of the leaders it follows (:class:`SessionWatch`):
-one PTTL + PUBSUB NUMSUB per watched session every ``check_interval``, only while following.
-A session is dead when its key is gone, or when nobody is subscribed to its channel *and* it
-missed a renewal (a live node whose pub/sub connection merely blipped keeps renewing, so it
-is not taken for dead). Followers of a dead session's lease then take it over at once, with
-a ``poll`` that frees the lease only if it still holds the dead leader's token.
+one PTTL + GET + PUBSUB NUMSUB per watched session every ``check_interval``, only while
+following. The rule errs toward "alive": a session is dead only on evidence a pause cannot
+produce -
+
+* its key is gone (Redis expired it by its own clock: no renewal for ``session_ttl``), or
+* *both* of the process's connections are closed: nobody is subscribed to its alive
+  channel, a renewal is overdue, *and* ``CLIENT LIST ID`` no longer lists the connection
+  its key names. A paused process keeps its sockets open; only death (or Redis / the
+  network closing both of them) closes both, so a pub/sub reconnect of a live or paused
+  node is never taken for its death.
+
+Followers of a dead session's lease then take it over at once, with a ``poll`` that frees
+the lease only if it still holds the dead leader's token.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -33,12 +45,15 @@ from twisted.python.failure import Failure
 
 from gateway.cluster.keys import KeySchema
 from gateway.primitives import DeferredDict
-from gateway.redis.connection import RedisCommands, Reply
+from gateway.redis.connection import RedisCommandError, RedisCommands, Reply
 
 log = Logger(namespace="gateway.cluster")
 
 RENEWALS_PER_TTL = 2.5  # a renewal may be lost (or slow) once without the session lapsing
 OVERDUE_MARGIN_MS = 60  # how late a renewal may be (scheduling jitter) before it is "missed"
+_CLIENT_ID = re.compile(rb"(?m)^id=(\d+) ")
+
+Reading = Literal["dead", "alive", "suspect"]
 
 
 def new_session(node_id: str) -> str:
@@ -56,24 +71,51 @@ def node_of(token: str) -> str:
     return session_of(token).rpartition(".")[0]
 
 
-def is_dead(pttl_ms: int, subscribers: int | None, ttl_ms: int, renew_ms: float) -> bool:
-    """Whether a session with these readings has ended.
+def key_ttl_ms(session_ttl: float) -> int:
+    """The expiry each renewal gives the session key: ``session_ttl`` plus one renewal
+    interval, so that right before the next renewal it still has ``session_ttl`` left."""
+    ttl_ms = max(1, int(session_ttl * 1000))
+    return ttl_ms + int(ttl_ms / RENEWALS_PER_TTL)
 
-    ``pttl_ms`` is PTTL of the session key (-2: gone); ``subscribers`` PUBSUB NUMSUB of its
-    channel (None where that cannot be read, e.g. Redis Cluster). Nobody subscribed means
-    the node's pub/sub connection is closed; it also counts as dead only once a renewal is
-    overdue, so a pub/sub reconnect of a live node is not mistaken for its death.
+
+def reading(pttl_ms: int, subscribers: int | None, key_ms: int, renew_ms: float) -> Reading:
+    """What a session's PTTL and PUBSUB NUMSUB say, on their own.
+
+    ``pttl_ms`` is PTTL of the session key (-2: gone), ``key_ms`` the expiry each renewal
+    sets; ``subscribers`` PUBSUB NUMSUB of its channel (None where that cannot be read,
+    e.g. Redis Cluster). Only a lapsed key is death by itself. Nobody subscribed while a
+    renewal is overdue is a *suspect*: dead only if the renewing connection is gone too
+    (:class:`SessionWatch` asks Redis), because a paused node whose pub/sub connection
+    reconnects reads exactly the same.
     """
     if pttl_ms == -2:
-        return True
-    if subscribers == 0 and pttl_ms >= 0:
-        since_renewal = ttl_ms - pttl_ms
-        return since_renewal > renew_ms + OVERDUE_MARGIN_MS
-    return False
+        return "dead"
+    if subscribers == 0 and pttl_ms >= 0 and key_ms - pttl_ms > renew_ms + OVERDUE_MARGIN_MS:
+        return "suspect"
+    return "alive"
+
+
+def client_ids(reply: Reply) -> set[int]:
+    """The client ids in a ``CLIENT LIST`` reply."""
+    text = reply.encode() if isinstance(reply, str) else reply
+    if not isinstance(text, bytes):
+        return set()
+    return {int(m) for m in _CLIENT_ID.findall(text)}
+
+
+def renewing_client(value: Reply) -> int | None:
+    """The client id a session key names (None: unknown, e.g. a node that could not ask)."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+    return int(text) if isinstance(text, str) and text.isdecimal() else None
 
 
 class SessionKeeper:
-    """Keeps this node's session key alive while Redis is up (``start``/``stop``)."""
+    """Keeps this node's session key alive while Redis is up (``start``/``stop``).
+
+    ``client_id``: name the renewing connection in the key (``CLIENT ID``), which lets
+    followers confirm a death before the key lapses; off in a Redis Cluster, where their
+    connection may not be on the server ours is.
+    """
 
     def __init__(
         self,
@@ -82,11 +124,15 @@ class SessionKeeper:
         session: str,
         clock: IReactorTime,
         session_ttl: float,
+        client_id: bool = True,
     ) -> None:
         self.session = session
         self._redis = redis
         self._key = keys.session(session)
-        self._ttl_ms = max(1, int(session_ttl * 1000))
+        self._key_ms = key_ttl_ms(session_ttl)
+        self._ask_id = client_id
+        self._value = "-"  # the renewing connection's client id once known
+        self._warned = False
         # Each tick sends a renewal without waiting for the previous one's reply: a slow
         # answer must not delay the next renewal (LoopingCall would wait for a Deferred).
         self._loop = LoopingCall(self._tick)
@@ -114,12 +160,36 @@ class SessionKeeper:
         """One renewal; never fails (the next one tries again)."""
         if not self._redis.is_up:
             return succeed(None)
-        d = self._redis.execute("SET", self._key, "1", "PX", self._ttl_ms)
+        d = self._redis.execute("SET", self._key, self._value, "PX", self._key_ms)
         return d.addCallbacks(lambda _: None, self._failed)
 
     def _state(self, up: bool) -> None:
-        if up and self._loop.running:
+        # A new connection is a new client id: never name the old one meanwhile (a follower
+        # could take it for a closed connection of a live node).
+        self._value = "-"
+        if not up:
+            return
+        if self._loop.running:
             self.renew()  # at once: it may have lapsed while Redis was away
+        if self._ask_id:
+            self._redis.execute("CLIENT", "ID").addCallbacks(self._named, self._unnamed)
+
+    def _named(self, reply: Reply) -> None:
+        if isinstance(reply, int) and self._redis.is_up:
+            self._value = str(reply)
+            if self._loop.running:
+                self.renew()
+
+    def _unnamed(self, reason: Failure) -> None:
+        if not isinstance(reason.value, RedisCommandError):
+            return  # the connection went away: the next one asks again
+        if not self._warned:  # once: every reconnect asks again
+            self._warned = True
+            log.warn(
+                "CLIENT ID failed ({r}): if this node is killed, others see it only once its "
+                "session key lapses",
+                r=reason.getErrorMessage(),
+            )
 
     def _failed(self, reason: Failure) -> None:
         log.debug("session not renewed: {r}", r=reason.getErrorMessage())
@@ -139,14 +209,15 @@ class SessionWatch:
     ) -> None:
         self._redis = redis
         self._keys = keys
-        self._ttl_ms = max(1, int(session_ttl * 1000))
-        self._renew_ms = self._ttl_ms / RENEWALS_PER_TTL
+        self._key_ms = key_ttl_ms(session_ttl)
+        self._renew_ms = session_ttl * 1000 / RENEWALS_PER_TTL
         self._pubsub_counts = pubsub_counts
         self._dead: DeferredDict[str, None] = DeferredDict(clock, keep_values=False)
         self._loop = LoopingCall(self._check)
         self._loop.clock = clock
         self._interval = check_interval
         self._checking = False
+        self._client_list_failed = False  # logged once: kills are then seen at key expiry
 
     def watch(self, session: str) -> Deferred[None]:
         """Fires once ``session`` has ended; cancel it to stop watching."""
@@ -170,26 +241,61 @@ class SessionWatch:
         # Sent back to back: one network round trip for every watched session.
         sent: list[Deferred[Any]] = []
         for session in sessions:
-            sent.append(self._redis.execute("PTTL", self._keys.session(session)))
+            key = self._keys.session(session)
+            sent.append(self._redis.execute("PTTL", key))
             if self._pubsub_counts:
+                sent.append(self._redis.execute("GET", key))
                 channel = self._keys.alive(session)
                 sent.append(self._redis.execute("PUBSUB", "NUMSUB", channel))
         d = gatherResults(sent, consumeErrors=True)
-        return d.addCallbacks(self._checked, self._failed, callbackArgs=(sessions,))
+        d.addCallback(self._checked, sessions)
+        return d.addErrback(self._failed).addBoth(self._done)
 
-    def _checked(self, replies: list[Reply], sessions: list[str]) -> None:
-        self._checking = False
-        step = 2 if self._pubsub_counts else 1
+    def _checked(self, replies: list[Reply], sessions: list[str]) -> Deferred[None] | None:
+        step = 3 if self._pubsub_counts else 1
+        suspects: dict[str, int] = {}  # session -> the client id its key names
         for i, session in enumerate(sessions):
             pttl = replies[i * step]
-            subscribers = _numsub(replies[i * step + 1]) if self._pubsub_counts else None
-            if isinstance(pttl, int) and is_dead(pttl, subscribers, self._ttl_ms, self._renew_ms):
-                log.info("session {s} ended: taking over its leases", s=session)
-                self._dead.set(session, None)
+            subscribers = _numsub(replies[i * step + 2]) if self._pubsub_counts else None
+            if not isinstance(pttl, int):
+                continue
+            seen = reading(pttl, subscribers, self._key_ms, self._renew_ms)
+            if seen == "dead":
+                self._ended(session, "its key lapsed")
+            elif seen == "suspect":
+                client = renewing_client(replies[i * step + 1])
+                if client is not None:  # unknown: wait for the key to lapse
+                    suspects[session] = client
+        if not suspects:
+            return None
+        ids = [str(client) for client in sorted(set(suspects.values()))]
+        listed = self._redis.execute("CLIENT", "LIST", "ID", *ids)
+        return listed.addCallbacks(self._confirmed, self._no_client_list, (suspects,))
+
+    def _confirmed(self, reply: Reply, suspects: dict[str, int]) -> None:
+        alive = client_ids(reply)
+        for session, client in suspects.items():
+            if client not in alive:
+                self._ended(session, "both of its connections closed")
+
+    def _no_client_list(self, reason: Failure) -> None:
+        if not self._client_list_failed:
+            self._client_list_failed = True
+            log.warn(
+                "CLIENT LIST ID failed ({r}): a killed leader is taken over only once its "
+                "session key lapses",
+                r=reason.getErrorMessage(),
+            )
+
+    def _ended(self, session: str, why: str) -> None:
+        log.info("session {s} ended ({why}): taking over its leases", s=session, why=why)
+        self._dead.set(session, None)
 
     def _failed(self, reason: Failure) -> None:
-        self._checking = False
         log.debug("session check failed: {r}", r=reason.getErrorMessage())
+
+    def _done(self, _: object) -> None:
+        self._checking = False
 
 
 def _numsub(reply: Reply) -> int | None:

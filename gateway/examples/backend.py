@@ -3,6 +3,11 @@
 Framed transport uses thrift's own ``TTwisted.ThriftServerFactory``; buffered transport uses
 :mod:`gateway.examples.buffered`, since TTwisted has no unframed server. Either way the
 generated py:twisted ``Processor`` does the work, wrapped in :class:`SafeProcessor`.
+
+By default a connection's calls are answered one at a time, in order, as the servers most
+Thrift backends run do (Apache's TThreadedServer and friends, thriftpy2's): a call pipelined
+behind a slow one waits for it. ``concurrent`` (``--concurrent``) is TTwisted's own behaviour:
+every call is processed at once and replies go out in completion order.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from gateway.config import parse_address
-from gateway.examples.buffered import BufferedThriftFactory, ThriftProcessor
+from gateway.examples.buffered import BufferedThriftFactory, Serial, ThriftProcessor
 from gateway.examples.gen.poetry import Poetry
 from gateway.examples.gen.supervisor import Supervisor
 from gateway.examples.handlers import PoetryHandler, SupervisorHandler
@@ -134,6 +139,24 @@ def build_processor(
     return processor
 
 
+class InOrderServerProtocol(TTwisted.ThriftServerProtocol):  # type: ignore[misc]  # untyped
+    """TTwisted's framed server protocol, answering one call at a time, in order."""
+
+    def stringReceived(self, frame: bytes) -> None:
+        serial = self.__dict__.get("_serial")
+        if serial is None:
+            serial = self._serial = Serial()
+        serial.run(lambda: self._process(frame))
+
+    def _process(self, frame: bytes) -> Deferred[None]:
+        tmo = TTransport.TMemoryBuffer()
+        iprot = self.factory.iprot_factory.getProtocol(TTransport.TMemoryBuffer(frame))
+        oprot = self.factory.oprot_factory.getProtocol(tmo)
+        d: Deferred[None] = self.factory.processor.process(iprot, oprot)
+        d.addCallbacks(self.processOk, self.processError, callbackArgs=(tmo,))
+        return d
+
+
 def build_factory(
     clock: IReactorTime,
     *,
@@ -142,16 +165,23 @@ def build_factory(
     protocol: str = "binary",
     transport: str = "framed",
     multiplexed: bool = False,
+    slow_delay: float = 2.0,
+    concurrent: bool = False,
 ) -> Factory:
     """A server factory for one backend."""
-    handler = (SupervisorHandler if service == "supervisor" else PoetryHandler)(clock, delay)
+    handler_class = SupervisorHandler if service == "supervisor" else PoetryHandler
+    handler = handler_class(clock, delay, slow_delay)
     proto_factory = PROTOCOL_FACTORIES[protocol]()
     kind = ProtocolKind(protocol)
     processor = SafeProcessor(build_processor(service, multiplexed, handler), kind, proto_factory)
     if transport == "framed":
         factory: Factory = TTwisted.ThriftServerFactory(processor, proto_factory)
+        if not concurrent:
+            factory.protocol = InOrderServerProtocol
     else:
-        factory = BufferedThriftFactory(processor, proto_factory, proto_factory, kind)
+        factory = BufferedThriftFactory(
+            processor, proto_factory, proto_factory, kind, in_order=not concurrent
+        )
     factory.noisy = False  # no "Starting factory" line per listen
     return factory
 
@@ -201,6 +231,8 @@ def run_backend(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         transport=args.transport,
         multiplexed=args.multiplexed,
+        slow_delay=args.slow_delay,
+        concurrent=args.concurrent,
     )
     try:
         # Twisted's default backlog of 50 overflows when a herd of hundreds connects at once;
@@ -213,6 +245,7 @@ def run_backend(args: argparse.Namespace) -> int:
         return 1
     _start_logging()
     mode = f"{args.protocol}/{args.transport}" + ("/multiplexed" if args.multiplexed else "")
+    mode += "/concurrent" if args.concurrent else "/in-order"
     bound = listening.getHost().port
     shown = f"[{host}]" if ":" in host else host
     line = f"example-backend {args.service} listening on {shown}:{bound} ({mode})"

@@ -10,6 +10,8 @@ message (:class:`gateway.thrift.WireError`) end the connection.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from thrift.transport import TTransport
@@ -35,12 +37,44 @@ def _untyped(provider: object) -> Any:
     return provider
 
 
+class Serial:
+    """Runs one connection's jobs one at a time, in arrival order: what Apache Thrift's
+    servers (TThreadedServer, TThreadPoolServer, TNonblockingServer) and thriftpy2's do with
+    a connection's calls, so a call pipelined behind a slow one waits for it."""
+
+    def __init__(self) -> None:
+        self._waiting: deque[Callable[[], Deferred[Any]]] = deque()
+        self._busy = self._pumping = False
+
+    def run(self, job: Callable[[], Deferred[Any]]) -> None:
+        self._waiting.append(job)
+        self._pump()
+
+    def _pump(self) -> None:
+        # A job that completes at once starts the next from this loop, not from inside its
+        # own callback: a long pipeline of instant calls must not nest.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._waiting and not self._busy:
+                self._busy = True
+                self._waiting.popleft()().addBoth(self._done)
+        finally:
+            self._pumping = False
+
+    def _done(self, _: object) -> None:
+        self._busy = False
+        self._pump()
+
+
 class BufferedThriftProtocol(TwistedProtocol):
     """One connection: split unframed messages, process each, write replies unframed.
 
-    Like TTwisted's ThriftServerProtocol, messages are processed concurrently, so replies go
-    out in completion order (a fast ``backendStats`` overtakes a slow ``alertSupervisor``
-    sent before it); clients match replies by seqid.
+    ``in_order`` (the default): one call at a time, replies in call order, as Apache Thrift's
+    servers answer. Otherwise, like TTwisted's ThriftServerProtocol, messages are processed
+    concurrently, so replies go out in completion order (a fast ``backendStats`` overtakes a
+    slow ``alertSupervisor`` sent before it); clients match replies by seqid.
     """
 
     _log = Logger()
@@ -51,12 +85,14 @@ class BufferedThriftProtocol(TwistedProtocol):
         iprot_factory: Any,
         oprot_factory: Any,
         protocol: ProtocolKind,
+        in_order: bool = True,
     ) -> None:
         self._processor = processor
         self._iprot_factory = iprot_factory
         self._oprot_factory = oprot_factory
         self._reader = MessageReader(TransportKind.BUFFERED, protocol)
         self._closing = False
+        self._serial = Serial() if in_order else None
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -72,11 +108,18 @@ class BufferedThriftProtocol(TwistedProtocol):
             self._process(message)
 
     def _process(self, message: bytes) -> None:
+        if self._serial is not None:
+            self._serial.run(lambda: self._process_now(message))
+        else:
+            self._process_now(message)
+
+    def _process_now(self, message: bytes) -> Deferred[None]:
         tmo = TTransport.TMemoryBuffer()
         iprot = self._iprot_factory.getProtocol(TTransport.TMemoryBuffer(message))
         oprot = self._oprot_factory.getProtocol(tmo)
         d = maybeDeferred(self._processor.process, iprot, oprot)
         d.addCallbacks(self._reply, self._failed, callbackArgs=(tmo,))
+        return d
 
     def _reply(self, _: object, tmo: Any) -> None:
         reply: bytes = tmo.getvalue()
@@ -103,15 +146,21 @@ class BufferedThriftFactory(Factory):
         iprot_factory: Any,
         oprot_factory: Any,
         protocol: ProtocolKind,
+        in_order: bool = True,
     ) -> None:
         self.processor = processor
         self.iprot_factory = iprot_factory
         self.oprot_factory = oprot_factory
         self.thrift_protocol = protocol
+        self.in_order = in_order
 
     def buildProtocol(self, addr: IAddress | None) -> BufferedThriftProtocol:
         proto = BufferedThriftProtocol(
-            self.processor, self.iprot_factory, self.oprot_factory, self.thrift_protocol
+            self.processor,
+            self.iprot_factory,
+            self.oprot_factory,
+            self.thrift_protocol,
+            self.in_order,
         )
         proto.factory = self
         return proto

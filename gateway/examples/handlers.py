@@ -3,7 +3,8 @@
 The message (or title) chooses the outcome so a test or demo can ask for any reply kind
 through the gateway without a side channel: ``busy:``/``missing:`` raise the declared
 exception, ``crash:`` raises an undeclared one (the generated processor answers it with
-``TApplicationException(INTERNAL_ERROR)``), anything else succeeds after ``delay`` seconds.
+``TApplicationException(INTERNAL_ERROR)``), anything else succeeds after ``delay`` seconds -
+or ``slow_delay`` seconds if it starts with ``slow`` (a slow call beside fast ones).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ T = TypeVar("T")
 BUSY_PREFIX = "busy:"
 MISSING_PREFIX = "missing:"
 CRASH_PREFIX = "crash:"
+SLOW_PREFIX = "slow"
 
 
 class CallCounter:
@@ -50,17 +52,19 @@ class _DelayedHandler:
 
     methods: tuple[str, ...] = ()
 
-    def __init__(self, clock: IReactorTime, delay: float = 0.0) -> None:
+    def __init__(self, clock: IReactorTime, delay: float = 0.0, slow_delay: float = 2.0) -> None:
         self.clock = clock
         self.delay = delay
+        self.slow_delay = slow_delay
         self.counter = CallCounter(self.methods)
 
     def _after_delay(self, fn: Callable[[str], T], arg: str) -> Deferred[T]:
+        delay = self.slow_delay if arg.startswith(SLOW_PREFIX) else self.delay
         # With no delay answer in the same reactor turn: a needless callLater(0) per call
         # costs a noticeable share of throughput in the herd benchmarks.
-        if self.delay <= 0:
+        if delay <= 0:
             return maybeDeferred(fn, arg)
-        return task.deferLater(self.clock, self.delay, fn, arg)
+        return task.deferLater(self.clock, delay, fn, arg)
 
     def backendStats(self) -> dict[str, int]:
         """Answered at once; the call counts itself, like every other method."""

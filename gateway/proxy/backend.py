@@ -12,7 +12,7 @@ leader; a leader retrying past ``timeout`` would outlast them.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from functools import partial
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -27,6 +27,7 @@ from gateway.primitives import (
     exponential_backoff,
     first_success,
 )
+from gateway.proxy.fairness import current_client
 from gateway.proxy.upstream import Call, OnReply, UpstreamPool
 from gateway.reactors import as_clock
 from gateway.thrift import Headers, MessageHeader, ProtocolKind
@@ -100,6 +101,7 @@ class Backend:
             header=header,
             headers=headers,
             on_end=self._ended,
+            client=current_client(),
         )
 
     def start(self) -> None:
@@ -128,7 +130,7 @@ class Backend:
         ``headers``: THeader info headers, sent with every attempt to a THeader backend.
         """
         self._in_flight += 1
-        d = self._call(message, policy, oneway, header, headers)
+        d = self._call(message, policy, oneway, header, headers, current_client())
         return d.addBoth(self._ended_with)
 
     def _ended_with(self, result: bytes | Failure) -> bytes | Failure:
@@ -142,15 +144,23 @@ class Backend:
         oneway: bool,
         header: MessageHeader | None,
         headers: Headers,
+        client: Hashable | None,
     ) -> Deferred[bytes]:
+        # ``client`` is read once, at the call: retries and hedges run later, outside the
+        # caller's scope, and must count against the same client's share.
         self._rr += 1
         if oneway:
             return self._pool().call(
-                message, timeout=policy.timeout, oneway=True, header=header, headers=headers
+                message,
+                timeout=policy.timeout,
+                oneway=True,
+                header=header,
+                headers=headers,
+                client=client,
             )
         if not policy.idempotent:
             return self._pool().call(
-                message, timeout=policy.timeout, header=header, headers=headers
+                message, timeout=policy.timeout, header=header, headers=headers, client=client
             )
         deadline = self._seconds() + policy.timeout
 
@@ -158,7 +168,7 @@ class Backend:
             left = deadline - self._seconds()
             if left <= 0:
                 return fail(BackendTimeout(f"gateway: backend timeout after {policy.timeout:g}s"))
-            return pool.call(message, timeout=left, header=header, headers=headers)
+            return pool.call(message, timeout=left, header=header, headers=headers, client=client)
 
         if self._hedge_after is not None and len(self.pools) > 1:
             attempts = [partial(attempt_on, self._pool(i)) for i in range(len(self.pools))]

@@ -27,6 +27,7 @@ from gateway.contracts import BackendReply, Coordinator, MethodPolicy, Outcome, 
 from gateway.errors import INTERNAL_ERROR, INVALID_MESSAGE_TYPE, PROTOCOL_ERROR, GatewayError
 from gateway.flights import FlightTable
 from gateway.observe import ErrorRecorder, error_kind
+from gateway.proxy.fairness import client_scope, current_client
 from gateway.proxy.router import Route, Router
 from gateway.reactors import as_clock
 from gateway.stats import NodeStats
@@ -211,6 +212,9 @@ class CallHandler:
         started = self._clock.seconds()
         self._stats.in_flight += 1
         backend_protocol = backend.protocol
+        # A flight's leader may call the backend later (once Redis has decided): its call
+        # counts against this client's fair share of the backend all the same.
+        client = current_client()
 
         def backend_reply(reply: bytes) -> BackendReply:
             # Its kind is worked out only if a cache or another node needs it.
@@ -225,13 +229,14 @@ class CallHandler:
             self._stats.backend_calls += 1
             # Only the leader's call_backend runs (followers join its flight), so these are
             # the leader's headers.
-            if route.policy.idempotent:  # retried or hedged: the Deferred form
-                return backend.call(
-                    upstream, route.policy, header=upstream_header, headers=upstream_headers
-                ).addCallback(backend_reply)
-            return _single_attempt(
-                backend, upstream, route.policy, upstream_header, upstream_headers
-            )
+            with client_scope(client):
+                if route.policy.idempotent:  # retried or hedged: the Deferred form
+                    return backend.call(
+                        upstream, route.policy, header=upstream_header, headers=upstream_headers
+                    ).addCallback(backend_reply)
+                return _single_attempt(
+                    backend, upstream, route.policy, upstream_header, upstream_headers
+                )
 
         d: Deferred[tuple[Outcome, bool]]
         if key is None:

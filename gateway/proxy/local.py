@@ -69,6 +69,10 @@ class LocalCoordinator:
                         self._spawner.spawn(key, refresh)  # the drain waits for it
                     return defer.succeed(Outcome(entry.reply, Source.STALE))
                 del self._cache[key]
+            if key in self._refreshes:
+                # stale_ttl ran out while the entry was being refreshed: wait for that call
+                # rather than make a second one (cancelling this caller leaves it running).
+                return self._refreshes.call(key, self._call, key, policy, call_backend)
             return self._call(key, policy, call_backend)
         # Coalesce mode: nothing to cache, so nothing to do but call (the flight table
         # already made this the only call for the key on this node).

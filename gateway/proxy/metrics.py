@@ -33,12 +33,20 @@ _COUNTERS = {
     "connections_refused": "Client connections closed at once because max_connections was reached",
     "idle_closed": "Client connections closed after idle_timeout without bytes or calls",
     "oversized_calls": "Framed client calls over max_frame_size, answered with PROTOCOL_ERROR",
+    "backend_connects": "Backend connections made",
+    "backend_connect_failures": "Backend connects that failed",
+    "backend_idle_closed": "Backend connections closed after the pool's idle_timeout",
+    "backend_calls_shed": "Waiting backend calls refused (overloaded) to make room: the heaviest"
+    " client's newest",
 }
 
 _GAUGES = {
     "in_flight": "Client calls waiting for an answer",
     "client_connections": "Client connections open",
     "clients_paused": "Client connections whose calls are not being read (backpressure)",
+    "backend_connections": "Backend connections open",
+    "backend_connections_idle": "Backend connections open and free (one call per connection)",
+    "backend_connecting": "Backend connects in flight",
 }
 
 # reason label -> NodeStats counter of the times a client's socket stopped being read.

@@ -70,7 +70,9 @@ class DrainSummary:
         )
 
 
-def build_backends(config: GatewayConfig, reactor: Any, limits: Limits) -> dict[str, Backend]:
+def build_backends(
+    config: GatewayConfig, reactor: Any, limits: Limits, stats: NodeStats | None = None
+) -> dict[str, Backend]:
     """The backends of ``config`` (TLS files are read here: ConfigError if unusable)."""
     backends = {}
     for name, cfg in config.backends.items():
@@ -88,6 +90,11 @@ def build_backends(config: GatewayConfig, reactor: Any, limits: Limits) -> dict[
                 max_concurrency=cfg.max_concurrency,
                 queue_size=cfg.queue_size,
                 tls=client_creator(tls, addr.host, f"backends.{name}") if tls else None,
+                pipelining=cfg.pipelining,
+                idle_timeout=cfg.idle_timeout,
+                max_connecting=cfg.max_connecting,
+                client_share=cfg.client_share,
+                stats=stats,
             )
             for addr in cfg.addresses
         ]
@@ -123,7 +130,7 @@ class GatewayNode:
             max_depth=config.max_depth,
             max_collection_size=config.max_collection_size,
         )
-        self.backends = build_backends(config, reactor, self.limits)
+        self.backends = build_backends(config, reactor, self.limits, self.stats)
         self.metrics = Metrics(
             self.stats, config.node_id, mode, self.observations, now=self._reactor.seconds
         )
@@ -258,7 +265,7 @@ class GatewayNode:
             self.backends,
             config.backends,
             lambda changed: build_backends(
-                replace(config, backends=changed), self._reactor, self.limits
+                replace(config, backends=changed), self._reactor, self.limits, self.stats
             ),
         )
         router = Router(config)

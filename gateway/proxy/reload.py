@@ -304,6 +304,17 @@ def reload_from(
         node.config_status.failed()
         log.error("gateway: reload failed, keeping the running config: %s", exc)
         return None
+    except Exception as exc:
+        # Loading only ever raises ConfigError (gateway.config.build_config); anything else
+        # is a bug there, but the file on disk is still not what runs: count it, so the
+        # reload-failed alert fires, in one line.
+        node.config_status.failed()
+        log.error(
+            "gateway: reload failed, keeping the running config: internal error (%s: %s)",
+            type(exc).__name__,
+            exc,
+        )
+        return None
     try:
         report = node.reload(loaded, sha256)
     except ConfigError as exc:  # a certificate or key file that cannot be used (node.reload)

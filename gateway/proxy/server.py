@@ -41,6 +41,7 @@ from gateway.errors import PROTOCOL_ERROR
 from gateway.primitives import DeferredPool
 from gateway.proxy.connections import DEFAULT_CLIENT_LIMITS, ClientLimits, ConnectionTable
 from gateway.proxy.dialects import BadFirstCall, Layer, detect_stack, max_prefix, unwrap, wrap
+from gateway.proxy.fairness import client_scope
 from gateway.proxy.handler import CallHandler
 from gateway.proxy.http import Http, HttpError, refusal
 from gateway.proxy.tls import peer_identity
@@ -309,7 +310,8 @@ class ClientConnection(Protocol):
         self, message: bytes, header: MessageHeader | None = None, frame: HeaderInfo | None = None
     ) -> None:
         assert self._protocol is not None
-        d = self._handler.handle(message, self._protocol, header, frame, self._peer_id)
+        with client_scope(self):  # its backend calls count against this connection's share
+            d = self._handler.handle(message, self._protocol, header, frame, self._peer_id)
         self._pending.add(d)
 
         def reply(result: bytes | Failure | None) -> None:

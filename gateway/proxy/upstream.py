@@ -1,90 +1,72 @@
-"""The one module that owns backend connections.
+"""The one module that owns backend connections: a pool per backend address.
 
-An :class:`UpstreamPool` keeps ``connections`` persistent connections to one backend address.
-Each connection carries many calls at once (pipelining): the pool rewrites every outgoing
-seqid to one unique on that connection and matches replies **by seqid only** — Thrift servers
-such as ``TTwisted`` answer out of order, and multiplexed replies carry the bare method name.
+**One call per connection** (the default): most Thrift servers (Apache's ``TThreadedServer``,
+``TThreadPoolServer``, ``TNonblockingServer``, thriftpy2's) answer one connection's calls one
+at a time, in order, so a call pipelined behind a slow one waits for it. The pool therefore
+gives each call a connection of its own: a free one if there is one (the most recently used,
+so that the rest go idle), otherwise a new one, opened on demand up to ``max_concurrency``.
+``connections`` of them are kept open while idle (warm, and reopened with backoff when
+lost); the others are closed once idle for ``idle_timeout``. At most ``max_connecting``
+connects are in flight at once, so a restarted backend is not hit by a connect storm. A call
+that times out or whose caller leaves closes its connection: the backend would otherwise
+answer it on that connection later, ahead of the next call's reply.
+
+**Pipelining** (``pipelining=True``, for servers known to read ahead and answer concurrently):
+``connections`` persistent connections each carry many calls at once; every outgoing seqid is
+rewritten to one unique on its connection and replies are matched **by seqid only**, so a
+backend answering out of order (TTwisted, THeader/fbthrift-style servers) is supported. Against
+an in-order server, a slow call delays every call sent behind it on its connection.
+
+Fairness (see :mod:`gateway.proxy.fairness`): at most ``max_concurrency`` calls are underway,
+at most ``client_share`` of those slots held by one client connection; the rest wait, up to
+``queue_size``, served round-robin across client connections. When the queue is full the
+client with the most calls waiting or underway is refused first (``Overloaded``).
 
 Framing is the backend's ``transport``: framed, buffered, or THeader (``header``): each call
 then goes in a THeader frame of the backend's protocol carrying the info headers the handler
-passes (the leader's), with the frame's seqid equal to the message's; replies are THeader
-frames, split by :meth:`MessageReader.feed_parsed`, their info headers ignored, and matched
-by the message seqid like any other.
+passes (the leader's). A reply over ``max_frame_size`` fails only its own call
+(:class:`ReplyTooLarge`) on a framed or THeader connection; an unframed one is dropped (see
+:class:`~gateway.proxy.upstream_conn.UpstreamConnection`).
 
-A reply over ``max_frame_size`` fails only its own call (:class:`ReplyTooLarge`): on a framed
-or THeader connection its header is read from the frame's first bytes, the rest is discarded
-as it streams in, and the connection with every other call on it goes on. An unframed (buffered)
-connection cannot skip a message without parsing all of it, so there the replies that came
-whole before it are delivered, its own call fails with ReplyTooLarge, and the connection is
-dropped (the other calls on it fail with :class:`ConnectionLost`). Replies that arrived whole
-ahead of any other bad bytes are likewise delivered before the connection drops.
-
-Concurrency is capped (``max_concurrency`` underway, ``queue_size`` waiting, in order);
-overflow fails at once with :class:`Overloaded`. Calls are driven by callbacks
-(:meth:`UpstreamPool.submit`): a call costs no Deferred unless its caller wants one
-(:meth:`UpstreamPool.call`), and every call's timeout shares one timer (``Deadlines``).
-Lost connections reconnect in the background with exponential backoff
-(:class:`RetryingCall`); while no connection is up and none is being attempted for the
-first time, calls fail fast with :class:`BackendUnreachable`.
-
-A backend host that goes silent (network partition, host lost: packets dropped, no reset)
-is given ``connect_timeout`` (at least 3 s) to answer, as a new connection would be: the
-kernel drops a connection whose bytes stay unacknowledged that long, or whose keepalive
-probes go unanswered that long (:func:`drop_when_silent`). Its calls fail with
-ConnectionLost, reconnecting fails, and the node knows the backend is unreachable.
+Calls are driven by callbacks (:meth:`UpstreamPool.submit`): a call costs no Deferred unless
+its caller wants one (:meth:`UpstreamPool.call`), and every call's timeout shares one timer
+(``Deadlines``). While no connection is up and the last connect failed, calls fail fast with
+:class:`BackendUnreachable` while reconnecting goes on in the background with exponential
+backoff. A silent backend host is given ``connect_timeout`` (at least 3 s) to acknowledge
+bytes, as a new connection would be (:func:`~gateway.proxy.silence.drop_when_silent`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import connectProtocol
-from twisted.internet.protocol import Protocol as TwistedProtocol
-from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from gateway.errors import (
     BackendTimeout,
     BackendUnreachable,
-    ConnectionLost,
     GatewayError,
     Overloaded,
-    ReplyTooLarge,
     ShuttingDown,
 )
-from gateway.primitives import Deadline, Deadlines, RetryingCall, exponential_backoff
+from gateway.primitives import Deadline, Deadlines, exponential_backoff
 from gateway.proxy.connections import RateLimitedLog
-from gateway.proxy.silence import drop_when_silent
+from gateway.proxy.fairness import FairQueue, current_client
 from gateway.proxy.tls_upstream import backend_endpoint
-from gateway.proxy.writes import send_now
-from gateway.reactors import as_clock, as_transport
-from gateway.thrift import (
-    FrameTooLarge,
-    Headers,
-    Limits,
-    MessageHeader,
-    MessageReader,
-    ProtocolKind,
-    TransportKind,
-    WireError,
-    encode,
-    encode_frame,
-    read_header,
-    replace_header,
-)
+from gateway.proxy.upstream_conn import MAX_UNSENT, OnReply, UpstreamConnection
+from gateway.reactors import DelayedCall, as_clock, as_transport
+from gateway.stats import NodeStats
+from gateway.thrift import Headers, Limits, MessageHeader, ProtocolKind, TransportKind
+
+__all__ = ["MAX_UNSENT", "Call", "OnReply", "UpstreamConnection", "UpstreamPool"]
 
 log = logging.getLogger("gateway.upstream")
-
-_SEQID_LIMIT = 2**31 - 1
-_HEADER = TransportKind.HEADER
-
-
-# Called with the reply message and its parsed header, or with the failure and None.
-OnReply = Callable[[bytes | GatewayError, MessageHeader | None], None]
 
 _WAITING, _UNDERWAY, _DONE = "waiting", "underway", "done"
 
@@ -93,6 +75,7 @@ class Call:
     """One call of an :class:`UpstreamPool`: waiting for a slot, underway, or done."""
 
     __slots__ = (
+        "client",
         "conn",
         "deadline",
         "header",
@@ -117,8 +100,10 @@ class Call:
         headers: Headers,
         timeout: float,
         on_end: Callable[[], None] | None,
+        client: Hashable | None = None,
     ) -> None:
         self.pool = pool
+        self.client = client
         self.on_end = on_end
         self.message = message
         self.on_reply = on_reply
@@ -148,140 +133,8 @@ class Call:
         return self.state is _DONE
 
 
-class UpstreamConnection(TwistedProtocol):
-    """One backend connection with any number of calls outstanding, matched by seqid."""
-
-    def __init__(
-        self,
-        transport_kind: TransportKind,
-        protocol: ProtocolKind,
-        limits: Limits,
-        oversized_log: RateLimitedLog | None = None,
-        silence_timeout: float | None = None,
-    ):
-        self._transport_kind = transport_kind
-        self._silence_timeout = silence_timeout
-        # Shared by the pool's connections: clients choosing arguments that make big replies
-        # could otherwise fill the log one line per call.
-        self._oversized_log = oversized_log
-        self._protocol = protocol
-        self._limits = limits
-        # Oversized framed/THeader replies are skipped, not fatal: they fail only their call.
-        self._reader = MessageReader(transport_kind, protocol, limits, skip_oversized=True)
-        # seqid -> what to call with the reply (bytes) or the call's failure (a GatewayError).
-        self._pending: dict[int, OnReply] = {}
-        self._next_seqid = 0
-        self.lost: Deferred[None] = Deferred()
-        self.connected_ok = False
-
-    @property
-    def outstanding(self) -> int:
-        return len(self._pending)
-
-    def connectionMade(self) -> None:
-        self.connected_ok = True
-        if self._silence_timeout is not None:
-            drop_when_silent(self.transport, self._silence_timeout)
-
-    def transmit(
-        self,
-        message: bytes,
-        on_reply: OnReply | None,
-        header: MessageHeader | None = None,
-        headers: Headers = (),
-        now: bool = False,
-    ) -> int:
-        """Send ``message`` under a seqid unique on this connection and return that seqid.
-
-        ``on_reply`` is called exactly once with the reply message, or with the GatewayError
-        that ends the call (connection lost, reply too large) - unless :meth:`forget` came
-        first. None: a oneway call, no reply. ``header``, if given, must be
-        ``read_header(message, protocol)`` (the seqid rewrite then needs no second decode);
-        ``headers`` are the THeader info headers to send (THeader backends only). ``now``:
-        try to send it with one ``send()`` right away (see :meth:`UpstreamPool._transmit`)
-        instead of in the reactor's next turn. Raises BackendUnreachable if the connection
-        is gone.
-        """
-        if self.transport is None or not self.connected_ok:
-            raise BackendUnreachable("gateway: backend connection lost")
-        self._next_seqid = self._next_seqid + 1 if self._next_seqid < _SEQID_LIMIT else 1
-        seqid = self._next_seqid
-        message = replace_header(message, self._protocol, seqid=seqid, header=header)
-        if self._transport_kind is _HEADER:
-            framed = encode_frame(message, seqid=seqid, protocol=self._protocol, headers=headers)
-        else:
-            framed = encode(self._transport_kind, message)
-        if now:
-            send_now(self.transport, framed)
-        else:
-            as_transport(self.transport).write(framed)
-        if on_reply is not None:
-            self._pending[seqid] = on_reply
-        return seqid
-
-    def forget(self, seqid: int) -> None:
-        """The call is over for us (timed out, caller gone): a late reply is dropped."""
-        self._pending.pop(seqid, None)
-
-    def dataReceived(self, data: bytes) -> None:
-        reader = self._reader
-        try:
-            # The reader decodes every reply's header to split the stream (an unreadable
-            # header is a WireError here), so the seqid is taken from it, not decoded again.
-            messages = reader.feed_parsed(data)
-        except WireError as exc:
-            self._fail_skipped()
-            # Replies that arrived whole ahead of the bad bytes are good: deliver them.
-            for message in exc.complete:
-                self._deliver(message, read_header(message, self._protocol).seqid)
-            if isinstance(exc, FrameTooLarge) and exc.header is not None:
-                # Unframed: this reply cannot be skipped, but its call can be told why.
-                self._fail_too_large(exc.header, None)
-            # The byte stream can no longer be trusted: drop it; calls still pending fail
-            # with ConnectionLost in connectionLost.
-            log.warning("backend sent malformed data (%s); dropping the connection", exc)
-            if self.transport is not None:
-                as_transport(self.transport).abortConnection()
-            return
-        if reader.skipped:
-            self._fail_skipped()
-        for message, header in messages:
-            self._deliver(message, header.seqid, header)
-
-    def _deliver(self, message: bytes, seqid: int, header: MessageHeader | None = None) -> None:
-        on_reply = self._pending.pop(seqid, None)
-        if on_reply is not None:
-            on_reply(message, header)
-
-    def _fail_skipped(self) -> None:
-        for skipped in self._reader.take_skipped():
-            self._fail_too_large(skipped.header, skipped.size)
-
-    def _fail_too_large(self, header: MessageHeader, size: int | None) -> None:
-        limit = self._limits.max_frame_size
-        of = f"of {size} bytes " if size is not None else ""
-        warn = self._oversized_log.warning if self._oversized_log is not None else log.warning
-        warn(
-            "backend reply %sfor %s exceeds max_frame_size %d; failing that call",
-            of,
-            header.name,
-            limit,
-        )
-        on_reply = self._pending.pop(header.seqid, None)
-        if on_reply is not None:
-            too_large = f"gateway: backend reply {of}exceeds max_frame_size {limit}"
-            on_reply(ReplyTooLarge(too_large), None)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.connected_ok = False
-        pending, self._pending = self._pending, {}
-        for on_reply in pending.values():
-            on_reply(ConnectionLost("gateway: backend connection lost mid-call"), None)
-        self.lost.callback(None)
-
-
 class UpstreamPool:
-    """Persistent, pipelined connections to one backend address, with a concurrency cap."""
+    """Connections to one backend address: one call each, or pipelined; a fair, capped queue."""
 
     def __init__(
         self,
@@ -296,131 +149,242 @@ class UpstreamPool:
         connect_timeout: float = 5.0,
         max_concurrency: int = 64,
         queue_size: int = 1024,
-        backoff: Callable[[], Any] | None = None,
+        backoff: Callable[[], Iterator[float]] | None = None,
+        pipelining: bool = False,
+        idle_timeout: float = 60.0,
+        max_connecting: int = 8,
+        client_share: float = 0.25,
+        stats: NodeStats | None = None,
         tls: Any = None,
     ) -> None:
         """``tls``: a pyOpenSSL client connection creator (gateway.proxy.tls_upstream), or
         None for plain TCP."""
         self.address = f"{host}:{port}"
         self.protocol = protocol
+        self.pipelining = pipelining
         self._reactor = reactor
         self._clock = as_clock(reactor)
         self._endpoint = backend_endpoint(reactor, host, port, connect_timeout, tls)
-        # Why the last connection attempt failed, when it says more than "unreachable" (a
-        # TLS handshake that failed): calls failing fast meanwhile get it.
-        self._down: GatewayError | None = None
-        self._warned = False
         self._connect_timeout = connect_timeout
         self._transport_kind = transport
         self._limits = limits
-        self._size = connections
+        self._stats = stats if stats is not None else NodeStats()
+        # Pooled: kept open while idle; pipelined: the connections there are.
+        self._warm = connections if pipelining else min(connections, max_concurrency)
+        self._idle_timeout = idle_timeout
+        self._max_connecting = max_connecting
         self._backoff = backoff or (lambda: exponential_backoff(0.05, 2.0, 2.0))
-        self._live: list[UpstreamConnection] = []
-        self._connecting = 0  # slots whose first attempt (or a retry) is underway
-        self._retries: list[RetryingCall[UpstreamConnection]] = []
+        self._delays: Iterator[float] | None = None  # the backoff under way after failures
+        self._retry: DelayedCall | None = None  # the next connect after a failure
+        self._sweep: DelayedCall | None = None  # the next close of idle connections
+        self._live: list[UpstreamConnection] = []  # connected, not closing
+        self._idle: list[UpstreamConnection] = []  # pooled: free, most recently freed last
+        self._attempts: list[Deferred[UpstreamConnection]] = []  # connects in flight
+        self._down = False  # the last connect failed and nothing is up: fail fast
+        # Why the last connect failed, when it says more than "unreachable" (a TLS
+        # handshake that failed): calls failing fast meanwhile get it.
+        self._down_error: GatewayError | None = None
         self._next = 0
-        self._stopped = False
+        self._started = self._stopped = False
         self._oversized_log = RateLimitedLog(reactor, logger=log)
         # One timer for every call's timeout (see gateway.primitives.deadlines).
         self._deadlines = Deadlines(reactor, resolution=0.05)
-        # Concurrency cap: at most ``max_concurrency`` calls underway, ``queue_size`` waiting
-        # (cancelled ones are left in the deque and skipped; ``_waiting`` counts live ones).
+        # At most ``max_concurrency`` calls underway, at most ``share`` of them one client's,
+        # ``queue_size`` waiting; ``_held`` counts each client's calls underway.
         self._width = max_concurrency
+        self._share = max(1, math.ceil(max_concurrency * client_share))
         self._capacity = queue_size
         self._underway = 0
-        self._queue: deque[Call] = deque()
-        self._waiting = 0
+        self._held: dict[Hashable | None, int] = {}
+        self._queue: FairQueue[Call] = FairQueue(lambda call: call.state is _WAITING)
         self._starting = False  # _start_waiting is running (see there)
-        self._parked: list[Call] = []  # started before any connection was up (start-up)
+        # Given a slot, waiting for a connection: being opened (or, pipelined, resumed).
+        self._parked: deque[Call] = deque()
 
-    # -- connection slots -------------------------------------------------------------------
+    @property
+    def _waiting(self) -> int:
+        return len(self._queue)
+
+    # -- connections ------------------------------------------------------------------------
 
     def start(self) -> None:
-        for _ in range(self._size):
-            self._connect_slot(first=True)
+        self._started = True
+        self._replenish()
 
-    def _connect_slot(self, first: bool) -> None:
-        if self._stopped:
+    def _replenish(self) -> None:
+        """Open connections while fewer than the warm ones (or, pooled, than the calls
+        parked for one) are up or opening, within ``max_connecting``; not during a backoff."""
+        if self._stopped or not self._started or self._retry is not None:
             return
-        self._connecting += 1
+        live, opening = len(self._live), len(self._attempts)
+        want = self._warm
+        if not self.pipelining:
+            want = min(self._width, max(want, live + len(self._parked)))
+        while live + opening < want and opening < self._max_connecting:
+            self._open()
+            opening += 1
 
-        def attempt() -> Deferred[UpstreamConnection]:
-            conn = UpstreamConnection(
-                self._transport_kind,
-                self.protocol,
-                self._limits,
-                self._oversized_log,
-                silence_timeout=self._connect_timeout,
-            )
-            connected: Deferred[UpstreamConnection] = connectProtocol(  # type: ignore[no-untyped-call]  # untyped in Twisted
-                self._endpoint, conn
-            )
-            return connected
+    def _open(self) -> None:
+        conn = UpstreamConnection(
+            self._transport_kind,
+            self.protocol,
+            self._limits,
+            self._oversized_log,
+            silence_timeout=self._connect_timeout,
+        )
+        d: Deferred[UpstreamConnection] = connectProtocol(  # type: ignore[no-untyped-call]  # untyped in Twisted
+            self._endpoint, conn
+        )
+        self._attempts.append(d)
+        self._stats.backend_connecting += 1
 
-        retrying: RetryingCall[UpstreamConnection] = RetryingCall(self._reactor, attempt)
-        self._retries.append(retrying)
-        attempts_seen = [0]
+        def settled(result: object) -> object:
+            self._attempts.remove(d)
+            self._stats.backend_connecting -= 1
+            return result
 
-        def on_attempt_failed(reason: Failure) -> bool:
-            # Each failed attempt marks the backend as down so callers fail fast instead of
-            # waiting out the backoff; the retry loop keeps trying in the background.
-            attempts_seen[0] += 1
-            self._down = reason.value if isinstance(reason.value, GatewayError) else None
-            if attempts_seen[0] == 1:
-                self._connecting -= 1
-                # One line per pool (not per connection slot) until it connects again; a
-                # reconnect is worth one too when it fails for a reason (a TLS handshake).
-                if not self._warned and (first or self._down is not None):
-                    self._warned = True
-                    log.warning(
-                        "backend %s unreachable: %s", self.address, reason.getErrorMessage()
-                    )
-                self._notify_ready()
-            return not self._stopped
+        d.addBoth(settled)
+        d.addCallbacks(self._opened, self._open_failed)
 
-        d = retrying.start(backoff=self._backoff(), failure_tester=on_attempt_failed)
+    def _opened(self, conn: UpstreamConnection) -> None:
+        if self._stopped:
+            conn.close()
+            return
+        self._stats.backend_connects += 1
+        self._delays = None
+        self._down_error = None
+        if self._down:
+            self._down = False
+            log.info("backend %s reachable again", self.address)
+        self._live.append(conn)
+        self._stats.backend_connections += 1
+        conn.on_resume = self._resumed
+        conn.lost.addCallback(lambda _: self._lost(conn))
+        self._available(conn)
+        self._replenish()
 
-        def connected(conn: UpstreamConnection) -> None:
-            self._retries.remove(retrying)
-            self._down, self._warned = None, False
-            if attempts_seen[0] == 0:
-                self._connecting -= 1
-            else:
-                log.info("backend %s reachable again", self.address)
-            self._live.append(conn)
-            conn.lost.addCallback(lambda _: self._on_lost(conn))
-            self._notify_ready()
+    def _open_failed(self, reason: Failure) -> None:
+        if self._stopped or isinstance(reason.value, CancelledError):
+            return
+        self._stats.backend_connect_failures += 1
+        self._down_error = reason.value if isinstance(reason.value, GatewayError) else None
+        if self._delays is None:
+            self._delays = self._backoff()
+        delay = next(self._delays, 2.0)
+        if self._retry is None:
+            self._retry = self._clock.callLater(delay, self._retry_now)
+        if self._live or self._attempts:
+            return  # busy connections will free up, or another attempt may still succeed
+        if not self._down:
+            log.warning("backend %s unreachable: %s", self.address, reason.getErrorMessage())
+        self._down = True
+        # Fail fast rather than wait out the backoff; reconnecting goes on in the background.
+        self._fail_parked()
 
-        def gave_up(reason: Failure) -> None:
-            if retrying in self._retries:
-                self._retries.remove(retrying)
-            # Only stop() cancels the loop (the tester retries everything else): nothing to report.
-            return None
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._replenish()
 
-        d.addCallbacks(connected, gave_up)
+    def _fail_parked(self) -> None:
+        parked, self._parked = self._parked, deque()
+        for call in parked:
+            if call.state is _UNDERWAY:
+                self._finish(call, self._unreachable())
 
-    def _on_lost(self, conn: UpstreamConnection) -> None:
+    def _unreachable(self) -> GatewayError:
+        return self._down_error or BackendUnreachable(
+            f"gateway: backend {self.address} unreachable"
+        )
+
+    def _lost(self, conn: UpstreamConnection) -> None:
+        self._forget_conn(conn)
+        if not self._stopped:
+            self._replenish()
+
+    def _forget_conn(self, conn: UpstreamConnection) -> None:
         if conn in self._live:
             self._live.remove(conn)
-        if not self._stopped:
-            self._connect_slot(first=False)
+            self._stats.backend_connections -= 1
+        if conn in self._idle:
+            self._idle.remove(conn)
+            self._stats.backend_connections_idle -= 1
 
-    def _pick_live(self) -> UpstreamConnection | None:
-        """The live connection with the fewest outstanding calls, None if none is up."""
+    def _give_up(self, conn: UpstreamConnection) -> None:
+        """Close ``conn`` now and stop counting it (a timed-out call's, an idle one)."""
+        self._forget_conn(conn)
+        conn.close()
+
+    def _available(self, conn: UpstreamConnection) -> None:
+        """``conn`` can take a call: give it to a call parked for one, or keep it idle."""
+        if self.pipelining:
+            self._send_parked()
+            return
+        while self._parked:
+            call = self._parked.popleft()
+            if call.state is _UNDERWAY:
+                self._transmit(conn, call)
+                return
+        conn.idle_since = self._clock.seconds()
+        self._idle.append(conn)
+        self._stats.backend_connections_idle += 1
+        if self._sweep is None and len(self._live) > self._warm:
+            self._sweep = self._clock.callLater(self._idle_timeout, self._close_idle)
+
+    def _resumed(self, conn: UpstreamConnection) -> None:
+        if self.pipelining and conn.usable:
+            self._send_parked()
+
+    def _send_parked(self) -> None:
+        while self._parked:
+            conn = self._pick_pipelined()
+            if conn is None:
+                return
+            call = self._parked.popleft()
+            if call.state is _UNDERWAY:
+                self._transmit(conn, call)
+
+    def _close_idle(self) -> None:
+        """Close the connections idle for ``idle_timeout`` beyond the warm ones, oldest
+        first; come back for those that will be."""
+        self._sweep = None
+        now = self._clock.seconds()
+        excess = len(self._live) - self._warm
+        for conn in list(self._idle):  # oldest idle first
+            if excess <= 0:
+                return
+            if now - conn.idle_since < self._idle_timeout:
+                left = conn.idle_since + self._idle_timeout - now
+                self._sweep = self._clock.callLater(left, self._close_idle)
+                return
+            self._give_up(conn)
+            self._stats.backend_idle_closed += 1
+            excess -= 1
+
+    def _acquire(self) -> UpstreamConnection | None:
+        """A connection that can take a call now, None if none can."""
+        if self.pipelining:
+            return self._pick_pipelined()
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            self._stats.backend_connections_idle -= 1
+            if conn.usable:
+                return conn
+        return None
+
+    def _pick_pipelined(self) -> UpstreamConnection | None:
+        """The usable connection with the fewest outstanding calls, None if none is."""
         live = self._live
         n = len(live)
-        if not n:
-            return None
         # Least outstanding calls first; ties rotate so load spreads over connections. (A
-        # plain loop: the first least one in rotation order, as min() would pick, without a
-        # generator and a key lambda per call.)
+        # plain loop, without a generator and a key lambda per call.)
         self._next += 1
         start = self._next
-        best = live[start % n]
-        least = best.outstanding
-        for i in range(1, n):
+        best: UpstreamConnection | None = None
+        least = 0
+        for i in range(n):
             conn = live[(start + i) % n]
-            if conn.outstanding < least:
+            if conn.usable and (best is None or conn.outstanding < least):
                 best, least = conn, conn.outstanding
         return best
 
@@ -436,6 +400,7 @@ class UpstreamPool:
         header: MessageHeader | None = None,
         headers: Headers = (),
         on_end: Callable[[], None] | None = None,
+        client: Hashable | None = None,
     ) -> Call | None:
         """Send one unframed message (any seqid); ``on_reply`` gets the reply or the failure.
 
@@ -444,29 +409,45 @@ class UpstreamPool:
         ShuttingDown, ReplyTooLarge) - unless the returned :class:`Call` is cancelled first
         (the caller is gone). A oneway call gets ``b""`` once it is sent. When the call
         fails at once, ``on_reply`` has run already and None is returned. ``timeout`` counts
-        from now and includes time spent waiting behind ``max_concurrency``. ``header``, if
-        given, must be ``read_header(message, self.protocol)``; ``headers`` go in the THeader
-        frame (THeader backends only). ``on_end`` runs once the call is over, however it
-        ended (answered, failed, cancelled).
+        from now and includes time spent waiting for a slot. ``header``, if given, must be
+        ``read_header(message, self.protocol)``; ``headers`` go in the THeader frame
+        (THeader backends only). ``on_end`` runs once the call is over, however it ended.
+        ``client``: the client connection it is for (its fair share; None: unattributed).
         """
         if self._stopped:
             _immediately(on_reply, ShuttingDown("gateway: shutting down"), on_end)
             return None
-        if self._underway >= self._width:
-            if self._waiting >= self._capacity:
-                overloaded = Overloaded(f"gateway: overloaded, backend {self.address} queue full")
-                _immediately(on_reply, overloaded, on_end)
-                return None
-            call = Call(self, message, on_reply, oneway, header, headers, timeout, on_end)
-            self._queue.append(call)
-            self._waiting += 1
-        else:
-            call = Call(self, message, on_reply, oneway, header, headers, timeout, on_end)
+        call = Call(self, message, on_reply, oneway, header, headers, timeout, on_end, client)
+        if self._underway < self._width and self._held.get(client, 0) < self._share:
             self._start(call)
             if call.done:
                 return None
+        else:
+            queue = self._queue
+            if len(queue) >= self._capacity:
+                heaviest = queue.heaviest() if len(queue) else None
+                if heaviest is None or self._weight(client) + 1 >= self._weight(heaviest):
+                    overloaded = Overloaded(
+                        f"gateway: overloaded, backend {self.address} queue full"
+                    )
+                    _immediately(on_reply, overloaded, on_end)
+                    return None
+                # The heaviest client gives up its newest waiting call for this one.
+                evicted = queue.pop_newest(heaviest)
+                self._stats.backend_calls_shed += 1
+                self._refuse(
+                    evicted,
+                    Overloaded(
+                        f"gateway: overloaded, backend {self.address} queue full "
+                        "(this client has the most calls waiting)"
+                    ),
+                )
+            queue.push(client, call)
         call.deadline = self._deadlines.add(timeout, call.expire)
         return call
+
+    def _weight(self, client: Hashable | None) -> int:
+        return self._queue.waiting(client) + self._held.get(client, 0)
 
     def call(
         self,
@@ -476,9 +457,11 @@ class UpstreamPool:
         oneway: bool = False,
         header: MessageHeader | None = None,
         headers: Headers = (),
+        client: Hashable | None = None,
     ) -> Deferred[bytes]:
         """:meth:`submit` with a Deferred: it fires with the reply, fails with the
-        GatewayError, and cancelling it cancels the call."""
+        GatewayError, and cancelling it cancels the call. ``client`` defaults to the
+        caller's scope (:func:`~gateway.proxy.fairness.current_client`)."""
         d: Deferred[bytes] = Deferred(lambda _: call.cancel() if call is not None else None)
         call = self.submit(
             message,
@@ -487,36 +470,42 @@ class UpstreamPool:
             oneway=oneway,
             header=header,
             headers=headers,
+            client=client if client is not None else current_client(),
         )
         return d
 
     def _start(self, call: Call) -> None:
         self._underway += 1
+        self._held[call.client] = self._held.get(call.client, 0) + 1
         call.state = _UNDERWAY
-        conn = self._pick_live()
-        if conn is None:
-            if self._connecting:  # start-up, or right after a loss: wait for that attempt
-                self._parked.append(call)
-                return
+        conn = self._acquire()
+        if conn is not None:
+            self._transmit(conn, call)
+            return
+        if self._down and not self._live:
             self._finish(call, self._unreachable())
             return
-        self._transmit(conn, call)
+        self._parked.append(call)
+        self._replenish()
+        if not self._live and not self._attempts and self._retry is None:
+            # Not started, or nothing could be opened: nothing will ever take it.
+            self._parked.remove(call)
+            self._finish(call, self._unreachable())
 
     def _transmit(self, conn: UpstreamConnection, call: Call) -> None:
         try:
             call.conn = conn
-            # Calls of many clients share a few pipelined connections, so while others are
+            # Pipelined, many clients' calls share a few connections: while others are
             # underway a plain write lets Twisted send everything written in this reactor
-            # turn with one send() per connection - under load far cheaper than a send()
-            # per call. A call alone in the pool (light load) has nothing to be batched
-            # with: it leaves now rather than a reactor turn later (less latency, two
-            # epoll calls fewer).
+            # turn with one send() per connection. A call alone in the pool, or alone on its
+            # connection, has nothing to be batched with: it leaves now rather than a
+            # reactor turn later (less latency, two epoll calls fewer).
             call.seqid = conn.transmit(
                 call.message,
                 None if call.oneway else call.reply,
                 call.header,
                 call.headers,
-                now=self._underway == 1,
+                now=not self.pipelining or self._underway == 1,
             )
         except GatewayError as exc:
             self._finish(call, exc)
@@ -528,10 +517,19 @@ class UpstreamPool:
     def _finish(
         self, call: Call, result: bytes | GatewayError, header: MessageHeader | None = None
     ) -> None:
-        """``call`` is over with ``result``: free its slot (or its queue place), answer it,
-        start the next."""
+        """``call`` is over with ``result``: free its slot (or its queue place) and its
+        connection, answer it, start the next."""
         if call.state is _DONE:
             return
+        conn = call.conn
+        if conn is not None and not self.pipelining:
+            call.conn = None
+            if conn.usable and not conn.outstanding:
+                self._available(conn)  # before the next call looks for a free one
+            elif conn.connected_ok and not conn.closing:
+                # Its call ended without its reply (a write failed, a reply too large was
+                # being skipped): the bytes still due on it belong to no one.
+                self._give_up(conn)
         was_underway = self._end(call)
         call.on_reply(result, header)
         if was_underway:
@@ -551,10 +549,14 @@ class UpstreamPool:
         self._finish(call, BackendTimeout(f"gateway: backend timeout after {call.timeout:g}s"))
 
     def _unhook(self, call: Call) -> None:
-        """Before ending a call no reply ended: its connection forgets it, or it leaves the
-        calls parked for a connection."""
-        if call.conn is not None:
-            call.conn.forget(call.seqid)
+        """Before ending a call no reply ended: its connection forgets it (pooled: is closed,
+        its late reply would come before the next call's), or it leaves the parked calls."""
+        conn = call.conn
+        if conn is not None:
+            conn.forget(call.seqid)
+            if not self.pipelining:
+                call.conn = None
+                self._give_up(conn)
         elif call.state is _UNDERWAY and call in self._parked:
             self._parked.remove(call)
 
@@ -564,8 +566,13 @@ class UpstreamPool:
         was_underway = call.state is _UNDERWAY
         if was_underway:
             self._underway -= 1
+            held = self._held[call.client] - 1
+            if held:
+                self._held[call.client] = held
+            else:
+                del self._held[call.client]
         elif call.state is _WAITING:
-            self._waiting -= 1  # its entry stays in the queue, skipped when reached
+            self._queue.discard(call.client)  # its entry stays, skipped when reached
         call.state = _DONE
         call.message = b""  # a skipped queue entry must not keep the call's bytes alive
         if call.deadline is not None:
@@ -573,6 +580,9 @@ class UpstreamPool:
         if call.on_end is not None:
             call.on_end()
         return was_underway
+
+    def _eligible(self, client: Hashable | None) -> bool:
+        return self._held.get(client, 0) < self._share
 
     def _start_waiting(self) -> None:
         # Starting a call can end it at once (no connection, a failed write), and ending a
@@ -585,42 +595,41 @@ class UpstreamPool:
         try:
             queue = self._queue
             while queue and self._underway < self._width:
-                call = queue.popleft()
-                if call.state is _WAITING:
-                    self._waiting -= 1
-                    self._start(call)
+                call = queue.pop(self._eligible)
+                if call is None:
+                    break  # every client waiting holds its share already
+                self._start(call)
         finally:
             self._starting = False
-
-    def _notify_ready(self) -> None:
-        if self._live or self._connecting == 0:
-            parked, self._parked = self._parked, []
-            for call in parked:
-                if call.state is not _UNDERWAY:
-                    continue
-                conn = self._pick_live()
-                if conn is None:
-                    self._finish(call, self._unreachable())
-                else:
-                    self._transmit(conn, call)
-
-    def _unreachable(self) -> GatewayError:
-        return self._down or BackendUnreachable(f"gateway: backend {self.address} unreachable")
 
     def stop(self) -> None:
         """Stop reconnecting and close every connection; calls underway fail as their
         connections close (ConnectionLost), calls not sent yet with ShuttingDown."""
         self._stopped = True
-        for retrying in list(self._retries):
-            retrying.cancel()
-        waiting = [call for call in self._queue if call.state is _WAITING]
-        self._queue.clear()
-        parked, self._parked = self._parked, []
-        for call in waiting + parked:
+        for delayed in (self._retry, self._sweep):
+            if delayed is not None and delayed.active():
+                delayed.cancel()
+        self._retry = self._sweep = None
+        for attempt in list(self._attempts):
+            attempt.cancel()
+        for call in self._queue.drain():
+            self._refuse(call, ShuttingDown("gateway: shutting down"))
+        parked, self._parked = list(self._parked), deque()
+        for call in parked:
             self._finish(call, ShuttingDown("gateway: shutting down"))
         for conn in list(self._live):
             if conn.transport is not None:
                 as_transport(conn.transport).loseConnection()
+
+    def _refuse(self, call: Call, failure: GatewayError) -> None:
+        """End a call already taken out of the queue (it holds nothing) with ``failure``."""
+        call.state = _DONE
+        call.message = b""
+        if call.deadline is not None:
+            call.deadline.cancel()
+        if call.on_end is not None:
+            call.on_end()
+        call.on_reply(failure, None)
 
 
 def _immediately(

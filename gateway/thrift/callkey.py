@@ -56,6 +56,7 @@ _U32 = struct.Struct(">I")
 _FIELD = struct.Struct(">Bh")
 _COLLECTION = struct.Struct(">BI")
 _MAP = struct.Struct(">BBI")
+_EXCLUDED = struct.Struct(">BI")
 _COMPACT = ProtocolKind.COMPACT
 _PEER_MARK = _U32.pack(0xFFFFFFFF)
 
@@ -250,6 +251,10 @@ class CallIdentity:
     are equal: the backend could not tell them apart (or, for ``peer``, the callers are
     the same party). The seqid, the client's protocol and
     transport (THeader included), other info headers, and field order never matter.
+    ``excluded`` is the sorted ``exclude_fields`` of the policy ``args`` was made under:
+    part of the identity because two policies can reach one upstream name (``methods.
+    "Svc:m"`` and ``methods.m``), and args without field 2 *because it was excluded* are
+    not the args of a call that had no field 2.
     """
 
     backend: str
@@ -257,6 +262,7 @@ class CallIdentity:
     args: bytes
     headers: bytes = b""
     peer: bytes = b""
+    excluded: tuple[int, ...] = ()
 
     @property
     def key(self) -> str:
@@ -267,6 +273,12 @@ class CallIdentity:
             digest.update(_U32.pack(len(part)))
             digest.update(part)
         digest.update(self.args)
+        if self.excluded:
+            # 0xFF cannot start the key headers (a u32 name length: 0x00 first) nor follow
+            # the self-delimiting args otherwise; only present with exclusions, so a call
+            # without them keeps the key it always had.
+            digest.update(_EXCLUDED.pack(0xFF, len(self.excluded)))
+            digest.update(b"".join(_H.pack(i) for i in self.excluded))
         if self.headers:
             # After the args, which are self-delimiting (a struct ends at its STOP byte), and
             # only when present: a call without key headers keeps the key it always had.
@@ -315,4 +327,6 @@ def call_identity(
     args = canonical_args(
         message, protocol, exclude_fields=exclude_fields, limits=limits, header=header
     )
-    return CallIdentity(backend, upstream_name, args, headers, peer)
+    return CallIdentity(
+        backend, upstream_name, args, headers, peer=peer, excluded=tuple(sorted(exclude_fields))
+    )

@@ -31,7 +31,17 @@ from prometheus_client.registry import Collector
 
 from gateway.stats import NodeStats
 
-STATS_GAUGES = frozenset({"in_flight", "client_connections", "clients_paused", "started_at"})
+STATS_GAUGES = frozenset(
+    {
+        "in_flight",
+        "client_connections",
+        "clients_paused",
+        "started_at",
+        "backend_connections",
+        "backend_connections_idle",
+        "backend_connecting",
+    }
+)
 MAX_GAUGES = frozenset(
     {"gateway_oldest_in_flight_seconds", "gateway_redis_mode", "gateway_build_info"}
 )

@@ -15,9 +15,15 @@ line and the workers coalesce each on their own: a herd then reaches the backend
 per worker.
 
 The server listens on a UNIX socket only (``--port 0``) in the supervisor's private 0700
-directory, persists nothing, is bounded in memory (``volatile-lru``: every key the gateway
-writes expires anyway), runs in a session of its own (a terminal's Ctrl-C reaches the
+directory, persists nothing, runs in a session of its own (a terminal's Ctrl-C reaches the
 supervisor, which drains first) and dies with the supervisor (Linux: PR_SET_PDEATHSIG).
+
+It is bounded in memory (256 MB) with ``noeviction``: when full, writes fail and the workers
+coalesce each on their own (the coordinator's fallback) until cache entries expire. Any
+evicting policy would be worse, because every key the gateway writes has an expiry, so
+``volatile-*`` or ``allkeys-*`` may evict a *live* lease or session key to make room for a
+large cache entry - a second leader, or a live worker's calls taken over: duplicate
+backend calls nobody sees. Refusing writes is loud and keeps coordination honest.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from gateway.localredis import find_redis_server
 
 BINARY_ENV = "GATEWAY_REDIS_SERVER"
 MAX_MEMORY = "256mb"
+POLICY = "noeviction"  # never evict a live lease or session for a cache entry (see above)
 
 
 def find_binary() -> str | None:
@@ -60,8 +67,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
 class PrivateRedis:
     """One redis-server on ``<directory>/redis.sock``, started and stopped by PID."""
 
-    def __init__(self, binary: str, directory: str | Path) -> None:
+    def __init__(self, binary: str, directory: str | Path, max_memory: str = MAX_MEMORY) -> None:
         self.binary = binary
+        self.max_memory = max_memory
         self.directory = Path(directory)
         self.path = self.directory / "redis.sock"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -80,8 +88,8 @@ class PrivateRedis:
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "no",
-            "--maxmemory", MAX_MEMORY,
-            "--maxmemory-policy", "volatile-lru",
+            "--maxmemory", self.max_memory,
+            "--maxmemory-policy", POLICY,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             argv,

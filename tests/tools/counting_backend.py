@@ -73,7 +73,10 @@ class Handler:
         self.counter = counter
         self.page_delay = page_delay
 
-    def _answer(self, method: str, arg: str, opts: dict[str, str], delay: float) -> Any:
+    def _answer(
+        self, method: str, arg: str, opts: dict[str, str] | None, delay: float | None
+    ) -> Any:
+        opts, delay = opts or {}, delay or 0.0  # a caller may leave optional fields out
         name = f"{self.service}:{method}:{arg}:{sorted(opts.items())}"
         call, total = self.counter.arrived(name)
         if delay > 0:
