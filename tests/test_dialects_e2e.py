@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import socket
+import ssl
 import subprocess
 import sys
 import uuid
@@ -260,6 +261,33 @@ def _json_echo_call(supervisor: Any, arg: str) -> bytes:
     sink = TMemoryBuffer()
     supervisor.Client(TJSONProtocol(sink)).send_echo(arg, {}, 0.0)
     return sink.getvalue()
+
+
+def test_json_over_https_on_the_tls_listener(
+    tmp_path: Path, backend: CountingBackend, nodes: list[GatewayProcess], stock_supervisor: Any
+) -> None:
+    """A stock THttpClient over HTTPS (JSON protocol) on ``tls_listen`` is answered: the
+    dialects are detected on the decrypted stream, as on the plain port."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_path, key_path, ca_path = tmp_path / "s.pem", tmp_path / "s.key", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    key_path.write_bytes(cert.private_key_pem.bytes())
+    ca.cert_pem.write_to_path(str(ca_path))
+    extra = f'tls_listen = "127.0.0.1:0"\ntls_cert = "{cert_path}"\ntls_key = "{key_path}"'
+    node = gateway(nodes, write_config(tmp_path, backend, gateway_extra=extra), "https")
+    port = int(node.process.wait_for_line(r" tls 127\.0\.0\.1:(\d+)").group(1))
+    # ssl_context: with cafile alone this THttpClient also loads a client certificate chain.
+    context = ssl.create_default_context(cafile=str(ca_path))
+    transport = THttpClient(f"https://127.0.0.1:{port}/", ssl_context=context)
+    stub = stock_supervisor.Client(TJSONProtocol(transport))
+    transport.open()
+    try:
+        assert stub.echo("über https", {}, 0.0).arg == "über https"
+    finally:
+        transport.close()
 
 
 def _header_zlib_call(supervisor: Any, arg: str) -> bytes:
