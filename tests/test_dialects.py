@@ -356,3 +356,17 @@ def test_http_oneway_answers_follow_the_client() -> None:
         http = Http(DEFAULT_LIMITS)
         http.unwrap(_request(b"x", f"POST / HTTP/1.1\r\nUser-Agent: {agent}\r\n"))
         assert bool(http.respond()) is answered
+
+
+def test_a_reply_json_cannot_carry_becomes_an_internal_error() -> None:
+    """A binary reply the JSON writer cannot convert (here: a truncated body) reaches the
+    JSON caller as a TApplicationException INTERNAL_ERROR with its seqid, not as nothing."""
+    from thrift.Thrift import TApplicationException
+
+    broken = encoded(TBinaryProtocol, seqid=31)[:-3]
+    reader = TJSONProtocol(TMemoryBuffer(Json(DEFAULT_LIMITS).wrap(broken)))
+    name, mtype, seqid = reader.readMessageBegin()
+    exc = TApplicationException()
+    exc.read(reader)
+    assert (name, mtype, seqid) == ("echo", TMessageType.EXCEPTION, 31)
+    assert exc.type == TApplicationException.INTERNAL_ERROR

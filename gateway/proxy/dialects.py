@@ -25,11 +25,13 @@ bytes are a :class:`MalformedMessage`, closing only that connection.
 
 from __future__ import annotations
 
+import logging
 import struct
 import zlib
 from collections.abc import Callable
 from typing import Protocol
 
+from gateway.errors import INTERNAL_ERROR
 from gateway.proxy.http import Http, HttpError
 from gateway.thrift import (
     MAX_DETECT_PREFIX,
@@ -38,11 +40,14 @@ from gateway.thrift import (
     NotThrift,
     ProtocolKind,
     TransportKind,
+    application_exception,
     detect,
+    read_header,
 )
 from gateway.thrift.framing import frame
 from gateway.thrift.jsonproto import JsonSplitter, binary_to_json, json_to_binary
 
+log = logging.getLogger("gateway.server")
 _I32 = struct.Struct(">i")
 _HEADER_MAGIC = b"\x0f\xff"
 _MAX_LAYERS = 4  # HTTP > framed > zlib > JSON is the deepest real nesting
@@ -149,7 +154,21 @@ class Json:
         return b"".join(json_to_binary(m, self._limits) for m in self._splitter.feed(data))
 
     def wrap(self, data: bytes) -> bytes:
-        return binary_to_json(data, self._limits)
+        try:
+            return binary_to_json(data, self._limits)
+        except MalformedMessage as exc:
+            # A reply JSON cannot carry (thrift's writer refused a value): the caller gets an
+            # INTERNAL_ERROR with its seqid rather than no answer.
+            header = read_header(data, ProtocolKind.BINARY)
+            log.warning("reply to %s cannot be written as JSON: %s", header.name, exc)
+            answer = application_exception(
+                ProtocolKind.BINARY,
+                header.name,
+                header.seqid,
+                INTERNAL_ERROR,
+                "gateway: the reply cannot be written as TJSONProtocol",
+            )
+            return binary_to_json(answer, self._limits)
 
 
 class BadFirstCall(MalformedMessage):
