@@ -11,7 +11,7 @@ LOCK := requirements/test.txt
 # whatever setuptools is newest (--no-build-isolation).
 PIP_LOCKED = --quiet --require-hashes --no-deps --no-build-isolation
 
-.PHONY: test test-latest lint unit integration demo bench bench-scale fuzz fuzz-smoke docs lock idl clean
+.PHONY: test test-latest lint unit integration demo bench bench-scale fuzz fuzz-smoke docs lock idl clean interop-apache
 
 $(STAMP): $(LOCK) requirements/build.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -61,6 +61,26 @@ integration: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/gateway demo
+
+# Apache Thrift's own cross-test (test/py TestClient x TestServer) through `gateway serve`, in
+# every protocol x transport its test/tests.json lists for py, in passthrough, coalesce and
+# cache modes (docs/dialects-notes.md). APACHE_THRIFT is a tree of the pinned release, never
+# in this repository: git archive v0.17.0 test lib/py lib/nodejs | tar -x -C /tmp/apache-thrift-0.17.0
+# Its own lib/py (accelerated protocols included) is installed into a venv inside that tree,
+# the Node.js client's npm packages into node_modules there; the C++ client is built with g++
+# (apt: libthrift-dev libboost-program-options-dev libboost-filesystem-dev libevent-dev).
+APACHE_THRIFT ?=
+interop-apache: $(STAMP)
+	@test -n "$(APACHE_THRIFT)" || { echo "interop-apache: set APACHE_THRIFT=/path/to/apache-thrift-0.17.0" >&2; exit 1; }
+	test -x $(APACHE_THRIFT)/.venv-py/bin/python || { $(PY) -m venv $(APACHE_THRIFT)/.venv-py && \
+		$(APACHE_THRIFT)/.venv-py/bin/python -m pip install --quiet $(APACHE_THRIFT)/lib/py; }
+	$(BIN)/python -m benchmarks.crosstest $(APACHE_THRIFT) --python $(APACHE_THRIFT)/.venv-py/bin/python
+	$(BIN)/python -m benchmarks.crosstest $(APACHE_THRIFT) --python $(APACHE_THRIFT)/.venv-py/bin/python \
+		--language cpp
+	test -d $(APACHE_THRIFT)/node_modules/thrift || (cd $(APACHE_THRIFT) && \
+		npm install --no-audit --no-fund --silent thrift@0.17.0 commander@2.20.3 tape@4.17.0)
+	$(BIN)/python -m benchmarks.crosstest $(APACHE_THRIFT) --python $(APACHE_THRIFT)/.venv-py/bin/python \
+		--language nodejs --node-modules $(APACHE_THRIFT)/node_modules
 
 # `make bench BASELINE=<rev>` also runs the gateway of that git revision in the comparison.
 bench: $(STAMP)

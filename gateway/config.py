@@ -167,6 +167,10 @@ class GatewayConfig:
             return None
         return ServerTLS(self.tls_cert, self.tls_key, self.tls_client_ca, self.tls_min_version)
 
+    # THeader replies zlib-compressed when their call was (docs/dialects-notes.md: off by
+    # default because Apache Thrift C++ 0.17 overruns its heap inflating large ones).
+    header_zlib_replies: bool = False
+
 
 def parse_address(text: str, key: str, allow_zero: bool = False) -> Address:
     """Parse ``HOST:PORT`` (``[v6]:PORT`` too); raise ConfigError naming ``key``.
@@ -566,6 +570,8 @@ def _build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gate
         if name in gw:
             kwargs[name] = _take(gw, name, int, "gateway")
             _positive(kwargs[name], f"gateway.{name}")
+    if "header_zlib_replies" in gw:
+        kwargs["header_zlib_replies"] = _take(gw, "header_zlib_replies", bool, "gateway")
     if "idle_timeout" in gw:
         kwargs["idle_timeout"] = float(_take(gw, "idle_timeout", (int, float), "gateway"))
         if kwargs["idle_timeout"] < 0:

@@ -134,6 +134,7 @@ GATEWAY = Table(
         "tls_key": STR,
         "tls_client_ca": STR,
         "tls_min_version": STR,
+        "header_zlib_replies": BOOL,
     }
 )
 

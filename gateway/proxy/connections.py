@@ -44,6 +44,7 @@ class ClientLimits:
     max_unsent_bytes: int = 1 << 20  # reply bytes waiting for the client to read them
     idle_timeout: float = 0.0  # seconds without bytes or pending calls; 0: never
     max_connections: int = 10_000  # open client connections per node
+    header_zlib_replies: bool = False  # THeader replies compressed when their call was
 
     def __post_init__(self) -> None:
         for name in ("max_pipelined", "max_unsent_bytes", "max_connections"):

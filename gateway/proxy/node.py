@@ -164,6 +164,7 @@ class GatewayNode:
                 max_unsent_bytes=config.max_unsent_bytes,
                 idle_timeout=config.idle_timeout,
                 max_connections=config.max_connections,
+                header_zlib_replies=config.header_zlib_replies,
             ),
         )
         # TLS on the client port: its own listener, certificates reloaded live (proxy.tls).

@@ -40,14 +40,15 @@ from zope.interface import implementer
 from gateway.errors import PROTOCOL_ERROR
 from gateway.primitives import DeferredPool
 from gateway.proxy.connections import DEFAULT_CLIENT_LIMITS, ClientLimits, ConnectionTable
+from gateway.proxy.dialects import BadFirstCall, Layer, detect_stack, max_prefix, unwrap, wrap
 from gateway.proxy.fairness import client_scope
 from gateway.proxy.handler import CallHandler
+from gateway.proxy.http import Http, HttpError, refusal
 from gateway.proxy.tls import peer_identity
 from gateway.proxy.writes import send_now
 from gateway.reactors import as_transport
 from gateway.stats import NodeStats
 from gateway.thrift import (
-    MAX_DETECT_PREFIX,
     FrameTooLarge,
     HeaderInfo,
     Limits,
@@ -60,9 +61,9 @@ from gateway.thrift import (
     TransportKind,
     WireError,
     application_exception,
-    detect,
     encode,
     error_answer,
+    reply_frame,
 )
 
 log = logging.getLogger("gateway.server")
@@ -88,6 +89,9 @@ class ClientConnection(Protocol):
         self._reader: MessageReader | None = None
         self._transport_kind: TransportKind | None = None
         self._protocol: ProtocolKind | None = None
+        # Layers around the Thrift stream (HTTP, framing, zlib, JSON), outermost first.
+        self._layers: list[Layer] = []
+        self._in_idle = False  # _layers_idle is running
         self._peer_id = b""  # the verified client certificate (TLS listener), see _dispatch
         self._pending: set[Deferred[bytes | None]] = set()
         # Parsed beyond max_pipelined, dispatched in order as answers go out.
@@ -124,21 +128,39 @@ class ClientConnection(Protocol):
         if self._reader is None:
             self._prefix += data
             try:
-                kinds = detect(self._prefix, header=True)
+                # Plain streams, and those wrapped in layers (gateway.proxy.dialects).
+                stack = detect_stack(self._prefix, self._limits)
+            except HttpError as exc:
+                self._refuse(exc)
+                return
+            except BadFirstCall as exc:
+                stack = (exc.layers, TransportKind.BUFFERED, ProtocolKind.BINARY, b"")
+                self._layers, self._transport_kind, self._protocol, _ = stack
+                self._bad_input(exc.error)
+                return
             except NotThrift as exc:
                 self._close(f"not a Thrift stream ({exc})")
                 return
-            if kinds is None:
-                if len(self._prefix) > MAX_DETECT_PREFIX:
+            if stack is None:
+                if len(self._prefix) > max_prefix(self._limits):
                     self._close("could not detect the Thrift transport/protocol")
                 return
-            self._transport_kind, self._protocol = kinds
+            self._layers, self._transport_kind, self._protocol, data = stack
             # Data arrives only after the TLS handshake: the peer's certificate is known.
             self._peer_id = peer_identity(self.transport)
             self._reader = MessageReader(
                 self._transport_kind, self._protocol, self._limits, skip_oversized=True
             )
-            data, self._prefix = self._prefix, b""
+            self._prefix = b""
+        elif self._layers:
+            try:
+                data = unwrap(self._layers, data)
+            except HttpError as exc:
+                self._refuse(exc)
+                return
+            except WireError as exc:
+                self._bad_input(exc)
+                return
         reader = self._reader
         try:
             # With their headers: the reader decoded them to split the stream, and the
@@ -163,6 +185,32 @@ class ClientConnection(Protocol):
                 self._dispatch(*call)
         if held or len(pending) >= limit:
             self._update_reading()
+        if self._layers:
+            self._layers_idle()
+
+    def _layers_idle(self) -> None:
+        """An HTTP request whose calls are all answered gets its response (then the next
+        request waiting behind it is read)."""
+        http = self._layers[0]
+        if not isinstance(http, Http) or self._in_idle:
+            return  # reading the next request below answers it in this loop, not nested
+        self._in_idle = True
+        try:
+            while not self._pending and not self._held and http.awaiting_response:
+                self._write_raw(http.respond())
+                if http.closing:
+                    self._close("HTTP request asked to close the connection", quiet=True)
+                    return
+                if not http.has_next():
+                    return
+                self.dataReceived(b"")  # may answer it at once (a cache hit): loop
+        finally:
+            self._in_idle = False
+
+    def _refuse(self, exc: HttpError) -> None:
+        """An HTTP request refused with an error status; the connection closes."""
+        self._write_raw(refusal(exc))
+        self._close(f"HTTP request refused ({exc.status}: {exc})")
 
     def _bad_input(self, exc: WireError) -> None:
         # The stream lost its message boundaries: answer the call if we know its seqid, then
@@ -280,6 +328,8 @@ class ClientConnection(Protocol):
                 self._write(result, frame)
             if self._held or not self._reading or self._closing:
                 self._pump()
+            if self._layers:
+                self._layers_idle()
             return None
 
         d.addBoth(reply)
@@ -327,17 +377,25 @@ class ClientConnection(Protocol):
     def _write(self, message: bytes, frame: HeaderInfo | None = None) -> None:
         """Write ``message`` in the connection's dialect; ``frame`` is the THeader frame of
         the call it answers (its fields are echoed), None on framed/buffered connections."""
-        if self._transport_kind is not None:
+        if frame is not None and frame.transforms and self._table.limits.header_zlib_replies:
+            self._write_bytes(reply_frame(message, frame, transforms=frame.transforms))
+        elif self._transport_kind is not None:
             self._write_bytes(encode(self._transport_kind, message, frame))
 
     def _write_bytes(self, data: bytes) -> None:
-        if self.transport is not None and not self._hung_up:
+        if self._layers:
+            data = wrap(self._layers, data)
+        self._write_raw(data)
+
+    def _write_raw(self, data: bytes) -> None:
+        if self.transport is not None and not self._hung_up and data:
             send_now(self.transport, data)
 
-    def _close(self, why: str) -> None:
+    def _close(self, why: str, quiet: bool = False) -> None:
         """Stop reading now; hang up once the calls already dispatched are answered."""
         if not self._closing:
-            log.warning("closing client %s: %s", self._peer(), why)
+            if not quiet:
+                log.warning("closing client %s: %s", self._peer(), why)
             self._closing = True
             if not self._pending and not self._held:
                 self._hang_up()
@@ -346,6 +404,8 @@ class ClientConnection(Protocol):
         transport: Any = self.transport
         if transport is None or (self._hung_up and not abort):
             return
+        if self._layers and not abort:
+            self._layers_idle()  # an HTTP response still owed goes out first
         self._hung_up = True
         if self._producing:
             # A registered producer keeps loseConnection waiting for it: unregister first.
