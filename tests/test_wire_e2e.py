@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from thrift.Thrift import TMessageType, TType
+from thrift.Thrift import TApplicationException, TMessageType, TType
 from thrift_messages import decode, message
 
 from clients.sync_client import ExampleClient
 from gateway.processes import ExampleBackend, GatewayProcess, start_example_backend, start_gateway
-from gateway.thrift import ProtocolKind, frame
+from gateway.thrift import ProtocolKind, encode_frame, frame, parse_frame
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +127,75 @@ def test_garbage_oneway_in_nonstrict_binary_never_reaches_the_backend(
         gw.process.wait_for_line(
             r"dropping oneway .*invalid type id 85", timeout=5, stream="stderr"
         )
+
+
+def _header_frame(transforms: list[int], payload: bytes) -> bytes:
+    """A THeader frame (seqid 5, binary) listing ``transforms``, carrying ``payload`` as is."""
+    header = bytearray([0])  # protocol id: binary
+    header += _varint(len(transforms))
+    for transform in transforms:
+        header += _varint(transform)
+    header += bytes(-len(header) % 4)
+    body = struct.pack(">HHiH", 0x0FFF, 0, 5, len(header) // 4) + header + payload
+    return struct.pack(">i", len(body)) + body
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _answer_code(sock: socket.socket) -> int:
+    """The TApplicationException type of the THeader-framed answer read from ``sock``."""
+    data = _recv_frame(sock)
+    assert data is not None, "no answer before the gateway closed"
+    payload, _ = parse_frame(data)
+    _, mtype, seqid, body = decode(BINARY, payload)
+    assert seqid == 5
+    assert mtype == TMessageType.EXCEPTION
+    return int(next(value for fid, _, value in body if fid == 2)[1])
+
+
+@pytest.mark.parametrize(
+    "transforms",
+    [[1] * 20_000, [1, 1], [1] * 5],
+    ids=["zlib-x20000", "zlib-twice", "five"],
+)
+def test_theader_frame_listing_a_transform_repeatedly_is_refused_unread(
+    tmp_path: Path, slow_backend: ExampleBackend, transforms: list[int]
+) -> None:
+    """A THeader frame listing zlib more than once (or more than 4 transforms) is answered
+    INVALID_TRANSFORM in a THeader frame without being inflated, and another client's call
+    underway is answered as usual."""
+    call = message(BINARY, "alertSupervisor", [(1, TType.STRING, b"bomb")], seqid=5)
+    payload = call
+    for _ in range(min(len(transforms), 2)):
+        payload = zlib.compress(payload)
+    with start_gateway(config=_config(tmp_path, slow_backend, ""), node_id="bomb") as gw:
+        victim = SlowVictim(gw)
+        with socket.create_connection((gw.host, gw.port), timeout=10) as attacker:
+            attacker.sendall(_header_frame(transforms, payload))
+            assert _answer_code(attacker) == TApplicationException.INVALID_TRANSFORM
+        assert victim.join() == "ack:victim"
+
+
+def test_theader_frame_with_zlib_once_is_still_served(
+    tmp_path: Path, slow_backend: ExampleBackend
+) -> None:
+    """A THeader call compressed once with zlib (what stock clients send) is answered."""
+    call = message(BINARY, "alertSupervisor", [(1, TType.STRING, b"z")], seqid=5)
+    with (
+        start_gateway(config=_config(tmp_path, slow_backend, ""), node_id="zlib") as gw,
+        socket.create_connection((gw.host, gw.port), timeout=10) as sock,
+    ):
+        sock.sendall(encode_frame(call, seqid=5, protocol=BINARY, transforms=[1]))
+        data = _recv_frame(sock)
+        assert data is not None
+        payload, _ = parse_frame(data)
+        _, mtype, seqid, body = decode(BINARY, payload)
+        assert (mtype, seqid) == (TMessageType.REPLY, 5)
+        assert body[0][2] == (TType.STRING, b"ack:z")
