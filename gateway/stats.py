@@ -44,6 +44,8 @@ class NodeStats:
     backend_connect_failures: int = 0  # backend connects that failed
     backend_idle_closed: int = 0  # backend connections closed after idle_timeout
     backend_calls_shed: int = 0  # waiting calls refused for the heaviest client's queue
+    partial_closed: int = 0  # connections closed: body_timeout or max_partial_bytes
+    partial_bytes: int = 0  # bytes of partial client messages buffered now
     started_at: float = field(default_factory=time.time)
 
     def snapshot(self) -> dict[str, float]:

@@ -164,6 +164,8 @@ class GatewayNode:
                 max_unsent_bytes=config.max_unsent_bytes,
                 idle_timeout=config.idle_timeout,
                 max_connections=config.max_connections,
+                body_timeout=config.body_timeout,
+                max_partial_bytes=config.max_partial_bytes,
             ),
         )
         # TLS on the client port: its own listener, certificates reloaded live (proxy.tls).

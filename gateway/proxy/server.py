@@ -98,6 +98,7 @@ class ClientConnection(Protocol):
         self._producing = False  # registered as the transport's producer
         self._closing = False  # bad input seen: read nothing more
         self._hung_up = False  # loseConnection called: write nothing more
+        self._in_partial = False  # the table counts a partial message of ours
         self.active = False  # bytes arrived since the last idle sweep (ConnectionTable)
         self.idle_since = 0.0
 
@@ -147,11 +148,15 @@ class ClientConnection(Protocol):
             calls = reader.feed_frames(data)
         except WireError as exc:
             self._answer_skipped()
+            self._note_partial(None)  # the reader dropped its buffer
             # Calls pipelined ahead of the bad bytes are still answered.
             for call in exc.frames:
                 self._accept(call)
             self._bad_input(exc)
             return
+        partial = reader.partial
+        if partial is not None or self._in_partial:
+            self._note_partial(partial)
         if reader.skipped:
             self._answer_skipped()
         # _accept, inlined: this loop runs once per call.
@@ -163,6 +168,20 @@ class ClientConnection(Protocol):
                 self._dispatch(*call)
         if held or len(pending) >= limit:
             self._update_reading()
+
+    def _note_partial(self, size: int | None) -> None:
+        """Tell the table how much of a message underway we buffer (None: none underway)."""
+        if size is None and not self._in_partial:
+            return
+        self._in_partial = size is not None
+        self._table.partial(self, size)
+
+    def close_partial(self, why: str) -> None:
+        """The table's verdict on our partial message (body_timeout, max_partial_bytes): its
+        bytes are dropped now, calls already dispatched are still answered, then we close."""
+        self._reader = None  # frees the buffered bytes; nothing more is read
+        self._in_partial = False
+        self._close(why)
 
     def _bad_input(self, exc: WireError) -> None:
         # The stream lost its message boundaries: answer the call if we know its seqid, then

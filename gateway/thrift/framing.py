@@ -151,6 +151,14 @@ class MessageReader:
         """Bytes received but not yet returned as part of a message."""
         return len(self._buf)
 
+    @property
+    def partial(self) -> int | None:
+        """None between messages; inside one (some of its bytes arrived, not all), how many
+        of them are buffered: 0 while an oversized frame being skipped streams in."""
+        if self._buf:
+            return len(self._buf)
+        return 0 if self._skipping else None
+
     def take_skipped(self) -> list[SkippedFrame]:
         """The frames skipped since the last call (see ``skip_oversized``), in stream order."""
         skipped, self.skipped = self.skipped, []
