@@ -199,3 +199,33 @@ def test_theader_frame_with_zlib_once_is_still_served(
         _, mtype, seqid, body = decode(BINARY, payload)
         assert (mtype, seqid) == (TMessageType.REPLY, 5)
         assert body[0][2] == (TType.STRING, b"ack:z")
+
+
+def test_bool_byte_two_is_refused_and_never_shares_the_key_of_true(
+    tmp_path: Path, slow_backend: ExampleBackend
+) -> None:
+    """In cache mode a call whose bool argument is the byte 0x02 (true to Apache Python/C++,
+    false to Java/Go) is refused with PROTOCOL_ERROR, so it can neither take nor poison the
+    cached answer of the same call with a canonical true."""
+    config = _config(
+        tmp_path, slow_backend, '[methods.alertSupervisor]\nmode = "cache"\nttl = 60\n'
+    )
+    fields = [(1, TType.STRING, b"flag"), (2, TType.BOOL, True)]
+    canonical = message(BINARY, "alertSupervisor", fields, seqid=3)
+    assert canonical.endswith(b"\x02\x00\x02\x01\x00")  # field 2: bool true, then STOP
+    poisoned = canonical[:-2] + b"\x02\x00"
+    with (
+        start_gateway(config=config, node_id="bool") as gw,
+        socket.create_connection((gw.host, gw.port), timeout=10) as sock,
+    ):
+        sock.sendall(frame(poisoned))
+        reply = _recv_frame(sock)
+        assert reply is not None
+        _, mtype, seqid, body = decode(BINARY, reply)
+        assert (mtype, seqid) == (TMessageType.EXCEPTION, 3)
+        assert b"bool byte 2" in _exception_text(body)
+        sock.sendall(frame(canonical))
+        reply = _recv_frame(sock)
+        assert reply is not None
+        _, mtype, seqid, body = decode(BINARY, reply)
+        assert (mtype, seqid, body[0][2]) == (TMessageType.REPLY, 3, (TType.STRING, b"ack:flag"))
