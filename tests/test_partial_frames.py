@@ -7,7 +7,7 @@ import pytest
 from test_server import Setup, alert
 
 from gateway.proxy.connections import ClientLimits
-from gateway.thrift import ProtocolKind, frame
+from gateway.thrift import ProtocolKind, TransportKind, frame
 
 pytestmark = pytest.mark.usefixtures("no_unhandled_deferred_errors")
 
@@ -90,3 +90,15 @@ def test_config_keys_and_defaults() -> None:
     ):
         with pytest.raises(ConfigError, match=text):
             build_config({"gateway": raw}, flags)
+
+
+def test_connection_shed_by_its_own_read_still_answers_the_calls_before() -> None:
+    """A read that completes a call and starts a partial message pushing the node over
+    max_partial_bytes closes that connection only after the complete call is answered."""
+    s = Setup(client_limits=ClientLimits(max_partial_bytes=50_000, body_timeout=0))
+    s.conn.dataReceived(frame(alert(BINARY, 1)) + _partial(100_000))
+    assert s.stats.partial_closed == 1 and s.stats.partial_bytes == 0
+    assert len(s.backend.pending) == 1 and not s.transport.disconnecting
+    s.answer_all()
+    assert s.replies(TransportKind.FRAMED, BINARY) == [1]
+    assert s.transport.disconnecting

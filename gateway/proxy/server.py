@@ -154,9 +154,6 @@ class ClientConnection(Protocol):
                 self._accept(call)
             self._bad_input(exc)
             return
-        partial = reader.partial
-        if partial is not None or self._in_partial:
-            self._note_partial(partial)
         if reader.skipped:
             self._answer_skipped()
         # _accept, inlined: this loop runs once per call.
@@ -168,6 +165,10 @@ class ClientConnection(Protocol):
                 self._dispatch(*call)
         if held or len(pending) >= limit:
             self._update_reading()
+        # Last: over max_partial_bytes the table may close this very connection.
+        partial = reader.partial
+        if partial is not None or self._in_partial:
+            self._note_partial(partial)
 
     def _note_partial(self, size: int | None) -> None:
         """Tell the table how much of a message underway we buffer (None: none underway)."""
