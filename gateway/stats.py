@@ -36,6 +36,8 @@ class NodeStats:
     connections_refused: int = 0  # connections closed at once: max_connections reached
     idle_closed: int = 0  # connections closed after idle_timeout
     oversized_calls: int = 0  # framed calls over max_frame_size, answered PROTOCOL_ERROR
+    partial_closed: int = 0  # connections closed: body_timeout or max_partial_bytes
+    partial_bytes: int = 0  # bytes of partial client messages buffered now
     # Backend connection pools (gateway.proxy.upstream): gauges, then counters.
     backend_connections: int = 0  # backend connections open now
     backend_connections_idle: int = 0  # of those, free (one call per connection pools)
@@ -44,8 +46,6 @@ class NodeStats:
     backend_connect_failures: int = 0  # backend connects that failed
     backend_idle_closed: int = 0  # backend connections closed after idle_timeout
     backend_calls_shed: int = 0  # waiting calls refused for the heaviest client's queue
-    partial_closed: int = 0  # connections closed: body_timeout or max_partial_bytes
-    partial_bytes: int = 0  # bytes of partial client messages buffered now
     started_at: float = field(default_factory=time.time)
 
     def snapshot(self) -> dict[str, float]:
