@@ -150,6 +150,8 @@ class GatewayConfig:
     max_unsent_bytes: int = 1 << 20  # unread reply bytes before a client's calls stop being read
     idle_timeout: float = 0.0  # seconds; 0: never close idle client connections
     max_connections: int = 10_000  # open client connections; more are closed at once
+    body_timeout: float = 10.0  # seconds for a message to be whole after its first bytes; 0: never
+    max_partial_bytes: int = 256 << 20  # partial client messages buffered, node-wide
     # Processes serving the client port (gateway.workers): 1 = this process, no supervisor.
     workers: int = 1
     # A second client listener speaking TLS (see gateway.proxy.tls); tls_cert and tls_key
@@ -566,18 +568,17 @@ def _build_config(raw: dict[str, Any], overrides: dict[str, str | None]) -> Gate
         if name in gw:
             kwargs[name] = _take(gw, name, int, "gateway")
             _positive(kwargs[name], f"gateway.{name}")
-    for name in ("max_pipelined", "max_unsent_bytes", "max_connections"):
+    for name in ("max_pipelined", "max_unsent_bytes", "max_connections", "max_partial_bytes"):
         if name in gw:
             kwargs[name] = _take(gw, name, int, "gateway")
             _positive(kwargs[name], f"gateway.{name}")
     if "header_zlib_replies" in gw:
         kwargs["header_zlib_replies"] = _take(gw, "header_zlib_replies", bool, "gateway")
-    if "idle_timeout" in gw:
-        kwargs["idle_timeout"] = float(_take(gw, "idle_timeout", (int, float), "gateway"))
-        if kwargs["idle_timeout"] < 0:
-            raise ConfigError(
-                f"gateway.idle_timeout: must be >= 0 (0: never), got {kwargs['idle_timeout']!r}"
-            )
+    for name in ("idle_timeout", "body_timeout"):
+        if name in gw:
+            kwargs[name] = float(_take(gw, name, (int, float), "gateway"))
+            if kwargs[name] < 0:
+                raise ConfigError(f"gateway.{name}: must be >= 0 (0: never), got {kwargs[name]!r}")
     if "workers" in gw:
         kwargs["workers"] = parse_workers(gw.pop("workers"))
     kwargs.update(parse_server_tls(gw))

@@ -128,6 +128,8 @@ GATEWAY = Table(
         "max_pipelined": INT,
         "max_unsent_bytes": INT,
         "max_connections": INT,
+        "body_timeout": NUMBER,
+        "max_partial_bytes": INT,
         "workers": OWN_CHECK,
         "tls_listen": STR,
         "tls_cert": STR,

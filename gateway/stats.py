@@ -36,6 +36,8 @@ class NodeStats:
     connections_refused: int = 0  # connections closed at once: max_connections reached
     idle_closed: int = 0  # connections closed after idle_timeout
     oversized_calls: int = 0  # framed calls over max_frame_size, answered PROTOCOL_ERROR
+    partial_closed: int = 0  # connections closed: body_timeout or max_partial_bytes
+    partial_bytes: int = 0  # bytes of partial client messages buffered now
     # Backend connection pools (gateway.proxy.upstream): gauges, then counters.
     backend_connections: int = 0  # backend connections open now
     backend_connections_idle: int = 0  # of those, free (one call per connection pools)

@@ -91,9 +91,12 @@ def test_canonical_verdicts(fields_: Fields, canonical: bool) -> None:
     assert scan_body(data, read_header(data, BINARY), Limits()) is canonical
 
 
-def test_bool_other_than_zero_or_one_is_valid_but_not_canonical() -> None:
-    """A bool byte of 2 is true for thrift, so valid; its canonical form is 1, so it walks."""
+def test_bool_other_than_zero_or_one_is_malformed() -> None:
+    """A bool byte of 2 is true to Apache Python/C++ but false to Java/Go: malformed, for the
+    scanner and the walker alike (issue 16 defect 2)."""
     data = bytearray(message(BINARY, "m", [(1, TType.BOOL, True)]))
     data[-2] = 2
-    assert scan_body(bytes(data), read_header(bytes(data), BINARY), Limits()) is False
-    assert walker_canonical(bytes(data)).endswith(b"\x01\x00")
+    with pytest.raises(MalformedMessage, match="bool byte 2"):
+        scan_body(bytes(data), read_header(bytes(data), BINARY), Limits())
+    with pytest.raises(MalformedMessage, match="bool byte 2"):
+        walker_canonical(bytes(data))

@@ -91,10 +91,23 @@ def test_map_order_is_irrelevant(kind: ProtocolKind) -> None:
 
 
 def test_set_order_is_irrelevant() -> None:
-    """Set elements in a different order give the same key, even sets of structs."""
-    elems = [[(1, TType.I32, 2)], [(1, TType.I32, 1)]]
-    desc = (TType.SET, TType.STRUCT)
-    assert _key([(1, desc, elems)]) == _key([(1, desc, elems[::-1])])
+    """Set elements of integer or UTF-8 string types in a different order give the same key."""
+    for desc, elems in (
+        ((TType.SET, TType.I32), [2, 1]),
+        ((TType.SET, TType.STRING), [b"b", b"a"]),
+    ):
+        assert _key([(1, desc, elems)]) == _key([(1, desc, elems[::-1])])
+
+
+def test_order_of_sets_whose_equality_bytes_cannot_decide_is_kept() -> None:
+    """Sets of doubles (0.0 == -0.0 to most decoders), structs and invalid UTF-8 strings (Java
+    decodes those lossily) keep their wire order: reordered, they are another call."""
+    for desc, elems in (
+        ((TType.SET, TType.DOUBLE), [0.0, -0.0]),
+        ((TType.SET, TType.STRUCT), [[(1, TType.I32, 2)], [(1, TType.I32, 1)]]),
+        ((TType.SET, TType.STRING), [b"\xff", b"\xfe"]),
+    ):
+        assert _key([(1, desc, elems)]) != _key([(1, desc, elems[::-1])])
 
 
 def test_list_order_matters() -> None:

@@ -233,42 +233,47 @@ def test_error_carries_messages_completed_before_it() -> None:
     assert info.value.complete == [good, good]
 
 
-def test_big_string_is_walked_about_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A large unframed string arriving in small chunks is not re-walked per chunk."""
-    walks = []
-    real = framing_module.walk_struct
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(1, TType.STRING, b"x" * 100_000)],
+        [(1, (TType.LIST, TType.I64), list(range(10_000)))],
+        # The case a re-walk from the start made quadratic: nothing bounds the bytes still
+        # needed better than one per remaining element.
+        [(1, (TType.LIST, TType.STRUCT), [[(1, TType.I32, i)] for i in range(10_000)])],
+    ],
+    ids=["string", "list-i64", "list-of-structs"],
+)
+@pytest.mark.parametrize("protocol", [BINARY, COMPACT])
+def test_unframed_message_in_small_chunks_is_skipped_once(
+    monkeypatch: pytest.MonkeyPatch, fields: Any, protocol: ProtocolKind
+) -> None:
+    """An unframed message arriving in small chunks is skipped by one resumable skipper that
+    examines each byte once (O(size) in all), not re-walked from its start per chunk."""
+    examined: list[int] = []
+    real = framing_module.BodySkipper
 
-    def counting(*args: Any, **kwargs: Any) -> None:
-        walks.append(1)
-        real(*args, **kwargs)
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            examined.append(0)
 
-    monkeypatch.setattr(framing_module, "walk_struct", counting)
-    data = message(BINARY, "m", [(1, TType.STRING, b"x" * 100_000)])
-    reader = MessageReader(BUFFERED, BINARY)
+        def skip(self, buf: Any) -> int:
+            start = self.pos
+            try:
+                return int(super().skip(buf))
+            finally:
+                examined[-1] += self.pos - start
+
+    monkeypatch.setattr(framing_module, "BodySkipper", Counting)
+    data = message(protocol, "m", fields)
+    reader = MessageReader(BUFFERED, protocol)
     out = []
     for i in range(0, len(data), 1000):
         out += reader.feed(data[i : i + 1000])
     assert out == [data]
-    assert len(walks) <= 3
-
-
-def test_list_of_fixed_size_values_is_walked_about_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A large binary list<i64> arriving in small chunks waits for its announced size."""
-    walks = []
-    real = framing_module.walk_struct
-
-    def counting(*args: Any, **kwargs: Any) -> None:
-        walks.append(1)
-        real(*args, **kwargs)
-
-    monkeypatch.setattr(framing_module, "walk_struct", counting)
-    data = message(BINARY, "m", [(1, (TType.LIST, TType.I64), list(range(10_000)))])
-    reader = MessageReader(BUFFERED, BINARY)
-    out = []
-    for i in range(0, len(data), 1000):
-        out += reader.feed(data[i : i + 1000])
-    assert out == [data]
-    assert len(walks) <= 3
+    body = len(data) - read_header(data, protocol).body_offset
+    assert examined == [body]  # one skipper, each body byte consumed once
 
 
 # -- oversized frames skipped instead of fatal (issue 8, item 7b) -----------------------------

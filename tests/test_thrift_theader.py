@@ -197,7 +197,7 @@ def test_reply_carries_only_the_headers_given() -> None:
     seqid=st.integers(-(2**31), 2**31 - 1),
     flags=st.integers(0, 0xFFFF),
     protocol=st.sampled_from([BINARY, COMPACT]),
-    transforms=st.sampled_from([(), (TRANSFORM_ZLIB,), (TRANSFORM_ZLIB, TRANSFORM_ZLIB)]),
+    transforms=st.sampled_from([(), (TRANSFORM_ZLIB,)]),  # each kind at most once
     headers=st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=300)), max_size=5),
     payload=st.binary(max_size=2000),
 )

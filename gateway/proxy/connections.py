@@ -1,11 +1,13 @@
 """Limits on client connections, kept per node: how many, how idle, how far ahead of us.
 
-:class:`ClientLimits` holds the four ``[gateway]`` limits. :class:`ConnectionTable` is the
-node's view of its open client connections: it refuses connections beyond
+:class:`ClientLimits` holds the ``[gateway]`` connection limits. :class:`ConnectionTable` is
+the node's view of its open client connections: it refuses connections beyond
 ``max_connections``, closes idle ones in one coarse periodic sweep (no timer per connection
-and no clock read per received chunk: a connection only sets a flag when bytes arrive), and
-counts and logs the backpressure events the connections report (reads paused because
-replies pile up unread, or because ``max_pipelined`` calls are unanswered).
+and no clock read per received chunk: a connection only sets a flag when bytes arrive),
+bounds partial messages (a message must be whole ``body_timeout`` after its first bytes, and
+all partial messages of the node together stay within ``max_partial_bytes``: the largest go
+first), and counts and logs the backpressure events the connections report (reads paused
+because replies pile up unread, or because ``max_pipelined`` calls are unanswered).
 
 Log lines that a misbehaving client (or a crowd of them) could trigger at will are
 rate-limited (:class:`RateLimitedLog`): one line per kind per interval, telling how many
@@ -45,13 +47,21 @@ class ClientLimits:
     idle_timeout: float = 0.0  # seconds without bytes or pending calls; 0: never
     max_connections: int = 10_000  # open client connections per node
     header_zlib_replies: bool = False  # THeader replies compressed when their call was
+    # A message whose first bytes arrived must be whole within this many seconds (0: never),
+    # like nginx's client_body_timeout but for the whole message: a trickle cannot keep a
+    # partial frame (up to max_frame_size) pinned.
+    body_timeout: float = 10.0
+    # Bytes of partial messages buffered on the node, all connections together; beyond it
+    # the connections holding the largest ones are closed.
+    max_partial_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
-        for name in ("max_pipelined", "max_unsent_bytes", "max_connections"):
+        for name in ("max_pipelined", "max_unsent_bytes", "max_connections", "max_partial_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ClientLimits.{name} must be positive")
-        if self.idle_timeout < 0:
-            raise ValueError("ClientLimits.idle_timeout must be >= 0")
+        for name in ("idle_timeout", "body_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ClientLimits.{name} must be >= 0")
 
 
 DEFAULT_CLIENT_LIMITS = ClientLimits()
@@ -96,6 +106,10 @@ class Tracked(Protocol):
         """Close for idleness: gracefully first, ``abort`` if a graceful close is stuck."""
         ...
 
+    def close_partial(self, why: str) -> None:
+        """Drop the partial message buffered and close (calls dispatched are answered)."""
+        ...
+
 
 class ConnectionTable:
     """The node's open client connections, their number limit and the idle sweep."""
@@ -113,6 +127,10 @@ class ConnectionTable:
         self.oversized_log = RateLimitedLog(clock)
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = clock
+        # Connections inside a message: (bytes of it buffered, when its first bytes came).
+        self._partial: dict[Tracked, tuple[int, float]] = {}
+        self._body_sweep = LoopingCall(self.sweep_bodies)
+        self._body_sweep.clock = clock
 
     def __len__(self) -> int:
         return len(self._open)
@@ -133,6 +151,8 @@ class ConnectionTable:
     def stop(self) -> None:
         if self._sweep.running:
             self._sweep.stop()
+        if self._body_sweep.running:
+            self._body_sweep.stop()
 
     def admit(self, peer: str) -> bool:
         """Whether one more connection may open; counts and logs a refusal."""
@@ -151,6 +171,7 @@ class ConnectionTable:
         self.stats.client_connections = len(self._open)
 
     def closed(self, conn: Tracked) -> None:
+        self.partial(conn, None)
         self._open.discard(conn)
         self._idle_closing.discard(conn)
         self.resumed(conn)
@@ -181,6 +202,61 @@ class ConnectionTable:
         if conn in self._paused:
             self._paused.discard(conn)
             self.stats.clients_paused = len(self._paused)
+
+    # -- partial messages ------------------------------------------------------------------
+
+    def partial(self, conn: Tracked, size: int | None) -> None:
+        """``conn`` holds ``size`` bytes of a message not yet whole (None: it is between
+        messages). Over ``max_partial_bytes`` node-wide, the connections holding the largest
+        partial messages (the oldest among equals) are closed until the rest fit."""
+        entry = self._partial.get(conn)
+        if size is None:
+            if entry is not None:
+                del self._partial[conn]
+                self.stats.partial_bytes -= entry[0]
+                if not self._partial and self._body_sweep.running:
+                    self._body_sweep.stop()
+            return
+        if entry is None:
+            # One clock read per message that does not arrive in one read, not per chunk.
+            self._partial[conn] = (size, self.clock.seconds())
+            self.stats.partial_bytes += size
+            timeout = self.limits.body_timeout
+            if timeout > 0 and not self._body_sweep.running:
+                # Only while some message is underway: an idle node runs no timer.
+                self._body_sweep.start(body_sweep_interval(timeout), now=False)
+        else:
+            self._partial[conn] = (size, entry[1])
+            self.stats.partial_bytes += size - entry[0]
+        if self.stats.partial_bytes > self.limits.max_partial_bytes:
+            self._shed_partials()
+
+    def _shed_partials(self) -> None:
+        budget = self.limits.max_partial_bytes
+        # Rare (the budget is exceeded), so a sort is fine: largest first, oldest first.
+        victims = sorted(self._partial.items(), key=lambda item: (-item[1][0], item[1][1]))
+        for conn, (size, _) in victims:
+            if self.stats.partial_bytes <= budget:
+                break
+            self.stats.partial_closed += 1
+            conn.close_partial(
+                f"partial message of {size} bytes; the node holds {self.stats.partial_bytes} bytes "
+                f"of partial messages, over max_partial_bytes {budget}"
+            )
+            self.partial(conn, None)
+
+    def sweep_bodies(self) -> None:
+        """Close connections whose message underway began over ``body_timeout`` ago."""
+        timeout = self.limits.body_timeout
+        deadline = self.clock.seconds() - timeout
+        late = [(conn, size) for conn, (size, since) in self._partial.items() if since <= deadline]
+        for conn, size in late:
+            self.stats.partial_closed += 1
+            conn.close_partial(
+                f"message not whole {timeout:g}s after its first bytes (body_timeout; "
+                f"{size} bytes of it buffered)"
+            )
+            self.partial(conn, None)
 
     # -- idle sweep ------------------------------------------------------------------------
 
@@ -217,6 +293,12 @@ def sweep_interval(idle_timeout: float) -> float:
     """Seconds between idle sweeps: a connection is closed between ``idle_timeout`` and
     ``idle_timeout`` + this after its last byte or answered call."""
     return min(idle_timeout / 4, _MAX_SWEEP_INTERVAL)
+
+
+def body_sweep_interval(body_timeout: float) -> float:
+    """Seconds between body deadline sweeps: a partial message is dropped between
+    ``body_timeout`` and ``body_timeout`` + this after its first bytes."""
+    return max(min(body_timeout / 4, 1.0), 0.01)
 
 
 def _warn_if_fd_limit_is_low(max_connections: int) -> None:

@@ -64,6 +64,12 @@ class Layer(Protocol):
 
     name: str
 
+    @property
+    def held(self) -> int:
+        """Bytes this layer buffers until more arrive (they count as a partial message
+        against body_timeout and max_partial_bytes, like the reader's own)."""
+        ...
+
     def unwrap(self, data: bytes) -> bytes:
         """The inner stream's bytes carried by ``data`` (raises :class:`MalformedMessage`)."""
         ...
@@ -82,6 +88,10 @@ class Framed:
         self._limits = limits
         self._head = b""  # a frame length not yet whole
         self._left = 0  # bytes of the current frame still to come
+
+    @property
+    def held(self) -> int:
+        return len(self._head)
 
     def unwrap(self, data: bytes) -> bytes:
         out: list[bytes] = []
@@ -122,6 +132,10 @@ class Zlib:
         self._inflate = zlib.decompressobj()
         self._deflate = zlib.compressobj()
 
+    @property
+    def held(self) -> int:
+        return 0  # what inflates goes straight to the layer inside
+
     def unwrap(self, data: bytes) -> bytes:
         # One read may inflate to at most max_frame_size: a small read cannot make the
         # gateway hold a huge one (a zlib bomb), and any single call must fit in that anyway.
@@ -149,6 +163,10 @@ class Json:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._splitter = JsonSplitter(limits)
+
+    @property
+    def held(self) -> int:
+        return self._splitter.held
 
     def unwrap(self, data: bytes) -> bytes:
         return b"".join(json_to_binary(m, self._limits) for m in self._splitter.feed(data))

@@ -45,6 +45,7 @@ from gateway.thrift import (
     validate_body,
 )
 from gateway.thrift.preview import preview_args
+from gateway.thrift.transcode import copies_body
 
 log = logging.getLogger("gateway.proxy")
 
@@ -162,7 +163,6 @@ class CallHandler:
         try:
             route = self._router.resolve(header.service, header.method)
             backend = self._backends[route.backend]
-            same_protocol = protocol is backend.protocol
             if header.type is _CALL and route.policy.mode != "passthrough":
                 # Walks the body: malformed arguments stop here.
                 key: str | None = route.identify(
@@ -171,9 +171,11 @@ class CallHandler:
                 eager: tuple[bytes, MessageHeader | None] | None = None
             else:
                 key = None
-                if same_protocol:
-                    # Nothing else walks these bytes. A backend that cannot decode a call
-                    # may drop its connection, and other clients' calls on it with it.
+                if copies_body(protocol, backend.protocol):
+                    # Forwarded verbatim (same protocol, or strict <-> non-strict binary),
+                    # oneway too: nothing else reads these bytes. A backend that cannot
+                    # decode a call may drop its connection, and other clients' calls on it
+                    # with it. (Otherwise transcoding walks, and so validates, the body.)
                     validate_body(message, header, protocol, self._limits)
                 eager = self._upstream(message, protocol, header, backend.protocol, route)
         except GatewayError as exc:

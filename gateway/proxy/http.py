@@ -67,6 +67,10 @@ class Http:
         self.closing = False  # the last response went out with "Connection: close"
 
     @property
+    def held(self) -> int:
+        return len(self._buf)  # a request head not yet whole, or requests pipelined behind
+
+    @property
     def awaiting_response(self) -> bool:
         """The current request's body is all in: once its calls are answered, respond."""
         return self._in_request and self._left == 0

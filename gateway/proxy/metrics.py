@@ -38,6 +38,8 @@ _COUNTERS = {
     "backend_idle_closed": "Backend connections closed after the pool's idle_timeout",
     "backend_calls_shed": "Waiting backend calls refused (overloaded) to make room: the heaviest"
     " client's newest",
+    "partial_closed": "Client connections closed with a partial message: past body_timeout, "
+    "or the largest when the node's partial messages exceeded max_partial_bytes",
 }
 
 _GAUGES = {
@@ -47,6 +49,7 @@ _GAUGES = {
     "backend_connections": "Backend connections open",
     "backend_connections_idle": "Backend connections open and free (one call per connection)",
     "backend_connecting": "Backend connects in flight",
+    "partial_bytes": "Bytes of partial client messages buffered (bounded by max_partial_bytes)",
 }
 
 # reason label -> NodeStats counter of the times a client's socket stopped being read.

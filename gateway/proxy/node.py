@@ -165,6 +165,8 @@ class GatewayNode:
                 idle_timeout=config.idle_timeout,
                 max_connections=config.max_connections,
                 header_zlib_replies=config.header_zlib_replies,
+                body_timeout=config.body_timeout,
+                max_partial_bytes=config.max_partial_bytes,
             ),
         )
         # TLS on the client port: its own listener, certificates reloaded live (proxy.tls).

@@ -102,6 +102,7 @@ class ClientConnection(Protocol):
         self._producing = False  # registered as the transport's producer
         self._closing = False  # bad input seen: read nothing more
         self._hung_up = False  # loseConnection called: write nothing more
+        self._in_partial = False  # the table counts a partial message of ours
         self.active = False  # bytes arrived since the last idle sweep (ConnectionTable)
         self.idle_since = 0.0
 
@@ -144,6 +145,10 @@ class ClientConnection(Protocol):
             if stack is None:
                 if len(self._prefix) > max_prefix(self._limits):
                     self._close("could not detect the Thrift transport/protocol")
+                    return
+                # Bytes before the dialect is known (an HTTP head still arriving) are a
+                # partial message too: body_timeout closes a connection that never finishes.
+                self._note_partial(len(self._prefix))
                 return
             self._layers, self._transport_kind, self._protocol, data = stack
             # Data arrives only after the TLS handshake: the peer's certificate is known.
@@ -169,6 +174,7 @@ class ClientConnection(Protocol):
             calls = reader.feed_frames(data)
         except WireError as exc:
             self._answer_skipped()
+            self._note_partial(None)  # the reader dropped its buffer
             # Calls pipelined ahead of the bad bytes are still answered.
             for call in exc.frames:
                 self._accept(call)
@@ -185,6 +191,17 @@ class ClientConnection(Protocol):
                 self._dispatch(*call)
         if held or len(pending) >= limit:
             self._update_reading()
+        # Last: over max_partial_bytes the table may close this very connection. Bytes a
+        # dialect layer holds (an HTTP head, a JSON message not yet whole) count too.
+        partial = reader.partial
+        if self._layers:
+            in_layers = sum(layer.held for layer in self._layers)
+            if in_layers:
+                partial = (partial or 0) + in_layers
+        if partial is not None or self._in_partial:
+            self._note_partial(partial)
+            if self._reader is None:
+                return  # closed for it (close_partial)
         if self._layers:
             self._layers_idle()
 
@@ -211,6 +228,21 @@ class ClientConnection(Protocol):
         """An HTTP request refused with an error status; the connection closes."""
         self._write_raw(refusal(exc))
         self._close(f"HTTP request refused ({exc.status}: {exc})")
+
+    def _note_partial(self, size: int | None) -> None:
+        """Tell the table how much of a message underway we buffer (None: none underway)."""
+        if size is None and not self._in_partial:
+            return
+        self._in_partial = size is not None
+        self._table.partial(self, size)
+
+    def close_partial(self, why: str) -> None:
+        """The table's verdict on our partial message (body_timeout, max_partial_bytes): its
+        bytes are dropped now, calls already dispatched are still answered, then we close."""
+        self._reader = None  # frees the buffered bytes; nothing more is read
+        self._prefix = b""
+        self._in_partial = False
+        self._close(why)
 
     def _bad_input(self, exc: WireError) -> None:
         # The stream lost its message boundaries: answer the call if we know its seqid, then

@@ -9,6 +9,7 @@ Modules, one concept each:
 * ``walk``: the generic, limited value walker behind skipping, call keys and transcoding;
 * ``detect``: recognising a connection's transport and protocol from its first bytes;
 * ``theader``: THeader frames (parse, encode, reply) and :class:`HeaderInfo`;
+* ``skipper``: a resumable skipper finding where an unframed body ends, in O(its size);
 * ``framing``: splitting streams into messages (:class:`MessageReader`) and framing;
 * ``callkey``: canonical form of call arguments, the call identity and its key;
 * ``transcode``: re-encoding messages between protocols;

@@ -7,8 +7,11 @@ of a body is byte for byte its canonical form (``callkey.py``) whenever
 
 * the fields of every struct come in ascending id order (repeated ids in any order: a
   stable sort keeps them),
-* set elements and map keys come in ascending byte order (maps: a stable sort by key),
-* booleans are 0 or 1, doubles survive a float round trip, and empty maps declare types 0/0.
+* set elements and map keys of the types in :data:`ORDERED_KEYS` come in ascending byte
+  order (maps: a stable sort by key); others keep their wire order anyway,
+* doubles survive a float round trip, and empty maps declare types 0/0.
+
+A bool byte other than 0 or 1 is malformed (decoders disagree on what it means).
 
 That is what most generated code sends for most calls, so the call key of such a call is a
 hash of its body bytes, with no walk at all. :func:`scan_struct` enforces the same limits as
@@ -36,6 +39,11 @@ STOP, BOOL, BYTE, DOUBLE, I16, I32, I64, STRING, STRUCT, MAP, SET, LIST, UUID = 
 # Fixed-size scalars: type -> size in bytes (bool and double are checked for canonicality).
 _FIXED = {BYTE: 1, I16: 2, I32: 4, I64: 8, UUID: 16}
 VALUE_TYPES = frozenset({BOOL, BYTE, DOUBLE, I16, I32, I64, STRING, STRUCT, MAP, SET, LIST, UUID})
+# Set elements and map keys of these types are put in byte order by the canonical form
+# (callkey.py): equal bytes mean equal values and different bytes different values, for
+# every decoder (strings only when all are valid UTF-8: Java decodes invalid ones lossily).
+# Doubles (0.0 == -0.0, NaN), structs and containers keep their wire order.
+ORDERED_KEYS = frozenset({BOOL, BYTE, I16, I32, I64, STRING, UUID})
 
 
 def scan_struct(buf: bytes, pos: int, limits: Limits, depth: int = 1) -> tuple[int, bool]:
@@ -80,7 +88,9 @@ def _scan_value(buf: bytes, pos: int, ttype: int, limits: Limits, depth: int) ->
     if ttype == BOOL:
         if pos >= len(buf):
             raise MalformedMessage("message body is truncated")
-        return pos + 1, buf[pos] <= 1
+        if buf[pos] > 1:  # decoders disagree on the others (see protocols._CanonicalBinary)
+            raise MalformedMessage(f"bool byte {buf[pos]} (only 0 and 1 are canonical)")
+        return pos + 1, True
     if ttype == DOUBLE:
         if pos + 8 > len(buf):
             raise MalformedMessage("message body is truncated")
@@ -129,6 +139,7 @@ def _scan_elements(
     canonical = True
     previous = b""
     fixed = _FIXED.get(etype)
+    is_set = is_set and etype in ORDERED_KEYS  # other sets keep their wire order
     for _ in range(size):
         start = pos
         if fixed is not None:  # most large lists: no call per element
@@ -156,18 +167,22 @@ def _scan_map(buf: bytes, pos: int, limits: Limits, depth: int) -> tuple[int, bo
     _size(size, limits)
     pos += 6
     if size == 0:
-        # Compact carries no types for an empty map; the canonical form has 0/0 (the
-        # walker accepts invalid ones here too, and writes 0/0).
+        # Compact carries no types for an empty map; the canonical form has 0/0. Types that
+        # are neither valid nor 0 are refused (as by the walker): some decoders reject them.
+        for t in (ktype, vtype):
+            if t != STOP and t not in VALUE_TYPES:
+                raise MalformedMessage(f"invalid type id {t}")
         return pos, ktype == 0 and vtype == 0
     if ktype not in VALUE_TYPES or vtype not in VALUE_TYPES:
         raise MalformedMessage(f"invalid type id {ktype if ktype not in VALUE_TYPES else vtype}")
     canonical = True
+    ordered = ktype in ORDERED_KEYS  # other maps keep their wire order
     previous = b""
     for _ in range(size):
         start = pos
         pos, key_ok = _scan_value(buf, pos, ktype, limits, depth)
         key = buf[start:pos]
         pos, value_ok = _scan_value(buf, pos, vtype, limits, depth)
-        canonical = canonical and key_ok and value_ok and key >= previous
+        canonical = canonical and key_ok and value_ok and (key >= previous or not ordered)
         previous = key
     return pos, canonical

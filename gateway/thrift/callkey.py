@@ -11,6 +11,19 @@ Canonical form (big-endian, every value self-delimiting, so concatenations sort 
 * map ``ktype:u8 vtype:u8 size:u32`` then the entries (key bytes + value bytes) sorted by
   their key bytes alone, with a stable sort; an empty map has types 0/0 because compact
   does not carry them.
+* sets and maps are sorted only when their element/key type is one whose bytes decide
+  equality for every decoder (``binscan.ORDERED_KEYS``: bool, byte, integers, uuid, and
+  strings when all are valid UTF-8); sets and maps of doubles (``0.0 == -0.0``, NaN),
+  structs, containers or invalid UTF-8 strings (Java decodes those lossily) keep their wire
+  order.
+
+Only canonical encodings of scalars are accepted at all, by validation and keys alike
+(``protocols.reader``, ``binscan``): a binary bool is the byte 0 or 1, a compact list bool
+1 or 2, compact varints are minimal and fit their type, field ids fit int16; anything else
+is malformed (PROTOCOL_ERROR), because mainstream decoders read it differently (binary bool
+0x02: true to Apache Python/C++ and thriftpy2, false to Java/Go). So the rule "two calls
+share a key only if no mainstream decoder can tell them apart" holds by construction:
+``tests/test_key_differential.py`` checks it against Apache Python, thriftpy2, C++ and Java.
 
 Type ids are thrift's ``TType`` values as the protocol readers report them, so binary and
 compact encodings of the same call have the same canonical form.
@@ -43,6 +56,7 @@ import struct
 from dataclasses import dataclass
 from uuid import UUID
 
+from gateway.thrift.binscan import ORDERED_KEYS, STRING
 from gateway.thrift.kinds import DEFAULT_LIMITS, Limits, ProtocolKind
 from gateway.thrift.message import MessageHeader, read_header
 from gateway.thrift.walk import scan_body, walk_body
@@ -65,6 +79,18 @@ def _entry_key(entry: tuple[bytes, bytes]) -> bytes:
     return entry[0]
 
 
+def _all_utf8(strings: list[bytes]) -> bool:
+    """Whether every canonical string (``len:u32 bytes``) is valid UTF-8: only then do all
+    decoders map distinct ones to distinct values (Java replaces invalid sequences with
+    U+FFFD, so two invalid keys could become one map key there)."""
+    try:
+        for string in strings:
+            string[4:].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class CanonicalSink:
     """A write-only "protocol" producing the canonical form into ``out``.
 
@@ -76,8 +102,9 @@ class CanonicalSink:
     def __init__(self) -> None:
         self.out = bytearray()
         self._ends: list[int] | None = None  # element ends of the innermost set/map, if any
-        # Per open struct/list/set/map: the parent's _ends and, for structs, the field starts.
-        self._stack: list[tuple[list[int] | None, list[tuple[int, int]] | None, int]] = []
+        # Per open struct/list/set/map: the parent's _ends, for structs the field starts, where
+        # it starts, and for sets/maps whether their keys are strings (see _all_utf8).
+        self._stack: list[tuple[list[int] | None, list[tuple[int, int]] | None, int, bool]] = []
 
     def _done(self) -> None:
         if self._ends is not None:
@@ -86,7 +113,7 @@ class CanonicalSink:
     # -- structs ---------------------------------------------------------------------------
 
     def writeStructBegin(self, name: str) -> None:
-        self._stack.append((self._ends, [], len(self.out)))
+        self._stack.append((self._ends, [], len(self.out), False))
         self._ends = None
 
     def writeFieldBegin(self, name: str, ttype: int, fid: int) -> None:
@@ -121,7 +148,7 @@ class CanonicalSink:
 
     def writeListBegin(self, etype: int, size: int) -> None:
         self.out += _COLLECTION.pack(etype, size)
-        self._stack.append((self._ends, None, len(self.out)))
+        self._stack.append((self._ends, None, len(self.out), False))
         self._ends = None
 
     def writeListEnd(self) -> None:
@@ -130,39 +157,40 @@ class CanonicalSink:
 
     def writeSetBegin(self, etype: int, size: int) -> None:
         self.out += _COLLECTION.pack(etype, size)
-        self._stack.append((self._ends, None, len(self.out)))
-        self._ends = []
+        self._stack.append((self._ends, None, len(self.out), etype == STRING))
+        # Element ends are recorded only where the elements may be put in order.
+        self._ends = [] if etype in ORDERED_KEYS else None
 
     def writeSetEnd(self) -> None:
         ends = self._ends
-        assert ends is not None
-        parent_ends, _, start = self._stack.pop()
-        if len(ends) > 1:
+        parent_ends, _, start, strings = self._stack.pop()
+        if ends is not None and len(ends) > 1:
             out = self.out
             bounds = [start, *ends]
             elements = [bytes(out[bounds[i] : bounds[i + 1]]) for i in range(len(ends))]
-            elements.sort()  # equal elements are identical bytes: their order cannot show
-            del out[start:]
-            for element in elements:
-                out += element
+            if not strings or _all_utf8(elements):
+                elements.sort()  # equal elements are identical bytes: their order cannot show
+                del out[start:]
+                for element in elements:
+                    out += element
         self._ends = parent_ends
         self._done()
 
     def writeMapBegin(self, ktype: int, vtype: int, size: int) -> None:
+        ordered = ktype in ORDERED_KEYS
         if size == 0:
             ktype = vtype = 0
         self.out += _MAP.pack(ktype, vtype, size)
-        self._stack.append((self._ends, None, len(self.out)))
-        self._ends = []
+        self._stack.append((self._ends, None, len(self.out), ktype == STRING))
+        self._ends = [] if ordered else None
 
     def writeMapEnd(self) -> None:
         # ``ends`` alternates key end, value end. Entries are ordered by their key bytes only
         # and the sort is stable, so entries whose keys repeat keep their wire order (see the
         # module docstring: a backend keeps one of them, so their order is observable).
         ends = self._ends
-        assert ends is not None
-        parent_ends, _, start = self._stack.pop()
-        if len(ends) > 2:
+        parent_ends, _, start, strings = self._stack.pop()
+        if ends is not None and len(ends) > 2:
             out = self.out
             entries = []
             entry_start = start
@@ -170,10 +198,11 @@ class CanonicalSink:
                 key_end, entry_end = ends[i], ends[i + 1]
                 entries.append((bytes(out[entry_start:key_end]), bytes(out[entry_start:entry_end])))
                 entry_start = entry_end
-            entries.sort(key=_entry_key)
-            del out[start:]
-            for _, entry in entries:
-                out += entry
+            if not strings or _all_utf8([key for key, _ in entries]):
+                entries.sort(key=_entry_key)
+                del out[start:]
+                for _, entry in entries:
+                    out += entry
         self._ends = parent_ends
         self._done()
 

@@ -18,7 +18,8 @@ from gateway.thrift.kinds import (
     WireError,
 )
 from gateway.thrift.message import MessageHeader, parse_header, read_header
-from gateway.thrift.protocols import Buffer, InputBuffer, Truncated, reader
+from gateway.thrift.protocols import Buffer, Truncated
+from gateway.thrift.skipper import BodySkipper
 from gateway.thrift.theader import (
     FIXED_SIZE,
     HeaderError,
@@ -29,7 +30,7 @@ from gateway.thrift.theader import (
     parse_frame_header,
     reply_frame,
 )
-from gateway.thrift.walk import NULL_SINK, BodyErrors, walk_struct
+from gateway.thrift.walk import BodyErrors
 
 _I32 = struct.Struct(">i")
 
@@ -144,12 +145,23 @@ class MessageReader:
         self._error: WireError | None = None
         self._skip_oversized = skip_oversized and transport is not TransportKind.BUFFERED
         self._skipping = 0  # bytes of a skipped frame still to discard (never buffered)
+        # Buffered streams: the message cut short at the start of the buffer, and where its
+        # body's skipper stopped (resumed when more bytes come: O(size), not O(size^2)).
+        self._pending_body: tuple[MessageHeader, BodySkipper] | None = None
         self.skipped: list[SkippedFrame] = []  # frames skipped, in order, until taken
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as part of a message."""
         return len(self._buf)
+
+    @property
+    def partial(self) -> int | None:
+        """None between messages; inside one (some of its bytes arrived, not all), how many
+        of them are buffered: 0 while an oversized frame being skipped streams in."""
+        if self._buf:
+            return len(self._buf)
+        return 0 if self._skipping else None
 
     def take_skipped(self) -> list[SkippedFrame]:
         """The frames skipped since the last call (see ``skip_oversized``), in stream order."""
@@ -388,27 +400,38 @@ class MessageReader:
         end = len(buf)
         limits = self.limits
         while pos < end:
-            try:
-                header = parse_header(buf, pos, self.protocol, limits.max_string_size)
-            except Truncated as exc:  # any other error is a MalformedMessage without header
-                return _await_more(pos, exc.need, limits)
-            inp = InputBuffer(buf, pos + header.body_offset)
+            pending = self._pending_body
+            if pending is not None and pos == 0:
+                # The message cut short last time: resume its body where the skipper stopped
+                # (the buffer still starts with it), instead of walking it again.
+                header, skipper = pending
+            else:
+                try:
+                    header = parse_header(buf, pos, self.protocol, limits.max_string_size)
+                except Truncated as exc:  # any other error is a MalformedMessage without header
+                    return _await_more(pos, exc.need, limits)
+                skipper = BodySkipper(self.protocol, pos + header.body_offset, limits)
+            self._pending_body = None
             with BodyErrors(header):
                 try:
-                    walk_struct(reader(self.protocol, inp, limits), NULL_SINK, limits)
+                    stop = skipper.skip(buf)
                 except Truncated as exc:  # not malformed: the rest has yet to arrive
-                    return _await_more(pos, exc.need, limits, header)
-            if inp.pos - pos > limits.max_frame_size:
+                    result = _await_more(pos, exc.need, limits, header)
+                    if pos:  # the skipper's positions are relative to the buffer start
+                        skipper.rebase(pos)
+                    self._pending_body = (header, skipper)
+                    return result
+            if stop - pos > limits.max_frame_size:
                 raise FrameTooLarge(
                     f"unframed message exceeds max_frame_size {limits.max_frame_size}", header
                 )
-            if pos == 0 and inp.pos == end and isinstance(buf, bytes):
+            if pos == 0 and stop == end and isinstance(buf, bytes):
                 messages.append(buf)  # exactly one whole message: hand the caller's bytes back
             else:
-                messages.append(bytes(memoryview(buf)[pos : inp.pos]))
+                messages.append(bytes(memoryview(buf)[pos:stop]))
             # body_offset is relative to the message start, so it holds for the cut message.
             headers.append(header)
-            pos = inp.pos
+            pos = stop
         return pos, pos + 1
 
 

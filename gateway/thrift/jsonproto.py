@@ -180,6 +180,11 @@ class JsonSplitter:
     :class:`MalformedMessage`; so is anything but whitespace before a message's ``[``.
     """
 
+    @property
+    def held(self) -> int:
+        """Bytes of a JSON message not yet whole."""
+        return len(self._buf)
+
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._buf = bytearray()
         self._limits = limits

@@ -11,11 +11,12 @@ import struct
 from typing import Any
 
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
+from thrift.protocol.TCompactProtocol import CONTAINER_READ as _CONTAINER_READ
 from thrift.protocol.TCompactProtocol import TCompactProtocol
 from thrift.protocol.TProtocol import TProtocolException
 from thrift.transport.TTransport import TTransportException
 
-from gateway.thrift.kinds import Limits, ProtocolKind
+from gateway.thrift.kinds import Limits, MalformedMessage, ProtocolKind
 
 Buffer = bytes | bytearray
 
@@ -76,19 +77,85 @@ class OutputBuffer:
         self.write = self.buf.extend
 
 
+class _CanonicalBinary(TBinaryProtocol):  # type: ignore[misc]
+    """TBinaryProtocol that refuses a bool byte other than 0 and 1.
+
+    Decoders disagree on the others: Apache Thrift Python and C++ and thriftpy2 read any
+    non-zero byte as true, Java, Go and Haxe only 1. A call carrying one could share the key
+    of a call the backend reads differently, so such bytes are malformed (``callkey``).
+    """
+
+    def readBool(self) -> bool:
+        byte: int = self.readByte()
+        if byte not in (0, 1):
+            raise MalformedMessage(f"bool byte {byte & 0xFF} (only 0 and 1 are canonical)")
+        return bool(byte == 1)
+
+
+class _CanonicalCompact(TCompactProtocol):  # type: ignore[misc]
+    """TCompactProtocol that refuses encodings decoders may read differently (``callkey``):
+    non-minimal varints, varints beyond the width of their type, field ids outside int16,
+    and bool elements other than 1 (true) and 2 (false) (Rust refuses 0, others read any
+    non-1 byte as false)."""
+
+    def _TCompactProtocol__readVarint(self) -> int:  # thrift calls it as self.__readVarint
+        result = 0
+        for shift in range(0, 70, 7):
+            byte: int = self.trans.readAll(1)[0]
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if byte == 0 and shift:
+                    raise MalformedMessage("non-minimal varint")
+                return result
+        raise MalformedMessage("varint longer than 10 bytes")
+
+    def readFieldBegin(self) -> tuple[None, int, int]:
+        field: tuple[None, int, int] = super().readFieldBegin()
+        if not -0x8000 <= field[2] <= 0x7FFF:
+            raise MalformedMessage(f"field id {field[2]} outside int16")
+        return field
+
+    def readBool(self) -> bool:
+        if self.state == _CONTAINER_READ:
+            byte: int = self.trans.readAll(1)[0]
+            if byte not in (1, 2):
+                raise MalformedMessage(f"bool element {byte} (only 1 and 2 are canonical)")
+            return bool(byte == 1)
+        value: bool = super().readBool()
+        return value
+
+    # Integers read straight from the varint (one call, not thrift's three) with the width
+    # check on the zigzag value: it fits the type exactly when it has no higher bits.
+    def readI16(self) -> int:
+        return _zigzag(self._TCompactProtocol__readVarint(), 16)
+
+    def readI32(self) -> int:
+        return _zigzag(self._TCompactProtocol__readVarint(), 32)
+
+    def readI64(self) -> int:
+        return _zigzag(self._TCompactProtocol__readVarint(), 64)
+
+
+def _zigzag(value: int, bits: int) -> int:
+    if value >> bits:
+        raise MalformedMessage(f"varint {value} outside i{bits}")
+    return (value >> 1) ^ -(value & 1)
+
+
 def reader(kind: ProtocolKind, inp: InputBuffer, limits: Limits) -> Any:
     """A thrift protocol decoding ``kind`` from ``inp`` with string/collection limits set.
 
     Only the body is read through it (headers are parsed by gateway.thrift.message), so the
-    strictness of the binary header does not matter here.
+    strictness of the binary header does not matter here. It refuses non-canonical scalar
+    encodings (:class:`_CanonicalBinary`, :class:`_CanonicalCompact`) with MalformedMessage.
     """
     if kind is _COMPACT:
-        return TCompactProtocol(
+        return _CanonicalCompact(
             inp,
             string_length_limit=limits.max_string_size,
             container_length_limit=limits.max_collection_size,
         )
-    return TBinaryProtocol(
+    return _CanonicalBinary(
         inp,
         string_length_limit=limits.max_string_size,
         container_length_limit=limits.max_collection_size,

@@ -28,7 +28,9 @@ What a server writes back, per the reference implementations:
 
 Unknown info blocks end the info section (the spec orders them oldest first, so every later
 one is unknown too) and are skipped with the padding. An unknown transform is an error: the
-payload cannot be read without it.
+payload cannot be read without it. So are more than :data:`MAX_TRANSFORMS` transforms and a
+transform listed twice: undoing each one costs a pass over the payload, so a frame may cost
+the reactor at most one inflation, bounded by ``max_frame_size`` (INVALID_TRANSFORM).
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ FIXED_SIZE = _FIXED.size  # 10: the bytes between LENGTH and the variable header
 _PROTOCOLS: dict[int, ProtocolKind] = {0: ProtocolKind.BINARY, 2: ProtocolKind.COMPACT}
 _PROTOCOL_IDS: dict[ProtocolKind, int] = {kind: pid for pid, kind in _PROTOCOLS.items()}
 _KNOWN_TRANSFORMS = frozenset((TRANSFORM_ZLIB,))
+# At most this many transforms per frame, each kind at most once (reference senders apply
+# each one once; fbthrift's longest chain is a compression plus nothing else we know).
+MAX_TRANSFORMS = 4
 
 
 class HeaderError(MalformedMessage):
@@ -179,11 +184,26 @@ def parse_frame_header(
             context,
         )
     transforms: list[int] = []
-    for _ in range(cursor.varint("transform count")):
+    count = cursor.varint("transform count")
+    if count > MAX_TRANSFORMS:
+        raise HeaderError(
+            f"THeader frame lists {count} transforms, more than {MAX_TRANSFORMS}",
+            context,
+            TApplicationException.INVALID_TRANSFORM,
+        )
+    for _ in range(count):
         transform = cursor.varint("transform id")
         if transform not in _KNOWN_TRANSFORMS:
             raise HeaderError(
                 f"unknown THeader transform {transform}",
+                context,
+                TApplicationException.INVALID_TRANSFORM,
+            )
+        if transform in transforms:
+            # Each undone transform costs the reactor a full pass over the payload: listed
+            # N times, one frame cost N passes (issue 16: 20,000 x zlib stalled every client).
+            raise HeaderError(
+                f"THeader transform {transform} listed more than once",
                 context,
                 TApplicationException.INVALID_TRANSFORM,
             )
@@ -241,7 +261,7 @@ def encode_frame(
     """A whole THeader frame (LENGTH included) carrying ``payload``, a ``protocol`` message.
 
     Transforms are applied in order; info headers are written as one INFO_KEYVALUE block.
-    ValueError for an unknown transform, a protocol THeader cannot name, out-of-range
+    ValueError for an unknown or repeated transform, a protocol THeader cannot name, out-of-range
     seqid/flags, or a header or frame larger than the format allows.
     """
     protocol_id = _PROTOCOL_IDS.get(protocol)
@@ -251,6 +271,8 @@ def encode_frame(
         raise ValueError(f"seqid {seqid} / flags {flags} out of range for THeader")
     header = bytearray(encode_varint(protocol_id))
     header += encode_varint(len(transforms))
+    if len(set(transforms)) != len(transforms):
+        raise ValueError("a THeader transform may be listed only once")
     for transform in transforms:
         if transform not in _KNOWN_TRANSFORMS:
             raise ValueError(f"unknown THeader transform {transform}")

@@ -17,6 +17,15 @@ def _body_encoding(protocol: ProtocolKind) -> ProtocolKind:
     return _COMPACT if protocol is _COMPACT else _BINARY
 
 
+def copies_body(src: ProtocolKind, dst: ProtocolKind) -> bool:
+    """Whether :func:`transcode` from ``src`` to ``dst`` copies the body verbatim, unread.
+
+    True for the same protocol and for strict <-> non-strict binary: whoever forwards such a
+    body must validate it first (``walk.validate_body``), as nothing else reads it.
+    """
+    return _body_encoding(src) is _body_encoding(dst)
+
+
 def transcode(
     message: bytes,
     src: ProtocolKind,
@@ -38,7 +47,7 @@ def transcode(
     ``header``, if given, must be ``read_header(message, src)``: the proxy has parsed it
     already and passes it so each message header is decoded once per call.
     """
-    if _body_encoding(src) is _body_encoding(dst):
+    if copies_body(src, dst):
         return reheader(message, src, dst, name=name, seqid=seqid, header=header)
     if header is None:
         header = read_header(message, src)

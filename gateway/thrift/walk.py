@@ -239,8 +239,12 @@ def _walk_map(iprot: Any, sink: Any, limits: Limits, depth: int) -> None:
     ktype, vtype, size = iprot.readMapBegin()
     if size == 0:
         # Compact does not carry the types of an empty map (thrift reports STOP for both);
-        # keep binary's if they are valid so binary -> binary stays faithful.
-        if ktype not in VALUE_TYPES or vtype not in VALUE_TYPES:
+        # keep binary's if they are valid so binary -> binary stays faithful. Types neither
+        # valid nor STOP are refused: some decoders reject them (and binscan does).
+        for t in (ktype, vtype):
+            if t != STOP:
+                check_type(t)
+        if ktype == STOP or vtype == STOP:
             ktype = vtype = STOP
     else:
         check_type(ktype)
