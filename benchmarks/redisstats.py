@@ -140,3 +140,30 @@ def call_path(counts: Counter[str]) -> int:
 
 def background(counts: Counter[str]) -> int:
     return sum(n for name, n in counts.items() if name in BACKGROUND)
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """A command with the client it is charged to: a script's commands go to its caller."""
+
+    client: str  # "127.0.0.1:PORT" of the sender (of the script, for internal commands)
+    name: str  # lower case
+    parent: str  # the command the client sent: itself, or the EVALSHA that ran it
+    internal: bool  # run by a script, not sent over the network
+
+
+def attribute(commands: list[Command]) -> list[Attributed]:
+    """Charge every script-internal command to the client whose script ran it.
+
+    Redis is single-threaded and MONITOR shows a script's call first, then its commands
+    (``[0 lua]``), so an internal command belongs to the last network command before it.
+    """
+    out: list[Attributed] = []
+    sender, parent = "other", "other"
+    for command in commands:
+        if command.client == "lua":
+            out.append(Attributed(sender, command.name, parent, True))
+        else:
+            sender, parent = command.client, command.name
+            out.append(Attributed(sender, command.name, command.name, False))
+    return out
