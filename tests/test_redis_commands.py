@@ -33,9 +33,12 @@ OPTIONS = ClusterOptions(lease_ttl=2.0, handoff_ttl=5.0)
 FLIGHTS = 32
 
 # Pinned figures (see docs/redis-notes.md for the measured ones).
-LEADER_ROUND_TRIPS_PER_FLIGHT = 2.0  # decide + complete
-LEADER_TOTAL_PER_FLIGHT = 20.0  # script-internal commands included
-FOLLOWER_ROUND_TRIPS_PER_FLIGHT = 2.0  # decide + the result GET
+# Before batching: 2 round trips (decide, complete) and 18 commands per leader flight, 2
+# round trips (decide, result GET) per follower flight. Now a turn's 32 flights share one
+# decide and one or two completes (their backend calls may end in different turns).
+LEADER_ROUND_TRIPS_PER_FLIGHT = 0.125
+LEADER_TOTAL_PER_FLIGHT = 12.0  # script-internal commands included (measured: 11.1)
+FOLLOWER_ROUND_TRIPS_PER_FLIGHT = 0.125  # one decide, one MGET for the turn
 IDLE_COMMANDS_PER_SECOND = 4.5  # ~3.8 on average; a 5 s window sees 3.6-4.2
 # PTTL + PUBSUB NUMSUB per watched session every tick (10 ticks/s by default).
 WATCH_COMMANDS_PER_SECOND_PER_LEADER = 22.0

@@ -77,6 +77,7 @@ class ClusterNode:
             # In a Redis Cluster, PUBSUB NUMSUB counts only one node's subscribers: there a
             # leader's death is seen by its session's expiry alone.
             pubsub_counts=not isinstance(parsed, ClusterURL),
+            per_slot=isinstance(parsed, ClusterURL),
         )
         self.session_keeper = SessionKeeper(
             self.redis, keys, self.session, clock, self.options.session_ttl
