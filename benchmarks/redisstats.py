@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from gateway.cluster.scripts import ALL as CLUSTER_SCRIPTS
 from gateway.ops.heartbeat import BEAT
 
 # What a node sends whatever the traffic: the heartbeat (the BEAT script, a node-index ZADD
@@ -31,7 +32,8 @@ from gateway.ops.heartbeat import BEAT
 BACKGROUND = frozenset(
     {"beat", "set", "zadd", "zremrangebyscore", "zincrby", "zremrangebyrank", "pexpire", "ping"}
 )
-_BEAT_SHA = BEAT.sha
+# EVALSHA of a known script is named after the script ("beat", "decide", "sessions", ...).
+_SCRIPTS = {BEAT.sha: "beat"} | {s.sha: s.name for s in CLUSTER_SCRIPTS}
 _LINE = re.compile(r'^\S+ \[\d+ ([^\]]*)\] "([^"]*)"(?: "([^"]*)")?')
 
 
@@ -104,8 +106,8 @@ class CommandLog:
                 return
             if match := _LINE.match(line):
                 name = match.group(2).lower()
-                if name == "evalsha" and match.group(3) == _BEAT_SHA:
-                    name = "beat"  # the heartbeat script, not a call's coordination step
+                if name == "evalsha":
+                    name = _SCRIPTS.get(match.group(3) or "", name)
                 self.commands.append(Command(match.group(1), name))
 
     def stop(self) -> list[Command]:

@@ -206,7 +206,24 @@ return 0
 )
 
 
-ALL = (DECIDE, POLL, COMPLETE, RENEW, DROP)
+# KEYS: the session keys a follower's node watches; ARGV: their "alive" channels. One
+# liveness reading of every watched session per check, in one round trip: the replies of
+# PTTL and PUBSUB NUMSUB, interleaved per session as if each had been sent on its own.
+SESSIONS = Script(
+    "sessions",
+    """
+local counts = redis.call('PUBSUB', 'NUMSUB', unpack(ARGV))
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[2 * i - 1] = redis.call('PTTL', key)
+  out[2 * i] = {counts[2 * i - 1], counts[2 * i]}
+end
+return out
+""",
+)
+
+
+ALL = (DECIDE, POLL, COMPLETE, RENEW, DROP, SESSIONS)
 
 
 class ScriptRunner:

@@ -13,7 +13,10 @@ keeps two liveness signals in Redis, both on connections it has anyway:
   closes its sockets at once - so ``PUBSUB NUMSUB`` reads 0 right away.
 
 A follower's node watches the sessions of the leaders it follows (:class:`SessionWatch`):
-one PTTL + PUBSUB NUMSUB per watched session every ``check_interval``, only while following.
+a PTTL + PUBSUB NUMSUB reading of every watched session every ``check_interval``, only
+while following - on one Redis one script call per check for all of them (however many
+leader nodes it follows), in a Redis Cluster one PTTL per session (their keys are in
+different slots).
 A session is dead when its key is gone, or when nobody is subscribed to its channel *and* it
 missed a renewal (a live node whose pub/sub connection merely blipped keeps renewing, so it
 is not taken for dead). Followers of a dead session's lease then take it over at once, with
@@ -32,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cluster.keys import KeySchema
+from gateway.cluster.scripts import SESSIONS, ScriptRunner
 from gateway.primitives import DeferredDict
 from gateway.redis.connection import RedisCommands, Reply
 
@@ -142,6 +146,7 @@ class SessionWatch:
         self._ttl_ms = max(1, int(session_ttl * 1000))
         self._renew_ms = self._ttl_ms / RENEWALS_PER_TTL
         self._pubsub_counts = pubsub_counts
+        self._scripts = ScriptRunner(redis)
         self._dead: DeferredDict[str, None] = DeferredDict(clock, keep_values=False)
         self._loop = LoopingCall(self._check)
         self._loop.clock = clock
@@ -167,15 +172,18 @@ class SessionWatch:
         if self._checking or not self._redis.is_up:
             return None  # the previous check is still out, or Redis is away
         self._checking = True
-        # Sent back to back: one network round trip for every watched session.
-        sent: list[Deferred[Any]] = []
-        for session in sessions:
-            sent.append(self._redis.execute("PTTL", self._keys.session(session)))
-            if self._pubsub_counts:
-                channel = self._keys.alive(session)
-                sent.append(self._redis.execute("PUBSUB", "NUMSUB", channel))
-        d = gatherResults(sent, consumeErrors=True)
+        d = self._readings(sessions)
         return d.addCallbacks(self._checked, self._failed, callbackArgs=(sessions,))
+
+    def _readings(self, sessions: list[str]) -> Deferred[Any]:
+        """PTTL (and, with pubsub_counts, PUBSUB NUMSUB) of each session, interleaved."""
+        keys = [self._keys.session(session) for session in sessions]
+        if self._pubsub_counts:  # one Redis: one command reads every watched session
+            channels = [self._keys.alive(session) for session in sessions]
+            return self._scripts.run(SESSIONS, keys, channels)
+        # A Redis Cluster: one PTTL per session (other slots), sent back to back.
+        sent: list[Deferred[Any]] = [self._redis.execute("PTTL", key) for key in keys]
+        return gatherResults(sent, consumeErrors=True)
 
     def _checked(self, replies: list[Reply], sessions: list[str]) -> None:
         self._checking = False
