@@ -19,10 +19,11 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
 from benchmarks.redisstats import BACKGROUND, Attributed, CommandLog, attribute
+from gateway.cluster.keys import bucket_of
 from gateway.cluster.node import ClusterNode
 from gateway.cluster.options import ClusterOptions
 from gateway.contracts import BackendReply, MethodPolicy, ReplyKind
-from gateway.localredis import RedisServer
+from gateway.localredis import LocalCluster, RedisServer
 from gateway.stats import NodeStats
 from gateway.testing import DirectCoordinator
 
@@ -35,8 +36,8 @@ FLIGHTS = 32
 # Pinned figures (see docs/redis-notes.md for the measured ones).
 # Before batching: 2 round trips (decide, complete) and 18 commands per leader flight, 2
 # round trips (decide, result GET) per follower flight. Now a turn's 32 flights share one
-# decide and one or two completes (their backend calls may end in different turns).
-LEADER_ROUND_TRIPS_PER_FLIGHT = 0.125
+# decide, and the 32 completes of another turn one complete.
+LEADER_ROUND_TRIPS_PER_FLIGHT = 2 / FLIGHTS
 LEADER_TOTAL_PER_FLIGHT = 12.0  # script-internal commands included (measured: 11.1)
 FOLLOWER_ROUND_TRIPS_PER_FLIGHT = 0.125  # one decide, one MGET for the turn
 IDLE_COMMANDS_PER_SECOND = 4.5  # ~3.8 on average; a 5 s window sees 3.6-4.2
@@ -59,6 +60,24 @@ def backend(delay: float) -> Any:
     return call
 
 
+class Held:
+    """Backend calls that answer only when :meth:`answer_all` answers them, in one turn."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[BackendReply]] = []
+
+    def __call__(self) -> Deferred[BackendReply]:
+        d: Deferred[BackendReply] = Deferred()
+        self.pending.append(d)
+        return d
+
+    async def answer_all(self, count: int) -> None:
+        while len(self.pending) < count:
+            await sleep(0.01)
+        for d in self.pending:
+            d.callback(BackendReply(b"reply", "binary", ReplyKind.SUCCESS))
+
+
 def ports(node: ClusterNode) -> set[int]:
     """The local ports of a node's command and subscriber connections."""
     found = set()
@@ -72,7 +91,8 @@ def ports(node: ClusterNode) -> set[int]:
 class Counts:
     round_trips: int  # call-path commands sent over the network
     total: int  # round trips plus the commands their scripts ran
-    names: dict[str, int]
+    names: dict[str, int]  # of the round trips
+    inner: dict[str, int]  # of the commands the scripts ran
 
 
 def counts_of(commands: Iterable[Attributed], node: ClusterNode) -> Counts:
@@ -80,15 +100,18 @@ def counts_of(commands: Iterable[Attributed], node: ClusterNode) -> Counts:
     mine = ports(node)
     round_trips = total = 0
     names: dict[str, int] = {}
+    inner: dict[str, int] = {}
     for c in commands:
         port = c.client.rpartition(":")[2]
         if not port.isdigit() or int(port) not in mine or c.parent in BACKGROUND:
             continue
         total += 1
-        if not c.internal:
+        if c.internal:
+            inner[c.name] = inner.get(c.name, 0) + 1
+        else:
             round_trips += 1
             names[c.name] = names.get(c.name, 0) + 1
-    return Counts(round_trips, total, names)
+    return Counts(round_trips, total, names, inner)
 
 
 def all_of(commands: Iterable[Attributed], node: ClusterNode) -> int:
@@ -146,13 +169,18 @@ async def test_leader_commands_per_distinct_key_flight(
     leader = await nodes.start("lead")
     await nodes.start("other")  # another node subscribed: notices would reach it
     log = CommandLog(redis_server.port).start()
-    # Started in one reactor turn, as a herd of distinct calls arrives.
-    await gatherResults([leader.coordinator.execute(k, COALESCE, backend(0.05)) for k in keys("L")])
+    # Started in one reactor turn, as a herd of distinct calls arrives; answered in another.
+    held = Held()
+    calls = [leader.coordinator.execute(k, COALESCE, held) for k in keys("L")]
+    await held.answer_all(FLIGHTS)
+    await gatherResults(calls)
     counts = counts_of(attribute(log.stop()), leader)
     print(f"leader: {counts} per flight {counts.round_trips / FLIGHTS}, {counts.total / FLIGHTS}")
     assert leader.coordinator.counters.leads == FLIGHTS
     assert counts.round_trips / FLIGHTS <= LEADER_ROUND_TRIPS_PER_FLIGHT
     assert counts.total / FLIGHTS <= LEADER_TOTAL_PER_FLIGHT
+    # Nobody followed: no result key for followers, no notice to every node's subscription.
+    assert "publish" not in counts.inner
 
 
 @pytest_twisted.ensureDeferred
@@ -218,3 +246,53 @@ async def test_follower_liveness_checks_per_second(
     print(f"watching {leaders}: {counts} -> {per_second} checks/s, total {counts.total / 1.5}/s")
     assert follower.coordinator.counters.leads == 0
     assert per_second <= WATCH_COMMANDS_PER_SECOND
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_cluster_batches_a_turn_per_slot() -> None:
+    """On a Redis Cluster, the flights one reactor turn starts share one decide and one
+    complete per slot (bucket), and each still gets its own backend call and reply."""
+    cluster = LocalCluster(primaries=3, replicas=0).start()
+    node = ClusterNode(
+        cluster.url,
+        node_id="sharded",
+        stats=NodeStats(),
+        fallback=DirectCoordinator(),
+        clock=reactor,
+        options=OPTIONS,
+    )
+    node.start()
+    try:
+        await node.when_ready()
+        per_bucket: dict[str, list[str]] = {}
+        n = 0
+        while len(per_bucket) < 4 or any(len(v) < 12 for v in per_bucket.values()):
+            key = f"Svc.alertSupervisor:slot-{n}"
+            n += 1
+            bucket = bucket_of(key)
+            wanted = bucket in per_bucket or len(per_bucket) < 4
+            if wanted and len(per_bucket.setdefault(bucket, [])) < 12:
+                per_bucket[bucket].append(key)
+        names = [k for v in per_bucket.values() for k in v]
+        pending: list[tuple[str, Deferred[BackendReply]]] = []
+
+        def call_for(key: str) -> Any:
+            def call() -> Deferred[BackendReply]:
+                d: Deferred[BackendReply] = Deferred()
+                pending.append((key, d))
+                return d
+
+            return call
+
+        calls = [node.coordinator.execute(k, COALESCE, call_for(k)) for k in names]
+        while len(pending) < len(names):
+            await sleep(0.01)
+        for key, d in pending:  # every backend call answers in the same turn
+            d.callback(BackendReply(key.encode(), "binary", ReplyKind.SUCCESS))
+        outcomes = await gatherResults(calls)
+        assert [o.reply.message for o in outcomes] == [k.encode() for k in names]
+        batcher = node.coordinator._steps.batcher  # the node's view of what it sent
+        assert (batcher.batches, batcher.items) == (8, 96)  # 4 slots x (decide, complete)
+    finally:
+        await node.stop()
+        cluster.close()
