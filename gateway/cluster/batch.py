@@ -132,9 +132,11 @@ def _deliver(reply: Reply, items: list[_Item]) -> None:
         _fail_all(Failure(unexpected), items)  # type: ignore[no-untyped-call]  # Twisted's
         return
     for item, one in zip(items, reply, strict=True):
-        item.done.callback(one)
+        if not item.done.called:  # a caller may have cancelled its step (a drain)
+            item.done.callback(one)
 
 
 def _fail_all(failure: Failure, items: list[_Item]) -> None:
     for item in items:
-        item.done.errback(failure)
+        if not item.done.called:
+            item.done.errback(failure)
