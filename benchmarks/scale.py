@@ -1,6 +1,6 @@
 """Distinct-key coalescing vs Redis shards and gateway nodes: flights/s and CPU per call.
 
-    python -m benchmarks.scale [--shards 1,3,6] [--nodes 1,2,4] [--seconds 3]
+    python -m benchmarks.scale [--shards 1,3,6] [--nodes 1,2,4] [--seconds 3] [--repeat 1]
         [--connections 64] [--single] [--baseline-rev REV] [--json] [--out FILE] [--plot PNG]
 
 Setup per row: a Redis Cluster of ``--shards`` primaries on loopback (no replicas; a 1-shard
@@ -16,10 +16,11 @@ Readings per row: flights/s (calls answered in the recorded windows, summed over
 CPU per call of the gateway nodes, of the Redis processes and of the backend, each from
 ``/proc/PID/stat`` (utime + stime) over the whole load run divided by every call answered in
 it. Redis CPU per flight is read from the redis-server processes themselves, gross and net
-of their idle rate (cluster bus, heartbeats: read over a quiet second before the load).
+of their idle rate (cluster bus, heartbeats: read over 2 quiet seconds before the load).
 
 ``--baseline-rev REV`` runs every row a second time with the gateway of that git revision
-(a temporary worktree on PYTHONPATH), so before and after are measured side by side.
+(a temporary worktree on PYTHONPATH), so before and after are measured side by side;
+``--repeat N`` runs each row N times (the trees interleaved) and keeps each figure's median.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,10 +102,10 @@ def measure(
         "redis": list(redis_pids),
         "backend": [backend_pid],
     }
-    # Redis's own background (cluster bus, the nodes' heartbeats and sessions) over a
-    # quiet second first: the per-flight figure is net of it.
+    # Redis's own background (cluster bus, the nodes' heartbeats and sessions) over quiet
+    # seconds first (CPU times tick in 10 ms): the per-flight figure is net of it.
     idle_from, idle_start = sum(cpu_seconds(p) for p in redis_pids), time.monotonic()
-    time.sleep(1.0)
+    time.sleep(2.0)
     idle_rate = (sum(cpu_seconds(p) for p in redis_pids) - idle_from) / (
         time.monotonic() - idle_start
     )
@@ -182,17 +184,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for (kind, shards), counts in setups.items():
             with redis_setup(kind, shards) as (url, redis_pids):
                 for count in counts:
-                    for label, tree in trees:
-                        tag = f"{kind[0]}{shards}x{count}{label[0]}{int(time.time()) % 10000}"
-                        print(f"scale: {kind} {shards} shards, {count} nodes, {label} ...",
-                              file=sys.stderr, flush=True)  # fmt: skip
-                        nodes = start_nodes(count, backend.address, url, tree, tag)
-                        try:
-                            time.sleep(0.5)  # the nodes' scripts loaded, their sessions up
-                            row = measure(nodes, redis_pids, backend.pid, args, tag)
-                        finally:
-                            for node in nodes:
-                                node.stop()
+                    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in trees}
+                    for attempt in range(args.repeat):  # the trees interleaved, run by run
+                        for label, tree in trees:
+                            tag = f"{kind[0]}{shards}x{count}{label[0]}{attempt}"
+                            tag += str(int(time.time()) % 10000)
+                            print(f"scale: {kind} {shards} shards, {count} nodes, {label} ...",
+                                  file=sys.stderr, flush=True)  # fmt: skip
+                            nodes = start_nodes(count, backend.address, url, tree, tag)
+                            try:
+                                time.sleep(0.5)  # the nodes' scripts loaded, sessions up
+                                runs[label].append(
+                                    measure(nodes, redis_pids, backend.pid, args, tag)
+                                )
+                            finally:
+                                for node in nodes:
+                                    node.stop()
+                    for label, measured in runs.items():
+                        row = median_row(measured)
                         row.update(kind=kind, shards=shards, nodes=count, gateway=label)
                         out.append(row)
     return {
@@ -200,7 +209,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "cores": os.cpu_count(),
         "baseline_rev": args.baseline_rev,
+        "repeat": args.repeat,
     }
+
+
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the runs of one row (errors: their sum)."""
+    row: dict[str, Any] = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if key == "errors":
+            row[key] = sum(values)
+        elif values:
+            row[key] = statistics.median_low(values)
+        else:
+            row[key] = None
+    return row
 
 
 def table(result: dict[str, Any]) -> str:
@@ -235,11 +259,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
         mine = sorted((r for r in rows if (r["gateway"], r["nodes"]) == (label, count)),
                       key=lambda r: r["shards"])  # fmt: skip
         shards = [r["shards"] for r in mine]
-        style = "--" if label != "this" else "-"
-        name = f"{count} node{'s' if count > 1 else ''} ({label})"
-        left.plot(shards, [r["flights_per_s"] for r in mine], style, marker="o", label=name)
-        right.plot(shards, [r["redis_net_cpu_us_per_flight"] for r in mine], style, marker="o",
-                   label=name)  # fmt: skip
+        # One colour per node count; this tree solid, the baseline dashed.
+        look = {"linestyle": "-" if label == "this" else "--", "marker": "o",
+                "color": f"C{sorted({c for _, c in series}).index(count)}",
+                "label": f"{count} node{'s' if count > 1 else ''} ({label})"}  # fmt: skip
+        left.plot(shards, [r["flights_per_s"] for r in mine], **look)
+        right.plot(shards, [r["redis_net_cpu_us_per_flight"] for r in mine], **look)
     left.set(xlabel="Redis Cluster primaries", ylabel="distinct-key flights/s",
              title="Throughput (2 shared cores: bound by the machine)")  # fmt: skip
     right.set(xlabel="Redis Cluster primaries", ylabel="Redis CPU µs per flight",
@@ -268,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="recorded window per row")
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--connections", type=int, default=64, help="over all nodes")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per row (median)")
     parser.add_argument("--single", action="store_true", help="also one redis-server, local")
     parser.add_argument("--baseline-rev", metavar="REV", help="also the gateway of REV")
     parser.add_argument("--json", action="store_true")
