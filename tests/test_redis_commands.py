@@ -38,7 +38,7 @@ FLIGHTS = 32
 # round trips (decide, result GET) per follower flight. Now a turn's 32 flights share one
 # decide, and the 32 completes of another turn one complete.
 LEADER_ROUND_TRIPS_PER_FLIGHT = 2 / FLIGHTS
-LEADER_TOTAL_PER_FLIGHT = 12.0  # script-internal commands included (measured: 11.1)
+LEADER_TOTAL_PER_FLIGHT = 11.0  # script-internal commands included (measured: 10.1)
 FOLLOWER_ROUND_TRIPS_PER_FLIGHT = 0.125  # one decide, one MGET for the turn
 IDLE_COMMANDS_PER_SECOND = 4.5  # ~3.8 on average; a 5 s window sees 3.6-4.2
 # One liveness check per tick (10 ticks/s by default) for every watched session; before,

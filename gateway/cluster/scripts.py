@@ -62,8 +62,10 @@ class Script:
 _DECIDE_FN = """
 local now
 local trimmed = false
-local function grant(k, a)
-  redis.call('SET', k[1], a[3], 'PX', a[4])
+local function grant(k, a, taken)
+  if not taken then
+    redis.call('SET', k[1], a[3], 'PX', a[4])
+  end
   local number = redis.call('INCR', k[3])
   redis.call('PEXPIRE', k[3], a[5])
   if not now then
@@ -93,6 +95,10 @@ local function decide(k, a)
       return {'stale', entry}
     end
   end
+  -- Take a free lease in one command; only if it is held, read who holds it.
+  if redis.call('SET', k[1], a[3], 'PX', a[4], 'NX') then
+    return {'lead', a[3], grant(k, a, true)}
+  end
   local holder = redis.call('GET', k[1])
   if holder then
     if (a[8] == '1' or (a[10] ~= nil and a[10] ~= holder)) then
@@ -102,7 +108,7 @@ local function decide(k, a)
     end
     return {'follow', holder, redis.call('PTTL', k[1])}
   end
-  return {'lead', a[3], grant(k, a)}
+  return {'lead', a[3], grant(k, a)}  -- expired between the two commands: cannot happen
 end
 """
 
