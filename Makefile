@@ -86,6 +86,15 @@ interop-apache: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(if $(BASELINE),--baseline-rev $(BASELINE))
 
+# Distinct-key flights/s and CPU per call vs Redis Cluster primaries (1, 3, 6) and gateway
+# nodes (1, 2, 4), plus one plain redis-server and local-only rows; a few minutes. Writes
+# benchmarks/scale.json and the plot docs/scale.png (matplotlib: the bench lock).
+# `make bench-scale BASELINE=<rev>` also runs every row with the gateway of that revision.
+bench-scale: $(STAMP)
+	$(BIN)/python -m pip install $(PIP_LOCKED) -r requirements/bench.txt
+	$(BIN)/python -m benchmarks.scale --single --out benchmarks/scale.json --plot docs/scale.png \
+		$(if $(BASELINE),--baseline-rev $(BASELINE))
+
 # The manual (mkdocs.yml, docs/) as a static site in site/; tests/test_docs.py builds it the
 # same way, so a broken link or anchor fails the suite too.
 docs: $(STAMP)

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from gateway.cluster.scripts import ALL as CLUSTER_SCRIPTS
 from gateway.ops.heartbeat import BEAT
 
 # What a node sends whatever the traffic: the heartbeat (the BEAT script, a node-index ZADD
@@ -31,7 +32,8 @@ from gateway.ops.heartbeat import BEAT
 BACKGROUND = frozenset(
     {"beat", "set", "zadd", "zremrangebyscore", "zincrby", "zremrangebyrank", "pexpire", "ping"}
 )
-_BEAT_SHA = BEAT.sha
+# EVALSHA of a known script is named after the script ("beat", "decide", "sessions", ...).
+_SCRIPTS = {BEAT.sha: "beat"} | {s.sha: s.name for s in CLUSTER_SCRIPTS}
 _LINE = re.compile(r'^\S+ \[\d+ ([^\]]*)\] "([^"]*)"(?: "([^"]*)")?')
 
 
@@ -104,8 +106,8 @@ class CommandLog:
                 return
             if match := _LINE.match(line):
                 name = match.group(2).lower()
-                if name == "evalsha" and match.group(3) == _BEAT_SHA:
-                    name = "beat"  # the heartbeat script, not a call's coordination step
+                if name == "evalsha":
+                    name = _SCRIPTS.get(match.group(3) or "", name)
                 self.commands.append(Command(match.group(1), name))
 
     def stop(self) -> list[Command]:
@@ -140,3 +142,30 @@ def call_path(counts: Counter[str]) -> int:
 
 def background(counts: Counter[str]) -> int:
     return sum(n for name, n in counts.items() if name in BACKGROUND)
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """A command with the client it is charged to: a script's commands go to its caller."""
+
+    client: str  # "127.0.0.1:PORT" of the sender (of the script, for internal commands)
+    name: str  # lower case
+    parent: str  # the command the client sent: itself, or the EVALSHA that ran it
+    internal: bool  # run by a script, not sent over the network
+
+
+def attribute(commands: list[Command]) -> list[Attributed]:
+    """Charge every script-internal command to the client whose script ran it.
+
+    Redis is single-threaded and MONITOR shows a script's call first, then its commands
+    (``[0 lua]``), so an internal command belongs to the last network command before it.
+    """
+    out: list[Attributed] = []
+    sender, parent = "other", "other"
+    for command in commands:
+        if command.client == "lua":
+            out.append(Attributed(sender, command.name, parent, True))
+        else:
+            sender, parent = command.client, command.name
+            out.append(Attributed(sender, command.name, command.name, False))
+    return out

@@ -71,7 +71,8 @@ class ClusterCoordinator:
     ``fallback``: local-only coordinator used while Redis is down; ``clock``: the reactor;
     ``keys``: the node's KeySchema (default: one for ``options.prefix``); ``spawner``: the
     node's flight table, which background refreshes are registered with; ``session``: this
-    process's session id (kept alive by the node's SessionKeeper; its leases carry it).
+    process's session id (kept alive by the node's SessionKeeper; its leases carry it);
+    ``per_slot``: the server is a Redis Cluster (a batch of steps may hold one slot only).
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class ClusterCoordinator:
         spawner: Spawner | None = None,
         session: str | None = None,
         pubsub_counts: bool = True,
+        per_slot: bool = False,
     ) -> None:
         self.options = options or ClusterOptions()
         self.node_id = node_id
@@ -99,7 +101,9 @@ class ClusterCoordinator:
         self._reactor = clock
         self._spawner = spawner or NoSpawner()
         keys = keys or KeySchema(self.options.prefix)
-        self._steps = RedisSteps(redis, self.options, keys, self.session, clock, node_id)
+        self._steps = RedisSteps(
+            redis, self.options, keys, self.session, clock, node_id, per_slot=per_slot
+        )
         self.sessions = SessionWatch(
             redis,
             keys,

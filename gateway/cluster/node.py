@@ -78,6 +78,7 @@ class ClusterNode:
             # In a Redis Cluster, PUBSUB NUMSUB counts only one node's subscribers: there a
             # leader's death is seen by its session's expiry alone.
             pubsub_counts=one_server,
+            per_slot=not one_server,
         )
         self.session_keeper = SessionKeeper(
             self.redis, keys, self.session, clock, self.options.session_ttl, client_id=one_server

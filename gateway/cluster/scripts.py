@@ -6,11 +6,12 @@ Every key a script touches is passed in KEYS and shares the call's hash tag (its
 
 Replies (Lua tables arrive as lists):
 
-* decide -> ``[b"cache", entry]`` | ``[b"stale", entry]``
+* decide (batched: one reply per item) -> ``[b"cache", entry]`` | ``[b"stale", entry]``
   | ``[b"stale_lead", entry, token, fence]`` | ``[b"follow", holder_token, lease_pttl_ms]``
   | ``[b"lead", token, fence]``
 * poll -> ``[b"result", envelope]`` or any decide reply
-* complete -> 1 if the lease was still ours (cache written, lease released), else 0
+* complete (batched: one reply per item) -> 1 if the lease was still ours (cache written,
+  lease released), else 0
 * renew -> 1 if the lease was still ours and got extended, else 0
 """
 
@@ -42,7 +43,8 @@ class Script:
 # fence, inflight (the bucket's index), flight (this call's entry in it). ARGV: want_cache,
 # stale_ms, new token, lease_ms, fence_ms, the call key, this node's id, and whether a
 # "follow" answer counts this node as a follower of the call ('1' for decide, '0' for the
-# re-decisions of a poll, which must not count a node twice).
+# re-decisions of a poll, which must not count a node twice), then (poll only) the token
+# followed so far: a poll that finds another holder counts as a new follower of that one.
 #
 # The cache is consulted only for cache-mode methods. A stale entry is always served at
 # once; the caller that also wins the lease refreshes it in the background, so one refresh
@@ -50,17 +52,31 @@ class Script:
 # (INCR): it orders the leaderships of one key and travels in the leader's envelopes. It
 # also enters the call in the bucket's in-flight index (scored by Redis's clock, so ages
 # need no synchronised node clocks), with a flight hash that lives exactly as long as the
-# lease; index entries a dead leader left behind are dropped after an hour.
+# lease (HSET sets every field, so a dead leader's hash needs no DEL first). Redis's clock
+# is read once per script call, and index entries a dead leader left behind (older than an
+# hour) are trimmed from the first index granted in a call: with batching, once per batch,
+# not per flight (the buckets of a herd are random, so every index is trimmed in turn).
+#
+# The flight hash counts the nodes following the leader: complete() writes the result for
+# followers and publishes the notice only where one waits.
 _DECIDE_FN = """
-local function grant(k, a)
-  redis.call('SET', k[1], a[3], 'PX', a[4])
+local now
+local trimmed = false
+local function grant(k, a, taken)
+  if not taken then
+    redis.call('SET', k[1], a[3], 'PX', a[4])
+  end
   local number = redis.call('INCR', k[3])
   redis.call('PEXPIRE', k[3], a[5])
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
   redis.call('ZADD', k[4], now, a[6])
-  redis.call('ZREMRANGEBYSCORE', k[4], '-inf', now - 3600)
-  redis.call('DEL', k[5])
+  if not trimmed then
+    trimmed = true
+    redis.call('ZREMRANGEBYSCORE', k[4], '-inf', now - 3600)
+  end
   redis.call('HSET', k[5], 'node', a[7], 'token', a[3], 'fence', number, 'followers', 0)
   redis.call('PEXPIRE', k[5], a[4])
   return number
@@ -79,25 +95,46 @@ local function decide(k, a)
       return {'stale', entry}
     end
   end
+  -- Take a free lease in one command; only if it is held, read who holds it.
+  if redis.call('SET', k[1], a[3], 'PX', a[4], 'NX') then
+    return {'lead', a[3], grant(k, a, true)}
+  end
   local holder = redis.call('GET', k[1])
   if holder then
-    if a[8] == '1' and redis.call('EXISTS', k[5]) == 1 then
-      redis.call('HINCRBY', k[5], 'followers', 1)
+    if (a[8] == '1' or (a[10] ~= nil and a[10] ~= holder)) then
+      if redis.call('EXISTS', k[5]) == 1 then
+        redis.call('HINCRBY', k[5], 'followers', 1)
+      end
     end
     return {'follow', holder, redis.call('PTTL', k[1])}
   end
-  return {'lead', a[3], grant(k, a)}
+  return {'lead', a[3], grant(k, a)}  -- expired between the two commands: cannot happen
 end
 """
 
-DECIDE = Script("decide", _DECIDE_FN + "return decide(KEYS, ARGV)\n")
+# Runs FN over a batch (batch.py): ARGV[1] keys and ARGV[2] args per item, then the items'
+# KEYS and ARGV back to back; one reply per item.
+_BATCH = """
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 0, #KEYS / nk - 1 do
+  local k, a = {}, {}
+  for j = 1, nk do k[j] = KEYS[i * nk + j] end
+  for j = 1, na do a[j] = ARGV[2 + i * na + j] end
+  out[i + 1] = FN(k, a)
+end
+return out
+"""
+
+DECIDE = Script("decide", _DECIDE_FN + _BATCH.replace("FN", "decide"))
+DECIDE_KEYS, DECIDE_ARGS = 5, 8
 
 # KEYS as decide, then result:<followed token>. ARGV as decide, then the followed token if
-# its session has ended ('' otherwise). A follower whose wait ran out checks for its
-# leader's result and, only if there is none, decides again - in the same round trip. A
-# lease still held by a leader whose session ended is freed first (only if it is still
-# exactly that leader's), so this follower may take it over at once instead of after
-# lease_ttl.
+# its session has ended ('' otherwise), then the followed token. A follower whose wait ran
+# out checks for its leader's result and, only if there is none, decides again - in the
+# same round trip. A lease still held by a leader whose session ended is freed first (only
+# if it is still exactly that leader's), so this follower may take it over at once instead
+# of after lease_ttl.
 POLL = Script(
     "poll",
     _DECIDE_FN
@@ -113,32 +150,40 @@ return decide(KEYS, ARGV)
 
 # KEYS: lease, result:<token>, cache, done channel, inflight, flight. ARGV: token, envelope,
 # handoff_ms, cache_ms (0: do not cache), call key, inline ('1': the notice carries the
-# envelope). The result is written first, so a node that still saw the lease (and follows
-# this token) always finds it. The cache entry is written, the lease released and the call
-# taken out of the in-flight index only while the lease is still ours - checked here,
-# atomically: a leader that lost its lease (paused past it, taken over) still hands its
-# result to its own followers but can never overwrite what a newer leader cached. The
-# notice is "<token> <byte length of key> <key>[<envelope>]".
-COMPLETE = Script(
-    "complete",
-    """
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-local ours = redis.call('GET', KEYS[1]) == ARGV[1]
-if ours then
-  if tonumber(ARGV[4]) > 0 then
-    redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[4])
+# envelope). The cache entry is written, the lease released and the call taken out of the
+# in-flight index only while the lease is still ours - checked here, atomically: a leader
+# that lost its lease (paused past it, taken over) still hands its result to its own
+# followers but can never overwrite what a newer leader cached. The result (for a node that
+# still saw the lease and follows this token) and the notice are written only where a
+# follower may wait: always for a deposed leader (its flight hash may be a newer leader's),
+# else when the flight hash counts followers, or is gone (so none could be counted). A
+# flight without followers - a distinct key - costs no result key and no PUBLISH, which
+# would be sent to every node's subscription. The notice is
+# "<token> <byte length of key> <key>[<envelope>]".
+_COMPLETE_FN = """
+local function complete(k, a)
+  local ours = redis.call('GET', k[1]) == a[1]
+  local share = true
+  if ours then
+    share = redis.call('HGET', k[6], 'followers') ~= '0'
+    if tonumber(a[4]) > 0 then
+      redis.call('SET', k[3], a[2], 'PX', a[4])
+    end
+    redis.call('DEL', k[1], k[6])
+    redis.call('ZREM', k[5], a[5])
   end
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[5], ARGV[5])
-  redis.call('DEL', KEYS[6])
+  if share then
+    redis.call('SET', k[2], a[2], 'PX', a[3])
+    local notice = a[1] .. ' ' .. #a[5] .. ' ' .. a[5]
+    if a[6] == '1' then notice = notice .. a[2] end
+    redis.call('PUBLISH', k[4], notice)
+  end
+  if ours then return 1 end
+  return 0
 end
-local notice = ARGV[1] .. ' ' .. #ARGV[5] .. ' ' .. ARGV[5]
-if ARGV[6] == '1' then notice = notice .. ARGV[2] end
-redis.call('PUBLISH', KEYS[4], notice)
-if ours then return 1 end
-return 0
-""",
-)
+"""
+COMPLETE = Script("complete", _COMPLETE_FN + _BATCH.replace("FN", "complete"))
+COMPLETE_KEYS, COMPLETE_ARGS = 6, 6
 
 # KEYS: lease, flight. ARGV: token, lease_ms. Compare-then-extend: never extend someone
 # else's lease; the call's in-flight entry lives as long as its lease.
@@ -167,7 +212,26 @@ return 0
 )
 
 
-ALL = (DECIDE, POLL, COMPLETE, RENEW, DROP)
+# KEYS: the session keys a follower's node watches; ARGV: their "alive" channels. One
+# liveness reading of every watched session per check, in one round trip: the replies of
+# PTTL, GET (the renewing client id) and PUBSUB NUMSUB, interleaved per session as if each
+# had been sent on its own.
+SESSIONS = Script(
+    "sessions",
+    """
+local counts = redis.call('PUBSUB', 'NUMSUB', unpack(ARGV))
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[3 * i - 2] = redis.call('PTTL', key)
+  out[3 * i - 1] = redis.call('GET', key)
+  out[3 * i] = {counts[2 * i - 1], counts[2 * i]}
+end
+return out
+""",
+)
+
+
+ALL = (DECIDE, POLL, COMPLETE, RENEW, DROP, SESSIONS)
 
 
 class ScriptRunner:

@@ -16,9 +16,11 @@ keeps two liveness signals in Redis, both on connections it has anyway:
   closes its sockets at once - so ``PUBSUB NUMSUB`` reads 0 right away.
 
 A follower's node watches the sessions of the leaders it follows (:class:`SessionWatch`):
-one PTTL + GET + PUBSUB NUMSUB per watched session every ``check_interval``, only while
-following. The rule errs toward "alive": a session is dead only on evidence a pause cannot
-produce -
+one reading of every watched session every ``check_interval``, only while following: on
+one Redis one script call per check for all of them (PTTL + GET + PUBSUB NUMSUB of each,
+however many leader nodes it follows), in a Redis Cluster one PTTL per session (their keys
+are in different slots). The rule errs toward "alive": a session is dead only on evidence a
+pause cannot produce -
 
 * its key is gone (Redis expired it by its own clock: no renewal for ``session_ttl``), or
 * *both* of the process's connections are closed: nobody is subscribed to its alive
@@ -44,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cluster.keys import KeySchema
+from gateway.cluster.scripts import SESSIONS, ScriptRunner
 from gateway.primitives import DeferredDict
 from gateway.redis.connection import RedisCommandError, RedisCommands, Reply
 
@@ -212,6 +215,7 @@ class SessionWatch:
         self._key_ms = key_ttl_ms(session_ttl)
         self._renew_ms = session_ttl * 1000 / RENEWALS_PER_TTL
         self._pubsub_counts = pubsub_counts
+        self._scripts = ScriptRunner(redis)
         self._dead: DeferredDict[str, None] = DeferredDict(clock, keep_values=False)
         self._loop = LoopingCall(self._check)
         self._loop.clock = clock
@@ -238,18 +242,19 @@ class SessionWatch:
         if self._checking or not self._redis.is_up:
             return None  # the previous check is still out, or Redis is away
         self._checking = True
-        # Sent back to back: one network round trip for every watched session.
-        sent: list[Deferred[Any]] = []
-        for session in sessions:
-            key = self._keys.session(session)
-            sent.append(self._redis.execute("PTTL", key))
-            if self._pubsub_counts:
-                sent.append(self._redis.execute("GET", key))
-                channel = self._keys.alive(session)
-                sent.append(self._redis.execute("PUBSUB", "NUMSUB", channel))
-        d = gatherResults(sent, consumeErrors=True)
+        d = self._readings(sessions)
         d.addCallback(self._checked, sessions)
         return d.addErrback(self._failed).addBoth(self._done)
+
+    def _readings(self, sessions: list[str]) -> Deferred[Any]:
+        """PTTL (and, with pubsub_counts, GET and PUBSUB NUMSUB) of each session, interleaved."""
+        keys = [self._keys.session(session) for session in sessions]
+        if self._pubsub_counts:  # one Redis: one command reads every watched session
+            channels = [self._keys.alive(session) for session in sessions]
+            return self._scripts.run(SESSIONS, keys, channels)
+        # A Redis Cluster: one PTTL per session (other slots), sent back to back.
+        sent: list[Deferred[Any]] = [self._redis.execute("PTTL", key) for key in keys]
+        return gatherResults(sent, consumeErrors=True)
 
     def _checked(self, replies: list[Reply], sessions: list[str]) -> Deferred[None] | None:
         step = 3 if self._pubsub_counts else 1

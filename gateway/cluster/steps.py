@@ -1,7 +1,10 @@
 """The protocol's Redis round trips for one node: names, script arguments, envelopes.
 
-Each method is one round trip (EVALSHA, or one GET), so the coordinator reads as the
-protocol itself and this module is where the wire format of a step lives.
+Each method is one round trip (EVALSHA, or one GET/MGET), so the coordinator reads as the
+protocol itself and this module is where the wire format of a step lives. ``decide`` and
+``complete``, the two steps of every flight, and a follower's ``result`` share their round
+trip with the other flights of the same reactor turn (batch.py): one EVALSHA (or MGET) per
+turn, per slot in a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -16,20 +19,37 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cluster import envelope as env
+from gateway.cluster.batch import BatchedScript, ScriptBatcher
 from gateway.cluster.decision import Decision, parse_decision
 from gateway.cluster.keys import KeySchema
 from gateway.cluster.lease import LeaseRenewer
 from gateway.cluster.options import ClusterOptions
-from gateway.cluster.scripts import COMPLETE, DECIDE, DROP, POLL, ScriptRunner
+from gateway.cluster.scripts import (
+    COMPLETE,
+    COMPLETE_ARGS,
+    COMPLETE_KEYS,
+    DECIDE,
+    DECIDE_ARGS,
+    DECIDE_KEYS,
+    DROP,
+    POLL,
+    ScriptRunner,
+)
 from gateway.contracts import MethodPolicy
 from gateway.reactors import as_clock
 from gateway.redis.connection import Arg, RedisCommands
 
 log = Logger(namespace="gateway.cluster")
 
+_DECIDE = BatchedScript(DECIDE, DECIDE_KEYS, DECIDE_ARGS)
+_COMPLETE = BatchedScript(COMPLETE, COMPLETE_KEYS, COMPLETE_ARGS)
+
 
 class RedisSteps:
-    """``decide``, ``poll``, ``result``, ``complete`` and lease renewal for call keys."""
+    """``decide``, ``poll``, ``result``, ``complete`` and lease renewal for call keys.
+
+    ``per_slot``: the server is a Redis Cluster, so a batch holds the steps of one slot.
+    """
 
     def __init__(
         self,
@@ -39,6 +59,7 @@ class RedisSteps:
         session: str,
         clock: IReactorTime,
         node_id: str = "",
+        per_slot: bool = False,
     ) -> None:
         self._redis = redis
         self._options = options
@@ -48,6 +69,7 @@ class RedisSteps:
         self._reactor = clock
         self._clock = as_clock(clock)
         self._scripts = ScriptRunner(redis)
+        self.batcher = ScriptBatcher(redis, self._scripts, clock, per_slot=per_slot)
         self.lease_ms = max(1, int(options.lease_ttl * 1000))
         self._handoff_ms = max(1, int(options.handoff_ttl * 1000))
         # The fencing counter outlives any lease plus the results read after it.
@@ -63,7 +85,7 @@ class RedisSteps:
     async def decide(self, key: str, policy: MethodPolicy) -> Decision:
         """cache | stale | stale_lead | follow | lead (see scripts.DECIDE)."""
         args = self._decide_args(key, policy, count_follower=True)
-        return parse_decision(await self._scripts.run(DECIDE, self._decide_keys(key), args))
+        return parse_decision(await self.batcher.run(_DECIDE, self._decide_keys(key), args))
 
     async def poll(
         self, key: str, policy: MethodPolicy, following: str, leader_gone: bool = False
@@ -77,12 +99,13 @@ class RedisSteps:
         args = [
             *self._decide_args(key, policy, count_follower=False),
             following if leader_gone else "",
+            following,
         ]
         return parse_decision(await self._scripts.run(POLL, keys, args))
 
     async def result(self, key: str, token: str) -> bytes | None:
         """The envelope leader ``token`` left for its followers, if it is (still) there."""
-        stored = await self._redis.execute("GET", self._keys.result(key, token))
+        stored = await self.batcher.get(self._keys.result(key, token))
         return stored if isinstance(stored, bytes) else None
 
     async def drop_entry(self, key: str, entry: bytes) -> None:
@@ -119,7 +142,7 @@ class RedisSteps:
         def failed(reason: Failure) -> None:
             log.debug("result not written for {key}: {r}", key=key, r=reason.getErrorMessage())
 
-        return self._scripts.run(COMPLETE, keys, args).addCallbacks(lambda r: r == 1, failed)
+        return self.batcher.run(_COMPLETE, keys, args).addCallbacks(lambda r: r == 1, failed)
 
     def renewer(
         self, key: str, token: str, on_deposed: Callable[[], None] | None = None
