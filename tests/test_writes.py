@@ -79,7 +79,8 @@ def call_message(text: bytes) -> bytes:
 
 @pytest_twisted.ensureDeferred
 async def test_upstream_pool_sends_at_once_only_a_call_alone_in_the_pool() -> None:
-    """A call with no other call underway in its pool leaves in submit() itself; one made
+    """Pipelined (`pipelining = true`): a call with no other call underway in its pool leaves
+    in submit() itself; one made
     while another awaits its reply is buffered for the reactor's turn (so a busy pool sends
     a turn's calls together), and both reach the backend in order."""
     peer = Collect(0)
@@ -87,7 +88,7 @@ async def test_upstream_pool_sends_at_once_only_a_call_alone_in_the_pool() -> No
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     pool = UpstreamPool(
         reactor, "127.0.0.1", port.getHost().port, transport=TransportKind.FRAMED,
-        protocol=ProtocolKind.BINARY, limits=DEFAULT_LIMITS, connections=1,
+        protocol=ProtocolKind.BINARY, limits=DEFAULT_LIMITS, connections=1, pipelining=True,
     )  # fmt: skip
     pool.start()
     try:
