@@ -90,7 +90,7 @@ def walk(data: bytes) -> None:
     inp = FuzzInput(data)
     protocol = inp.pick((BINARY, COMPACT))
     limits = pick_limits(inp)
-    exclude = frozenset({inp.int(2, signed=True)}) if inp.byte() & 1 else frozenset()
+    exclude = frozenset({inp.integer(2, signed=True)}) if inp.byte() & 1 else frozenset()
     body = inp.rest()
     message = _message(protocol, body)
     header = read_header(message, protocol)
@@ -137,7 +137,7 @@ def callkey(data: bytes, *, known: frozenset[str] = KNOWN_DEFECTS) -> None:
     protocol = inp.pick(list(ProtocolKind))
     limits = pick_limits(inp)
     op = inp.byte()
-    where, value = inp.int(2), inp.byte()
+    where, value = inp.integer(2), inp.byte()
     body = inp.rest()
     a = _message(protocol, body)
     key_a = _identity(a, protocol, limits)
@@ -185,7 +185,7 @@ def transcode_target(data: bytes) -> None:
     limits = pick_limits(inp)
     flags = inp.byte()
     name = inp.take(inp.byte() % 16).decode("utf-8", "replace") if flags & 1 else None
-    seqid = inp.int(4, signed=True) if flags & 2 else None
+    seqid = inp.integer(4, signed=True) if flags & 2 else None
     message = inp.rest()
     try:
         header = read_header(message, src)

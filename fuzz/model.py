@@ -45,7 +45,7 @@ class FuzzInput:
         self.pos += 1
         return self.data[self.pos - 1]
 
-    def int(self, size: int, *, signed: bool = False) -> int:
+    def integer(self, size: int, *, signed: bool = False) -> int:
         raw = self.take(size).ljust(size, b"\0")
         return int.from_bytes(raw, "big", signed=signed)
 

@@ -94,7 +94,12 @@ def framing(data: bytes) -> None:
     whole = _feed_all(whole_reader, [stream])
     chunked_reader = MessageReader(transport, protocol, limits, skip_oversized=skip)
     chunked = _feed_all(chunked_reader, chunks)
-    assert whole == chunked, "splitting the stream into chunks changed the messages"
+    if whole != chunked:
+        # The one allowed difference: an unframed reader that has to wait for a message (its
+        # lower bound on the bytes still needed holds for valid messages only) reports a bad
+        # one later than a reader that saw the bytes at once - never other messages.
+        deferred = whole[2] and not chunked[2] and chunked_reader.buffered > 0
+        assert deferred and whole[:2] == chunked[:2], "chunking changed the messages"
 
     frames, skipped, failed = whole
     for message, header, info in frames:
@@ -214,8 +219,8 @@ def theader(data: bytes, *, known: frozenset[str] = KNOWN_DEFECTS) -> None:
 def _encoded_frame(inp: FuzzInput, limits: Limits) -> bytes | None:
     """A frame built by encode_frame from the input; checked to parse back (None: done)."""
     protocol = inp.pick((ProtocolKind.BINARY, ProtocolKind.COMPACT))
-    seqid = inp.int(4, signed=True)
-    flags = inp.int(2)
+    seqid = inp.integer(4, signed=True)
+    flags = inp.integer(2)
     transforms = (TRANSFORM_ZLIB,) * (inp.byte() % 9)
     headers = tuple(
         (inp.take(inp.byte() % 8), inp.take(inp.byte() % 8)) for _ in range(inp.byte() % 4)
