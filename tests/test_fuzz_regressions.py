@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+import socket
+from pathlib import Path
 
+import pytest
+from thrift.protocol.TCompactProtocol import TCompactProtocol
+from thrift.Thrift import TApplicationException
+from thrift.transport.TTransport import TMemoryBuffer
+
+from clients.sync_client import ExampleClient
+from gateway.testing import start_example_backend, start_gateway
 from gateway.thrift import (
     DEFAULT_LIMITS,
     MalformedMessage,
     MessageType,
     ProtocolKind,
     canonical_args,
+    frame,
     read_header,
     transcode,
     validate_body,
@@ -60,3 +69,43 @@ def test_compact_integers_at_their_limits_are_accepted() -> None:
     message = _call(body)
     validate_body(message, read_header(message, COMPACT), COMPACT, DEFAULT_LIMITS)
     assert transcode(message, COMPACT, ProtocolKind.BINARY)
+
+
+@pytest.mark.integration
+def test_gateway_refuses_an_out_of_range_compact_call_instead_of_forwarding_it(
+    tmp_path: Path,
+) -> None:
+    """A passthrough compact call whose i32 varint exceeds 32 bits is answered PROTOCOL_ERROR
+    and never reaches the compact backend."""
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        '[backends.default]\nprotocol = "compact"\n'
+        '[methods.alertSupervisor]\nmode = "passthrough"\n'
+    )
+    # alertSupervisor(message="x") plus an unknown i32 field 2 far out of range.
+    body = b"\x18\x01x" + b"\x15\xff\xff\xff\xff\x7f" + b"\x00"
+    call = encode_header(COMPACT, "alertSupervisor", MessageType.CALL, 9) + body
+    with (
+        start_example_backend(protocol="compact") as backend,
+        start_gateway(backend=backend.address, config=config, node_id="range") as gw,
+        socket.create_connection((gw.host, gw.port), timeout=10) as sock,
+    ):
+        sock.sendall(frame(call))
+        reply = _read_frame(sock)
+        with ExampleClient(backend.host, backend.port, protocol="compact") as client:
+            forwarded = client.backend_stats("supervisor").get("alertSupervisor", 0)
+    header = read_header(reply, COMPACT)
+    assert (header.type, header.seqid) == (MessageType.EXCEPTION, 9)
+    exc = TApplicationException()
+    exc.read(TCompactProtocol(TMemoryBuffer(reply[header.body_offset :])))
+    assert exc.type == TApplicationException.PROTOCOL_ERROR
+    assert forwarded == 0
+
+
+def _read_frame(sock: socket.socket) -> bytes:
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = sock.recv(65536)
+        assert chunk, "the gateway closed the connection"
+        data += chunk
+    return data[4 : 4 + int.from_bytes(data[:4], "big")]
