@@ -85,7 +85,8 @@ def _error_counters(admin_port: int) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     out: dict[str, float] = {}
-    for line in text.splitlines():
+    # Not splitlines(): a label value may hold a client's \x1c or \u2028, which only \n ends.
+    for line in text.split("\n"):
         name, _, value = line.rpartition(" ")
         if not line.startswith("gateway_") or "_bucket" in name or float(value) == 0:
             continue
