@@ -167,11 +167,11 @@ def seeds() -> dict[str, dict[str, bytes]]:
                 out["binscan"][tag + "-small"] = SMALL_LIMITS + b
             # callkey: op, where (2 bytes), value, then the body
             out["callkey"][tag] = p + BIG_LIMITS + b"\0\0\0\x02" + b
-        for name, m in msgs.items():
-            for di in range(3):
-                out["transcode"][f"{protocol}-{PROTOCOLS[di]}-{name}"] = (
-                    p + bytes((di,)) + BIG_LIMITS + b"\x03\x04Svc2\x00\x00\x00\x09" + m
-                )
+        for i, (name, m) in enumerate(msgs.items()):
+            di = (pi + 1 + i) % 3  # every pair of protocols, over the messages
+            out["transcode"][f"{protocol}-{PROTOCOLS[di]}-{name}"] = (
+                p + bytes((di,)) + BIG_LIMITS + b"\x03\x04Svc2\x00\x00\x00\x09" + m
+            )
         framed = b"".join(frame(m) for m in msgs.values())
         buffered = b"".join(msgs[n] for n in ("empty", "scalars", "containers", "oneway"))
         out["framing"][f"framed-{protocol}"] = b"\0" + p + BIG_LIMITS + b"\0\x02\x05\x20" + framed
