@@ -102,19 +102,21 @@ docs: $(STAMP)
 
 # Coverage-guided fuzzing of the wire layer (fuzz/, needs the `fuzz` extra: atheris), one
 # target at a time under nice: FUZZ_RUNS executions each, new inputs and crashes in
-# $(FUZZ_WORK) (the committed seeds in fuzz/corpus/ are only read). FUZZ_STRICT=1 also checks
-# the invariants of known, not yet fixed defects (fuzz/model.py: KNOWN_DEFECTS).
+# $(FUZZ_WORK) (the committed seeds in fuzz/corpus/ are only read); FUZZ_TIME=<seconds>
+# time-boxes each target. FUZZ_STRICT=1 also checks the invariants of known, not yet fixed
+# defects (fuzz/model.py: KNOWN_DEFECTS).
 # `make fuzz-smoke` is the quick pass the test suite runs (tests/test_fuzz.py).
 FUZZ_TARGETS ?= framing theader binscan walk callkey transcode
 FUZZ_RUNS ?= 1000000
 FUZZ_WORK ?= .fuzz
-FUZZ_FLAGS ?= -max_len=2048 -timeout=10 -rss_limit_mb=1024 -print_final_stats=1
+FUZZ_FLAGS ?= -max_len=1024 -timeout=10 -rss_limit_mb=1024 -print_final_stats=1
 fuzz: $(STAMP)
 	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install $(PIP_LOCKED) -r requirements/fuzz.txt
 	set -e; for t in $(FUZZ_TARGETS); do \
 		mkdir -p $(FUZZ_WORK)/$$t $(FUZZ_WORK)/crashes; \
 		echo "== fuzz $$t"; \
 		nice -n 15 $(BIN)/python -m fuzz.run $$t -runs=$(FUZZ_RUNS) $(FUZZ_FLAGS) \
+			$(if $(FUZZ_TIME),-max_total_time=$(FUZZ_TIME)) \
 			-artifact_prefix=$(FUZZ_WORK)/crashes/$$t- $(FUZZ_WORK)/$$t fuzz/corpus/$$t; \
 	done
 
