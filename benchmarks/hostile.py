@@ -62,7 +62,7 @@ def _hostile_process(spec: HostileSpec, gateway_pid: int, stop: Event, out: Conn
     threads = [threading.Thread(target=f, daemon=True) for f in (sample, watch)]
     for thread in threads:
         thread.start()
-    tallies = run_hostile(spec, done)
+    tallies = run_hostile(spec, done, lambda: out.send("started"))
     out.send({"tallies": tallies, "gateway_rss_peak_kib": peak[0]})
 
 
@@ -136,12 +136,14 @@ def _soak(
         partial_bytes=args.partial_bytes,
         bomb_transforms=args.bomb_transforms,
     )
-    ctx = multiprocessing.get_context("fork")  # no threads in this process yet
+    ctx = multiprocessing.get_context("spawn")  # not fork: a test runner may hold threads
     stop = ctx.Event()
     receive, send = ctx.Pipe(duplex=False)
     hostile = ctx.Process(target=_hostile_process, args=(spec, pid, stop, send), daemon=True)
     hostile.start()
     try:
+        if not receive.poll(60.0) or receive.recv() != "started":
+            raise RuntimeError("the hostile clients did not start")
         time.sleep(args.head_start)  # the hostile clients settle in first
         loaded = _legit(host, port, args, args.seconds, "l")
     finally:

@@ -266,8 +266,11 @@ BEHAVIOURS: dict[str, Callable[[HostileSpec, threading.Event, Tally], None]] = {
 }
 
 
-def run_hostile(spec: HostileSpec, stop: threading.Event) -> dict[str, dict[str, int]]:
-    """Every kind in ``spec.kinds`` in a thread of its own until ``stop``; their tallies."""
+def run_hostile(
+    spec: HostileSpec, stop: threading.Event, started: Callable[[], None] = lambda: None
+) -> dict[str, dict[str, int]]:
+    """Every kind in ``spec.kinds`` in a thread of its own until ``stop``; their tallies.
+    ``started`` is called once every thread runs."""
     tallies = {kind: Tally() for kind in spec.kinds}
     threads = [
         threading.Thread(target=BEHAVIOURS[k], args=(spec, stop, tallies[k]), name=k, daemon=True)
@@ -275,6 +278,7 @@ def run_hostile(spec: HostileSpec, stop: threading.Event) -> dict[str, dict[str,
     ]
     for thread in threads:
         thread.start()
+    started()
     for thread in threads:
         thread.join()
     return {kind: dict(tally) for kind, tally in tallies.items()}
