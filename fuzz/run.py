@@ -12,8 +12,12 @@ import sys
 
 
 def main() -> None:
+    usage = "usage: python -m fuzz.run TARGET [libFuzzer flags] [corpus dirs]"
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(f"{usage}\n\n{__doc__}")
+        return
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
-        raise SystemExit("usage: python -m fuzz.run TARGET [libFuzzer flags] [corpus dirs]")
+        raise SystemExit(usage)
     import atheris  # the `fuzz` extra; the targets themselves never need it
 
     with atheris.instrument_imports(include=["gateway.thrift"]):
