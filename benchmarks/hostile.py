@@ -41,7 +41,7 @@ from typing import Any
 from benchmarks.common import raise_fd_limit, rss_kib, stop_children_on_sigterm
 from benchmarks.hostile_clients import KINDS, HostileSpec, run_hostile
 from benchmarks.rawload import LoadResult, LoadSpec, run_load
-from gateway.testing import start_example_backend, start_gateway
+from gateway.processes import start_example_backend, start_gateway
 
 
 def _hostile_process(spec: HostileSpec, gateway_pid: int, stop: Event, out: Connection) -> None:

@@ -11,7 +11,7 @@ from thrift.Thrift import TApplicationException
 from thrift.transport.TTransport import TMemoryBuffer
 
 from clients.sync_client import ExampleClient
-from gateway.testing import start_example_backend, start_gateway
+from gateway.processes import start_example_backend, start_gateway
 from gateway.thrift import (
     DEFAULT_LIMITS,
     MalformedMessage,
