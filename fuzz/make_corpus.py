@@ -179,7 +179,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
         out["framing"][f"buffered-{protocol}"] = b"\x01" + p + BIG_LIMITS + b"\0\x01\x09" + buffered
         if protocol is ProtocolKind.BINARY_NONSTRICT:
             continue
-        for transforms in (0, 1, 2):
+        for transforms in (0, 1):  # a transform listed twice is refused (issue 16 cap)
             frames = b"".join(
                 encode_frame(
                     m,
@@ -204,10 +204,11 @@ def seeds() -> dict[str, dict[str, bytes]]:
             out["theader"][f"raw-{protocol}-z{transforms}"] = BIG_LIMITS + b"\0" + one[4:]
             out["theader"][f"raw-{protocol}-z{transforms}-small"] = SMALL_LIMITS + b"\0" + one[4:]
             pid = bytes((0 if protocol is ProtocolKind.BINARY else 1,))
-            built = pid + b"\0\0\0\x05\0\x01" + bytes((transforms, 1, 1)) + b"k" + b"\x01v"
-            out["theader"][f"built-{protocol}-z{transforms}"] = (
-                BIG_LIMITS + b"\x01" + built + msgs["scalars"]
-            )
+            for listed in (transforms, transforms + 2):  # z2, z3: refused by encode_frame
+                built = pid + b"\0\0\0\x05\0\x01" + bytes((listed, 1, 1)) + b"k" + b"\x01v"
+                out["theader"][f"built-{protocol}-z{listed}"] = (
+                    BIG_LIMITS + b"\x01" + built + msgs["scalars"]
+                )
     fixed = b"\0\0" + b"\0\0\0\0" + b"\0\x01"  # flags, seqid, one header word
     out["theader"]["raw-unknown-transform"] = BIG_LIMITS + b"\0\x0f\xff" + fixed + b"\0\x01\x07\0"
     out["theader"]["raw-bad-magic"] = BIG_LIMITS + b"\0\x0f\xfe" + fixed + b"\0\0\0\0"

@@ -136,18 +136,12 @@ def read_value(p: Any, ttype: int) -> Any:
     return (ttype, read())
 
 
-# Invariants today's main breaks, named after the issue 16 defect they catch (the fixes are
-# the `wire` branch's). Targets skip these checks while a name is listed here, so a campaign
-# can run past them; FUZZ_STRICT=1 checks everything, and tests/test_fuzz_smoke.py holds a
-# strict xfail per name, which turns into a failure (XPASS) once the fix lands: then drop
-# the name.
-KNOWN_DEFECTS: frozenset[str] = (
-    frozenset()
-    if os.environ.get("FUZZ_STRICT") == "1"
-    else frozenset(
-        {
-            "binary-bool",  # defect 2: binary bool 0x02 keys as true, Java/Go read false
-            "theader-transforms",  # defect 3: each listed zlib transform inflates again
-        }
-    )
-)
+# Invariants a known, not yet fixed defect breaks, by name: targets skip these checks while
+# a name is listed, so a campaign can run past them; FUZZ_STRICT=1 checks everything, and
+# tests/test_fuzz.py should hold a strict xfail per name (it XPASSes once the fix lands:
+# then drop the name). Empty now: the two names used so far, "binary-bool" (issue 16
+# defect 2: a binary bool byte 0x02 keyed as true, Java/Go read false) and
+# "theader-transforms" (defect 3: every listed zlib transform inflated again), were fixed
+# by the `wire` merge.
+_LISTED: frozenset[str] = frozenset()
+KNOWN_DEFECTS = frozenset() if os.environ.get("FUZZ_STRICT") == "1" else _LISTED

@@ -62,36 +62,30 @@ def test_committed_corpus_is_what_the_generator_writes(tmp_path: Path) -> None:
         assert made == committed, f"fuzz/corpus/{target} is stale: python -m fuzz.make_corpus"
 
 
-# The known defects (fuzz/model.py KNOWN_DEFECTS), each as the input that shows it. Strict
-# xfails: once the `wire` fix lands they pass, this fails, and the name leaves the list.
+# Issue 16 defects the targets caught before the `wire` merge fixed them (they were
+# KNOWN_DEFECTS, fuzz/model.py, with strict xfails here): the inputs that showed them, checked
+# with every invariant on.
 BOOL2 = b"\x02\x00\x01\x02\x00"  # binary body: bool field 1 sent as byte 0x02
 # callkey input: binary, largest limits, op 0 (replace a byte), at 3 (the bool), by 0x01.
 BOOL2_VS_TRUE = b"\x00" + b"\x02\x02\x02\x02" + b"\x00" + b"\x00\x03" + b"\x01" + BOOL2
-# theader input: max_frame_size 512, an encoded frame (mode 1) listing zlib 8 times around
-# 416 incompressible bytes, so that every layer inflates to about 420 bytes.
+# theader inputs, max_frame_size 512: an encoded frame (mode 1) listing zlib 8 times around
+# 416 incompressible bytes, and a raw frame (mode 0) listing it 126 times.
 NOISE = b"".join(hashlib.sha256(bytes([i])).digest() for i in range(13))
 EIGHT_ZLIBS = (
     b"\x01\x00\x00\x00" + b"\x01" + b"\x00" + b"\0\0\0\x01" + b"\0\0" + b"\x08\x00" + NOISE
 )
+MANY_ZLIBS = (
+    b"\x01\x00\x00\x00" + b"\x00" + b"\x0f\xff\0\0\0\0\0\0\0\x20" + b"\0\x7e"
+    + b"\x01" * 126 + b"\0\0\0\0"
+)  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="issue 16 defect 2: binary bool 0x02 keys as true"
-)
 def test_binary_bool_two_does_not_share_the_key_of_true() -> None:
     """A binary bool byte 0x02 (false to Java and Go) never shares the key of true (0x01)."""
     callkey(BOOL2_VS_TRUE, known=frozenset())
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="issue 16 defect 3: every listed transform inflates"
-)
-def test_listing_zlib_many_times_costs_at_most_four_inflations() -> None:
-    """A THeader frame listing zlib eight times inflates at most 4 x max_frame_size bytes."""
-    theader(EIGHT_ZLIBS, known=frozenset())
-
-
-def test_known_defect_inputs_pass_while_the_defects_are_known() -> None:
-    """With the defects listed as known, their inputs pass (so ``make fuzz`` runs past them)."""
-    callkey(BOOL2_VS_TRUE)
-    theader(EIGHT_ZLIBS)
+@pytest.mark.parametrize("frame", [EIGHT_ZLIBS, MANY_ZLIBS], ids=["encoded-8", "raw-126"])
+def test_listing_zlib_many_times_costs_at_most_four_inflations(frame: bytes) -> None:
+    """A THeader frame listing zlib many times inflates at most 4 x max_frame_size bytes."""
+    theader(frame, known=frozenset())
