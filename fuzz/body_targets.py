@@ -54,7 +54,8 @@ def _outcome(message: bytes, protocol: ProtocolKind, sink: object, limits: Limit
 
 def binscan(data: bytes) -> None:
     """The binary scanner accepts exactly what the walker accepts, ends where it ends, and
-    says "canonical" only of bytes that are their own canonical form."""
+    says "canonical" only of bytes that are their own canonical form; canonical forms are
+    valid bodies and their own canonical form."""
     inp = FuzzInput(data)
     limits = pick_limits(inp)
     body = inp.rest()
@@ -72,15 +73,21 @@ def binscan(data: bytes) -> None:
     assert end == walk_end, f"scanner ends at {end}, walker at {walk_end}"
     if end < 0:
         return
+    form = _canonical(body, limits)
+    if canonical:
+        assert form == body[:end], "the scanner called a non-canonical body canonical"
+    # The canonical form is a valid binary body, and its own canonical form. (The scanner may
+    # still call it non-canonical: it is conservative, e.g. for sets of invalid UTF-8.)
+    assert scan_struct(form, 0, limits)[0] == len(form), "canonical form is not a body"
+    assert _canonical(form, limits) == form, "the canonical form is not its own"
+    assert len(form) <= GROWTH * end + SLACK
+
+
+def _canonical(body: bytes, limits: Limits) -> bytes:
     sink = CanonicalSink()
     with BodyErrors(read_header(_message(BINARY, b""), BINARY)):
         walk_struct(reader(BINARY, InputBuffer(body, 0), limits), sink, limits)
-    form = bytes(sink.out)
-    if canonical:
-        assert form == body[:end], "the scanner called a non-canonical body canonical"
-    # The canonical form is a binary body that is canonical (and so its own form).
-    assert scan_struct(form, 0, limits) == (len(form), True), "canonical form is not canonical"
-    assert len(form) <= GROWTH * end + SLACK
+    return bytes(sink.out)
 
 
 def walk(data: bytes) -> None:
