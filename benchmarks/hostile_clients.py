@@ -3,7 +3,7 @@
 Every kind runs in the hostile process (a process of its own, so its threads never take the
 GIL from the legit load generator) until ``stop`` is set, and counts what it did in a
 :class:`Tally`. Calls are encoded by the stock thrift library (``benchmarks.wire``), THeader
-frames by ``gateway.thrift.theader.encode_frame`` (the stock Python client writes the same).
+bombs by hand (:func:`bomb_frame`).
 
 * ``mutated``: a valid framed call with 1-3 bytes changed (now and then in the length
   prefix), read until an answer, a close or 0.5 s, then a new connection;
@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import random
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmarks.wire import build_callset
-from gateway.thrift import ProtocolKind, encode_frame
-from gateway.thrift.theader import TRANSFORM_ZLIB
+from gateway.thrift.message import encode_varint
 
 KINDS = ("mutated", "partial", "slowloris", "nonreader", "pipeliner", "bomb")
 
@@ -232,14 +233,22 @@ def _drain(sock: socket.socket, size: int) -> None:
         got += len(data)
 
 
+def bomb_frame(call: bytes, transforms: int) -> bytes:
+    """A THeader frame (binary, seqid 1) listing zlib ``transforms`` times, its payload
+    compressed that many times: built by hand, as ``encode_frame`` refuses to list one
+    transform twice since the cap of issue 16 (a hostile client does not ask)."""
+    payload = call
+    for _ in range(transforms):
+        payload = zlib.compress(payload)
+    header = bytearray(encode_varint(0) + encode_varint(transforms) + b"\x01" * transforms)
+    header += bytes(-len(header) % 4)
+    fixed = struct.pack(">HHiH", 0x0FFF, 0, 1, len(header) // 4)
+    body = fixed + bytes(header) + payload
+    return struct.pack(">i", len(body)) + body
+
+
 def bomb(spec: HostileSpec, stop: threading.Event, tally: Tally) -> None:
-    call = _calls(1)[0][4:]
-    frame = encode_frame(
-        call,
-        seqid=1,
-        protocol=ProtocolKind.BINARY,
-        transforms=(TRANSFORM_ZLIB,) * spec.bomb_transforms,
-    )
+    frame = bomb_frame(_calls(1)[0][4:], spec.bomb_transforms)
     while not stop.is_set():
         sock = _connect(spec, tally)
         if sock is None:
