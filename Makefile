@@ -100,6 +100,29 @@ bench-scale: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
+# Coverage-guided fuzzing of the wire layer (fuzz/, needs the `fuzz` extra: atheris), one
+# target at a time under nice: FUZZ_RUNS executions each, new inputs and crashes in
+# $(FUZZ_WORK) (the committed seeds in fuzz/corpus/ are only read); FUZZ_TIME=<seconds>
+# time-boxes each target. FUZZ_STRICT=1 also checks the invariants of known, not yet fixed
+# defects (fuzz/model.py: KNOWN_DEFECTS).
+# `make fuzz-smoke` is the quick pass the test suite runs (tests/test_fuzz.py).
+FUZZ_TARGETS ?= framing theader binscan walk callkey transcode
+FUZZ_RUNS ?= 1000000
+FUZZ_WORK ?= .fuzz
+FUZZ_FLAGS ?= -max_len=1024 -timeout=10 -rss_limit_mb=1024 -print_final_stats=1
+fuzz: $(STAMP)
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install $(PIP_LOCKED) -r requirements/fuzz.txt
+	set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZ_WORK)/$$t $(FUZZ_WORK)/crashes; \
+		echo "== fuzz $$t"; \
+		nice -n 15 $(BIN)/python -m fuzz.run $$t -runs=$(FUZZ_RUNS) $(FUZZ_FLAGS) \
+			$(if $(FUZZ_TIME),-max_total_time=$(FUZZ_TIME)) \
+			-artifact_prefix=$(FUZZ_WORK)/crashes/$$t- $(FUZZ_WORK)/$$t fuzz/corpus/$$t; \
+	done
+
+fuzz-smoke: $(STAMP)
+	$(BIN)/pytest -q tests/test_fuzz.py
+
 # Regenerates the committed example code; needs Debian's thrift-compiler (0.17).
 # Each IDL file becomes a package named after it (gateway.examples.gen.supervisor, ...) whose
 # modules import each other relatively, so no namespace line is needed. The *-remote scripts
@@ -120,4 +143,4 @@ idl:
 	rm -rf $(GEN) && mv $(GEN).tmp $(GEN)
 
 clean:
-	rm -rf $(GEN).tmp $(VENV) .venv-latest .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(GEN).tmp $(VENV) .venv-latest .fuzz .mypy_cache .ruff_cache .pytest_cache .hypothesis

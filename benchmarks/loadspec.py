@@ -41,6 +41,7 @@ class LoadResult:
     wrong: int = 0  # replies to a call in flight, but not its answer (in the window)
     all_ok: int = 0  # the same over the whole run, warm-up and drain included
     all_wrong: int = 0
+    all_failed: int = 0  # of all_wrong, the replies that are an error (EXCEPTION message)
     unmatched: int = 0  # replies whose seqid matches no call in flight on that connection
     lost: int = 0  # calls in flight when their connection closed or the drain timed out
     lost_connections: int = 0

@@ -310,6 +310,8 @@ class Loop:
 
     def _wrong(self, reply: bytes, recording: bool) -> None:
         self.result.all_wrong += 1
+        if _is_exception(reply[4:] if self.cs.framed else reply):
+            self.result.all_failed += 1
         if recording:
             self.result.wrong += 1
         if len(self.result.wrong_samples) < 5:
@@ -428,3 +430,11 @@ class Loop:
             result.generator_cpu_us_per_call = round(1e6 * result.generator_cpu_s / result.ok, 3)
         result.latency_ms = percentiles(self.latencies)
         return result
+
+
+def _is_exception(message: bytes) -> bool:
+    """Whether ``message`` (unframed) is an EXCEPTION message: a failed call, not a crossed
+    reply (strict binary: the version word's low byte; compact: the type bits)."""
+    if len(message) >= 4 and message[0] == 0x80:
+        return message[3] == 3
+    return len(message) >= 2 and message[0] == 0x82 and message[1] >> 5 == 3

@@ -45,6 +45,8 @@ METHOD_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 0.5
 REPLY_TIMEOUT = 1.0
 
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; root may exceed rmem_max
+
 
 # -- the harness itself -----------------------------------------------------------------------
 
@@ -89,6 +91,9 @@ def test_latency_loss_and_partitions_are_applied_between_namespaces() -> None:
         net.lose(a, b, 0.2)
         with b.entered():
             sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Room for all 2000 datagrams (as root, past rmem_max): on a loaded machine the
+        # socket's default buffer overflows before the test drains it, which is not loss.
+        sink.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 8 << 20)
         sink.bind((b.ip, 0))
         sink.settimeout(0.3)
         with a.entered():

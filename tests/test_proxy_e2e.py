@@ -264,8 +264,9 @@ def test_oversized_frame_without_a_header_closes_only_that_connection(
 
 
 def test_garbage_closes_only_that_connection(gateway: GatewayProcess) -> None:
-    """Bytes that are not Thrift (an HTTP request) get a clean close, and one log line."""
-    assert _send_raw(gateway, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+    """Bytes that are neither Thrift nor HTTP (an SSH banner) get a clean close, and one log
+    line."""
+    assert _send_raw(gateway, b"SSH-2.0-OpenSSH_9.2p1\r\n") == b""
     assert alert(gateway, "after-garbage") == "ack:after-garbage"
     assert any("not a Thrift stream" in line for line in gateway.process.stderr_lines)
 
@@ -413,7 +414,7 @@ def test_json_log_format_writes_one_object_per_line(slow_backend: ExampleBackend
     """--log-format json makes every stderr log line a JSON object with level and message."""
     with start_gateway("--log-format", "json", backend=slow_backend.address, node_id="js") as gw:
         assert alert(gw, "json-logs") == "ack:json-logs"
-        _send_raw(gw, b"GET / HTTP/1.1\r\n\r\n")  # provokes a warning line
+        _send_raw(gw, b"SSH-2.0-OpenSSH_9.2p1\r\n")  # provokes a warning line
         deadline = time.monotonic() + 5
         while not any("not a Thrift" in line for line in gw.process.stderr_lines):
             assert time.monotonic() < deadline

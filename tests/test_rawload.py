@@ -14,7 +14,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from thrift.Thrift import TApplicationException
+from thrift.protocol.TBinaryProtocol import TBinaryProtocol
+from thrift.Thrift import TApplicationException, TMessageType
+from thrift.transport.TTransport import TMemoryBuffer
 
 from benchmarks.rawload import LoadSpec, percentiles, run_load
 from benchmarks.responder import answer
@@ -155,9 +157,18 @@ def _crossing_server(listener: socket.socket, mode: str) -> None:
                 one, two = (answer("binary", calls.pop(0)) or b"" for _ in range(2))
                 if mode == "swap":
                     one, two = one[:SEQID_END] + two[SEQID_END:], two[:SEQID_END] + one[SEQID_END:]
+                elif mode == "error":
+                    one, two = _error_reply(one), _error_reply(two)
                 else:
                     one, two = _bump_seqid(one), _bump_seqid(two)
                 conn.sendall(b"".join(len(r).to_bytes(4, "big") + r for r in (one, two)))
+
+
+def _error_reply(reply: bytes) -> bytes:
+    """The same reply header (name, seqid) as an EXCEPTION carrying a TApplicationException."""
+    buf = TMemoryBuffer()
+    TApplicationException(TApplicationException.INTERNAL_ERROR, "boom").write(TBinaryProtocol(buf))
+    return reply[:3] + bytes((TMessageType.EXCEPTION,)) + reply[4:SEQID_END] + buf.getvalue()
 
 
 def _bump_seqid(reply: bytes) -> bytes:
@@ -168,10 +179,10 @@ def _bump_seqid(reply: bytes) -> bytes:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("mode", ["swap", "seqid"])
+@pytest.mark.parametrize("mode", ["swap", "seqid", "error"])
 def test_generator_catches_crossed_replies(mode: str) -> None:
     """A reply carrying another call's answer counts as wrong, one with a seqid no call has
-    counts as unmatched: none of them is counted correct."""
+    counts as unmatched, an error answer as wrong and failed: none of them is correct."""
     listener = socket.create_server(("127.0.0.1", 0))
     server = threading.Thread(target=_crossing_server, args=(listener, mode), daemon=True)
     server.start()
@@ -183,7 +194,10 @@ def test_generator_catches_crossed_replies(mode: str) -> None:
         server.join(timeout=5)
     assert result.all_ok == 0
     if mode == "swap":
-        assert result.all_wrong > 2 and result.unmatched == 0
+        assert result.all_wrong > 2 and result.unmatched == 0 and result.all_failed == 0
+    elif mode == "error":
+        assert result.all_wrong > 2 and result.all_failed == result.all_wrong
+        assert result.unmatched == 0
     else:
         assert result.unmatched == 2 and result.lost == 2  # then nothing more is sent
 
