@@ -64,7 +64,7 @@ demo: $(STAMP)
 
 # Apache Thrift's own cross-test (test/py TestClient x TestServer) through `gateway serve`, in
 # every protocol x transport its test/tests.json lists for py, in passthrough, coalesce and
-# cache modes (docs/dialects-notes.md). APACHE_THRIFT is a tree of the pinned release, never
+# cache modes (docs/dialects.md, "Apache Thrift's cross-test"). APACHE_THRIFT is a tree of the pinned release, never
 # in this repository: git archive v0.17.0 test lib/py lib/nodejs | tar -x -C /tmp/apache-thrift-0.17.0
 # Its own lib/py (accelerated protocols included) is installed into a venv inside that tree,
 # the Node.js client's npm packages into node_modules there; the C++ client is built with g++

@@ -98,6 +98,8 @@ def test_toml_blocks_are_valid_configs(block: str) -> None:
 def test_commands_parse(line: str) -> None:
     """Each shell command is a real gateway invocation, make target, module or compose call."""
     argv = shlex.split(line)
+    if argv[0] == "docker-compose":  # Compose v1 (Debian's docker-compose): the same commands
+        argv = ["docker", "compose", *argv[1:]]
     if argv[0] == "gateway":
         build_parser().parse_args(argv[1:])
     elif argv[0] == "make":
@@ -115,8 +117,8 @@ def test_commands_parse(line: str) -> None:
     elif argv[:2] == ["docker", "compose"]:
         services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
         command = argv[2]
-        assert command in ("up", "down", "logs", "run", "ps", "kill"), line
-        if command in ("up", "logs", "run", "kill"):
+        assert command in ("build", "up", "down", "logs", "run", "ps", "kill"), line
+        if command in ("build", "up", "logs", "run", "kill"):
             # Service names are the positional words: after the flags (and, for run, the
             # first one is the service, the rest its command). kill's `-s SIGNAL` takes a value.
             words = argv[3:]
