@@ -68,3 +68,16 @@ def test_latency_histogram_buckets_are_cumulative_and_bounded_by_labels() -> Non
     assert 'gateway_call_latency_seconds_count{method="m",source="backend"} 3.0' in text
     assert 'gateway_call_latency_seconds_sum{method="m",source="backend"} 60.008' in text
     assert 'method="_other"' in text
+
+
+def test_a_configured_method_keeps_its_label_past_the_cap() -> None:
+    """A method with a [methods] entry gets its own latency label even after clients have
+    used up MAX_METHOD_LABELS with invented names (they, not it, count as "_other")."""
+    metrics = Metrics(NodeStats(), "n1", lambda: "disabled")
+    for i in range(MAX_METHOD_LABELS + 50):
+        metrics.observe(f"junk{i}", "backend", 0.01)
+    metrics.observe("alertSupervisor", "backend", 0.01, configured=True)
+    metrics.observe("invented", "backend", 0.01)
+    text = metrics.render().decode()
+    assert 'method="alertSupervisor"' in text
+    assert 'method="invented"' not in text and 'method="_other"' in text

@@ -57,7 +57,9 @@ _BACKEND = Source.BACKEND
 
 
 class LatencySink(Protocol):
-    def observe(self, method: str, source: str, seconds: float) -> None: ...
+    def observe(
+        self, method: str, source: str, seconds: float, configured: bool = False
+    ) -> None: ...
 
 
 class BackendLike(Protocol):
@@ -208,7 +210,7 @@ class CallHandler:
             if hit is not None:  # answered now: no flight, no Deferred chain
                 self._flights.answered(key, preview)
                 self._count(hit.source, False)
-                self._observe(header.method, hit.source.value, 0.0)
+                self._observe(header.method, hit.source.value, 0.0, route.configured)
                 return defer.succeed(self._reply_from(hit, header, protocol))
 
         started = self._clock.seconds()
@@ -259,7 +261,7 @@ class CallHandler:
                 source = "joined" if shared else outcome.source.value
                 self._count(outcome.source, shared)
                 reply = self._reply_from(outcome, header, protocol)
-            self._observe(header.method, source, self._clock.seconds() - started)
+            self._observe(header.method, source, self._clock.seconds() - started, route.configured)
             return reply
 
         return d.addBoth(done)
@@ -299,7 +301,7 @@ class CallHandler:
             else:
                 source = "backend"
                 reply = self._reencode(result, backend_protocol, reply_header, header, protocol)
-            self._observe(header.method, source, self._clock.seconds() - started)
+            self._observe(header.method, source, self._clock.seconds() - started, route.configured)
             answer.callback(reply)
 
         message, upstream_header = upstream
@@ -366,10 +368,10 @@ class CallHandler:
         elif source is Source.REMOTE:
             self._stats.coalesced_remote += 1
 
-    def _observe(self, method: str, source: str, seconds: float) -> None:
+    def _observe(self, method: str, source: str, seconds: float, configured: bool) -> None:
         if self._metrics is None:
             return
-        self._metrics.observe(method, source, seconds)
+        self._metrics.observe(method, source, seconds, configured)
 
     def _failure_reply(
         self, header: MessageHeader, protocol: ProtocolKind, reason: Failure

@@ -73,15 +73,17 @@ class _Latencies(Collector):
         self._series: dict[tuple[str, str], list[float]] = {}
         self._methods: set[str] = set()
 
-    def observe(self, method: str, source: str, seconds: float) -> None:
+    def observe(self, method: str, source: str, seconds: float, configured: bool = False) -> None:
+        """``configured``: the method has a [methods] entry (bounded by the config), so it
+        gets its own label whatever names clients have sent before."""
         series = self._series.get((method, source))
         if series is None:
-            series = self._new_series(method, source)
+            series = self._new_series(method, source, configured)
         series[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         series[-1] += seconds
 
-    def _new_series(self, method: str, source: str) -> list[float]:
-        if method not in self._methods:
+    def _new_series(self, method: str, source: str, configured: bool) -> list[float]:
+        if method not in self._methods and not configured:
             if len(self._methods) >= MAX_METHOD_LABELS:
                 method = "_other"  # bounded label cardinality whatever clients send
             else:

@@ -33,6 +33,9 @@ class Route:
     policy: MethodPolicy
     preview: int = 0  # characters of the arguments shown with hot keys (0: never)
     key_headers: tuple[bytes, ...] = ()  # the policy's key_headers, as header names on the wire
+    # The method has a [methods] entry of its own: it always gets its own metric labels, so
+    # clients inventing method names cannot push it into "_other".
+    configured: bool = False
 
     def identify(
         self,
@@ -109,4 +112,5 @@ class Router:
             policy=policy,
             preview=preview,
             key_headers=tuple(sorted(name.encode() for name in policy.key_headers)),
+            configured=method_cfg is not None,
         )
