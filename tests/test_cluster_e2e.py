@@ -485,6 +485,13 @@ def test_node_logs_redis_down_and_up_once_each(own_cluster: Cluster) -> None:
     node.process.wait_for_line(re.escape(down), stream="stderr")
     own_cluster.redis.start()
     wait_for_redis_mode([node], "cluster", timeout=20.0)
+    # The admin port may report cluster mode before the log line is read from stderr.
+    wait_for(
+        lambda: sum(up in line for line in node.process.stderr_lines),
+        lambda n: n >= 2,
+        "the second 'redis up' line",
+        10,
+    )
 
     lines = list(node.process.stderr_lines)
     assert sum(down in line for line in lines) == 1, "\n".join(lines[-30:])
