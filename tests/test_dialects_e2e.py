@@ -290,6 +290,69 @@ def test_json_over_https_on_the_tls_listener(
         transport.close()
 
 
+def test_mixed_herd_with_tls_callers_shares_one_backend_call(
+    tmp_path: Path, backend: CountingBackend, nodes: list[GatewayProcess], stock_supervisor: Any
+) -> None:
+    """TLS callers (TSSLSocket framed binary, THeader in framed over TLS, JSON over HTTPS on
+    ``tls_listen``) and plain callers (binary framed, JSON over HTTP) making the same call at
+    once share one backend call; each gets the reply."""
+    import trustme
+    from thrift.transport.TSSLSocket import TSSLSocket
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_path, key_path, ca_path = tmp_path / "s.pem", tmp_path / "s.key", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    key_path.write_bytes(cert.private_key_pem.bytes())
+    ca.cert_pem.write_to_path(str(ca_path))
+    extra = f'tls_listen = "127.0.0.1:0"\ntls_cert = "{cert_path}"\ntls_key = "{key_path}"'
+    node = gateway(nodes, write_config(tmp_path, backend, gateway_extra=extra), "tlsherd")
+    tls_port = int(node.process.wait_for_line(r" tls 127\.0\.0\.1:(\d+)").group(1))
+    arg = f"tls-herd-{uuid.uuid4().hex}"
+
+    def over_tls(make_transport: Callable[[Any], Any], make_protocol: Callable[[Any], Any]) -> Any:
+        sock = TSSLSocket("127.0.0.1", tls_port, ca_certs=str(ca_path), server_hostname="127.0.0.1")
+        sock.setTimeout(10_000)
+        protocol = make_protocol(make_transport(sock))
+        protocol.trans.open()
+        try:
+            return stock_supervisor.Client(protocol).echo(arg, {}, DELAY)
+        finally:
+            protocol.trans.close()
+
+    def https_json() -> Any:
+        context = ssl.create_default_context(cafile=str(ca_path))
+        transport = THttpClient(f"https://127.0.0.1:{tls_port}/", ssl_context=context)
+        transport.open()
+        try:
+            return stock_supervisor.Client(TJSONProtocol(transport)).echo(arg, {}, DELAY)
+        finally:
+            transport.close()
+
+    def plain(dialect: str) -> Callable[[], Any]:
+        def call() -> Any:
+            with stock_client(stock_supervisor, node.address, dialect) as stub:
+                return stub.echo(arg, {}, DELAY)
+
+        return call
+
+    calls: dict[str, Callable[[], Any]] = {
+        "tls-framed-binary": lambda: over_tls(TFramedTransport, TBinaryProtocol),
+        "tls-header-in-framed": lambda: over_tls(
+            TFramedTransport, lambda t: THeaderProtocol(t, [THeaderClientType.HEADERS])
+        ),
+        "https-json": https_json,
+        "http-json": plain("http-json"),
+        "framed-binary": lambda: plain_client(node.address, "framed", "binary")(arg, {}, DELAY),
+    }
+    results = all_at_once(calls)
+    answers = {
+        name: (getattr(r, "arg", r), getattr(r, "call", None)) for name, r in results.items()
+    }
+    assert set(answers.values()) == {(arg, 1)}, answers
+    assert backend.count("Supervisor", "echo", arg) == 1
+
+
 def _header_zlib_call(supervisor: Any, arg: str) -> bytes:
     """A stock THeader call (binary, zlib transform) as the bytes it puts on the socket."""
     from thrift.transport.THeaderTransport import THeaderTransformID
