@@ -139,10 +139,16 @@ def build_cpp_client(suite: Path, out: Path) -> Path:
 
 @contextmanager
 def test_server(
-    suite: Path, python: str, gen: Path, protocol: str, transport: str | None = None
+    suite: Path,
+    python: str,
+    gen: Path,
+    protocol: str,
+    transport: str | None = None,
+    ssl: bool = False,
 ) -> Iterator[int]:
     """The suite's TestServer.py (TSimpleServer) in ``protocol``; yields its port. Without
-    ``transport``: as the gateway's backend (framed; THeader frames itself)."""
+    ``transport``: as the gateway's backend (framed; THeader frames itself). ``ssl``: TLS
+    with the suite's test/keys/server.pem (CN and SAN localhost/127.0.0.1)."""
     port = free_port()
     if transport is None:
         transport = "framed" if _UPSTREAM[protocol][0] == "framed" else "buffered"
@@ -152,7 +158,9 @@ def test_server(
     ]  # fmt: skip
     if transport == "zlib":
         argv.append("--zlib")
-    process = start_process(argv, cwd=suite / "test" / "py")
+    if ssl:
+        argv.append("--ssl")
+    process = start_process(argv, cwd=suite / "test" / "py", env=_client_env("py"))
     try:
         wait_for_port(HOST, port, timeout=30)
         yield port
@@ -160,11 +168,16 @@ def test_server(
         process.stop()
 
 
-def gateway_config(port: int, backend: str, mode: str) -> str:
+def gateway_config(port: int, backend: str, mode: str, tls: TLS | None = None) -> str:
     transport, protocol, multiplexed = _UPSTREAM[backend]
-    lines = [
-        "[gateway]",
-        'default_backend = "apache"',
+    lines = ["[gateway]", 'default_backend = "apache"']
+    if tls is not None:
+        lines += [
+            f'tls_listen = "{HOST}:{tls.port}"',
+            f'tls_cert = "{tls.keys / "server.crt"}"',
+            f'tls_key = "{tls.keys / "server.key"}"',
+        ]
+    lines += [
         "",
         "[backends.apache]",
         f'address = "{HOST}:{port}"',
@@ -176,16 +189,33 @@ def gateway_config(port: int, backend: str, mode: str) -> str:
     ]
     if multiplexed:
         lines += ["multiplexed = true", 'service = "ThriftTest"']
+    if tls is not None:  # the TestServer runs with --ssl: its certificate names localhost
+        lines += [
+            "tls = true",
+            f'tls_ca = "{tls.keys / "CA.pem"}"',
+            'tls_server_name = "localhost"',
+        ]
     lines += ["", '[methods."*"]', f'mode = "{mode}"', "timeout = 20"]
     if mode == "cache":
         lines.append("ttl = 5")
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class TLS:
+    """The gateway's TLS client listener on ``port``, certificates from the suite's
+    test/keys (``keys``; they verify with OpenSSL 3: server.crt is signed by CA.pem)."""
+
+    keys: Path
+    port: int
+
+
 @contextmanager
-def gateway(config_dir: Path, port: int, backend: str, mode: str) -> Iterator[GatewayProcess]:
+def gateway(
+    config_dir: Path, port: int, backend: str, mode: str, tls: TLS | None = None
+) -> Iterator[GatewayProcess]:
     config = config_dir / f"gateway-{backend}-{mode}.toml"
-    config.write_text(gateway_config(port, backend, mode))
+    config.write_text(gateway_config(port, backend, mode, tls))
     node = start_gateway(config=config, node_id=f"crosstest-{backend}-{mode}", timeout=30)
     try:
         yield node
@@ -200,7 +230,12 @@ _CPP_TEST = re.compile(r"\b(test\w+)")
 _NODE_PATH: list[str] = []  # set by prepare_node
 
 
+_PYTHONPATH: list[str] = []  # set by --pythonpath
+
+
 def _client_env(language: str) -> dict[str, str] | None:
+    if language == "py" and _PYTHONPATH:
+        return {**os.environ, "PYTHONPATH": os.pathsep.join(_PYTHONPATH)}
     if language != "nodejs":
         return None
     return {**os.environ, "NODE_PATH": os.pathsep.join(_NODE_PATH)}
@@ -235,17 +270,21 @@ def run_client(
     node: GatewayProcess | None,
     timeout: float,
     port: int = 0,
+    ssl: bool = False,
 ) -> tuple[bool, str]:
     """(passed, why not) of one TestClient run (``client``: its argv before the options)
-    through ``node`` (None: directly to the TestServer on ``port``)."""
+    through ``node`` (None: directly to the TestServer on ``port``; a ``port`` with a node:
+    its TLS listener). ``ssl``: the client connects with ``--ssl``."""
     if run.transport in UNSUPPORTED:
         return False, UNSUPPORTED[run.transport]
     argv = [*client,
-        f"--host={HOST}", f"--port={node.port if node else port}",
+        f"--host={HOST}", f"--port={port or (node.port if node else 0)}",
         f"--protocol={run.client_protocol}", f"--transport={run.transport}",
     ]  # fmt: skip
     if run.transport == "zlib":
         argv.append("--zlib")
+    if ssl:
+        argv.append("--ssl")
     lines = [] if node is None else node.process.stdout_lines + node.process.stderr_lines
     seen = len(lines)
     try:
@@ -297,6 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="per client run")
     parser.add_argument("--markdown", type=Path, help="also write the matrix here")
     parser.add_argument(
+        "--ssl",
+        action="store_true",
+        help="TLS both ways: client --ssl to the gateway's tls_listen, gateway to TestServer --ssl",
+    )
+    parser.add_argument(
+        "--pythonpath",
+        default="",
+        help="PYTHONPATH of the suite's TestServer/TestClient (--ssl: a dir holding the suite's "
+        "lib/py/src as thrift, and six; thrift 0.25's TSSLSocket wants ca_certs even unverified)",
+    )
+    parser.add_argument(
         "--no-direct", action="store_true", help="skip the reference runs without the gateway"
     )
     args = parser.parse_args(argv)
@@ -304,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (suite / "test" / "py" / "TestClient.py").exists():
         raise SystemExit(f"{suite} has no test/py/TestClient.py (the Apache Thrift suite)")
     language: str = args.language
+    _PYTHONPATH[:] = [part for part in args.pythonpath.split(os.pathsep) if part]
     pairs, transports = matrix(suite, language)
     runs = [
         Run(language, server, client, transport, mode)
@@ -333,20 +384,26 @@ def main(argv: list[str] | None = None) -> int:
                     results[run] = (False, UNSUPPORTED[run.transport])
                     continue
                 with test_server(
-                    suite, args.python, gen, run.server_protocol, run.transport
+                    suite, args.python, gen, run.server_protocol, run.transport, args.ssl
                 ) as port:
-                    results[run] = run_client(suite, client, run, None, args.timeout, port)
+                    results[run] = run_client(
+                        suite, client, run, None, args.timeout, port, args.ssl
+                    )
                 print(f"{run.label}: {'pass' if results[run][0] else 'FAIL ' + results[run][1]}")
         for backend in sorted({run.backend for run in runs}):
-            with test_server(suite, args.python, gen, backend) as port:
+            with test_server(suite, args.python, gen, backend, ssl=args.ssl) as port:
                 for mode in args.modes.split(","):
                     mine = [r for r in runs if r.backend == backend and r.mode == mode]
                     if not mine:
                         continue
-                    with gateway(Path(scratch), port, backend, mode) as node:
+                    tls = TLS(suite / "test" / "keys", free_port()) if args.ssl else None
+                    with gateway(Path(scratch), port, backend, mode, tls) as node:
                         for run in mine:
                             started = time.monotonic()
-                            ok, why = run_client(suite, client, run, node, args.timeout)
+                            ok, why = run_client(
+                                suite, client, run, node, args.timeout,
+                                tls.port if tls else 0, args.ssl,
+                            )  # fmt: skip
                             results[run] = (ok, why)
                             took = time.monotonic() - started
                             status = "pass" if ok else f"FAIL {why}"
