@@ -10,7 +10,9 @@ from benchmarks.hostile_clients import KINDS
 
 @pytest.mark.integration
 def test_hostile_clients_cost_legit_clients_no_call() -> None:
-    """Beside every kind of hostile client, each legit call gets exactly its own answer."""
+    """In front of the in-order example backend (its default, as real Thrift servers), beside
+    every kind of hostile client (non-readers and heavy pipeliners among them), each legit call
+    gets exactly its own answer: none lost, failed, timed out or crossed."""
     args = hostile.parse_args(
         [
             "--seconds", "3",
